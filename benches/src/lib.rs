@@ -1,0 +1,9 @@
+//! Side-by-side benchmarks of coditect against raw baselines in the same process.
+//!
+//! Every workload runs coditect and a hand-written baseline alternately, several
+//! rounds each, and reports the median of each side. The `compare` binary prints
+//! one JSON object per workload, so every figure is a ratio that stays stable on a
+//! noisy machine.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+pub mod report;

@@ -1,0 +1,1 @@
+//! coditect-agents (under construction).

@@ -1,0 +1,1 @@
+//! coditect-claude (under construction).

@@ -1,0 +1,2 @@
+//! Quickstart (filled in with the runtime).
+fn main() {}
