@@ -1,0 +1,267 @@
+//! `AgentContext`: an agent's whole view of the system while it handles a message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{Body, Message};
+use crate::envelope::{CallChain, Deadline, Destination, TraceContext};
+use crate::error::RequestError;
+use crate::id::{AgentId, AgentKind, MessageId, RunId, TenantId, Topic};
+use crate::runtime::call::{Node, Origin, RequestOptions};
+use crate::runtime::directory::Directory;
+use crate::transport::SendError;
+
+/// What an agent sees of the system while it handles one message.
+///
+/// Through it an agent sends and publishes without waiting, asks another agent
+/// and awaits the answer (bounded by its own deadline), delegates by capability,
+/// reports progress, and learns when its caller has given up.
+pub struct AgentContext {
+    pub(crate) node: Arc<Node>,
+    pub(crate) directory: Arc<Directory>,
+    pub(crate) me: AgentId,
+    pub(crate) message: MessageId,
+    pub(crate) from: Option<AgentId>,
+    pub(crate) tenant: TenantId,
+    pub(crate) run: Option<RunId>,
+    pub(crate) depth: u16,
+    pub(crate) deadline: Option<Deadline>,
+    pub(crate) attempt: u32,
+    pub(crate) chain: CallChain,
+    pub(crate) trace: TraceContext,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// A progress event an agent reports through [`AgentContext::emit`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentEvent {
+    /// The run the agent works for.
+    pub run: Option<RunId>,
+    /// The agent reporting.
+    pub agent: AgentId,
+    /// The message it is handling.
+    pub message: MessageId,
+    /// What it reports.
+    pub data: serde_json::Value,
+}
+
+impl AgentContext {
+    fn origin(&self) -> Origin {
+        Origin {
+            from: Some(self.me.clone()),
+            run: self.run,
+            depth: self.depth,
+            chain: self.chain.clone(),
+            deadline: self.deadline,
+            trace: TraceContext {
+                trace_id: self.trace.trace_id,
+                parent_span: self.message.as_u128() as u64,
+            },
+        }
+    }
+
+    /// This agent's id.
+    pub fn id(&self) -> &AgentId {
+        &self.me
+    }
+
+    /// The id of the message being handled.
+    pub fn message_id(&self) -> MessageId {
+        self.message
+    }
+
+    /// The agent that sent the message, if an agent did.
+    pub fn sender(&self) -> Option<&AgentId> {
+        self.from.as_ref()
+    }
+
+    /// The tenant the message belongs to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// The run the message belongs to, if any.
+    pub fn run(&self) -> Option<RunId> {
+        self.run
+    }
+
+    /// How many delegations deep this message is.
+    pub fn depth(&self) -> u16 {
+        self.depth
+    }
+
+    /// When the caller stops waiting, if it waits.
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
+
+    /// Which attempt at this message this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The agents waiting, each on the next, for this message's answer.
+    pub fn call_chain(&self) -> &CallChain {
+        &self.chain
+    }
+
+    /// The token that fires when the caller gives up, the deadline passes, the
+    /// run is cancelled or the runtime shuts down. Long work should watch it.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Whether the work has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Waits until the work is cancelled.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Sends a message without waiting for an answer.
+    ///
+    /// # Errors
+    /// [`SendError`] (with the envelope handed back) if there is no such agent or
+    /// the transport fails.
+    pub async fn send<T: Message>(
+        &self,
+        to: impl Into<Destination>,
+        message: T,
+    ) -> Result<(), SendError> {
+        self.node
+            .send(&self.origin(), to.into(), Body::new(message))
+            .await
+    }
+
+    /// Publishes a message to every subscriber of a topic.
+    ///
+    /// # Errors
+    /// [`SendError`] if the transport fails.
+    pub async fn publish<T: Message>(&self, topic: &Topic, message: T) -> Result<(), SendError> {
+        self.node
+            .send(
+                &self.origin(),
+                Destination::Topic(topic.clone()),
+                Body::new(message),
+            )
+            .await
+    }
+
+    /// Asks another agent (an id, or any agent of a kind) and awaits its answer,
+    /// within this handler's own deadline and the runtime's default timeout.
+    ///
+    /// # Errors
+    /// [`RequestError`]: no such agent, timeout, the answering agent failed, a
+    /// call cycle (the target is waiting on this very call chain), or this
+    /// handler was cancelled while waiting.
+    pub async fn request<R: Message>(
+        &self,
+        to: impl Into<Destination>,
+        message: impl Message,
+    ) -> Result<R, RequestError> {
+        self.request_with(to, message, RequestOptions::default())
+            .await
+    }
+
+    /// [`request`](Self::request) with options (a timeout of its own).
+    ///
+    /// # Errors
+    /// As [`request`](Self::request).
+    pub async fn request_with<R: Message>(
+        &self,
+        to: impl Into<Destination>,
+        message: impl Message,
+        options: RequestOptions,
+    ) -> Result<R, RequestError> {
+        let body = self
+            .node
+            .request(
+                &self.origin(),
+                to.into(),
+                Body::new(message),
+                &options,
+                Some(&self.cancel),
+            )
+            .await?;
+        body.take::<R>().map_err(RequestError::BadReply)
+    }
+
+    /// Hands a subtask to an agent that offers `capability` and awaits its
+    /// result. It counts as one more delegation level.
+    ///
+    /// # Errors
+    /// [`RequestError::NoSuchAgent`] if no registered agent offers the
+    /// capability; otherwise as [`request`](Self::request).
+    pub async fn delegate<R: Message>(
+        &self,
+        capability: &str,
+        message: impl Message,
+    ) -> Result<R, RequestError> {
+        let kind = self.resolve_capability(capability)?;
+        let options = RequestOptions {
+            delegation: true,
+            ..RequestOptions::default()
+        };
+        self.request_with(kind, message, options).await
+    }
+
+    fn resolve_capability(&self, capability: &str) -> Result<AgentKind, RequestError> {
+        if let Some(kind) = self.directory.kind_for(capability) {
+            return Ok(kind);
+        }
+        match AgentKind::new(capability) {
+            Ok(kind) => Ok(kind),
+            Err(_) => Err(RequestError::Failed(crate::envelope::Failure::new(
+                crate::envelope::FailureKind::NoSuchAgent,
+                format!("no agent offers capability {capability:?}"),
+            ))),
+        }
+    }
+
+    /// Reports progress. The event goes to the run's event topic
+    /// (`run.<run id>`), where the orchestrator and any listener see it; outside
+    /// a run it is only traced.
+    ///
+    /// # Errors
+    /// [`SendError`] if the transport fails.
+    pub async fn emit(&self, data: impl Serialize) -> Result<(), SendError> {
+        let data = serde_json::to_value(data).unwrap_or(serde_json::Value::Null);
+        tracing::debug!(agent = %self.me, message = %self.message, %data, "agent event");
+        let Some(run) = self.run else {
+            return Ok(());
+        };
+        let event = AgentEvent {
+            run: Some(run),
+            agent: self.me.clone(),
+            message: self.message,
+            data,
+        };
+        let Ok(topic) = Topic::new(format!("run.{run}")) else {
+            return Ok(());
+        };
+        self.publish(&topic, event).await
+    }
+
+    /// The default request timeout of the runtime.
+    pub fn default_timeout(&self) -> Duration {
+        self.node.default_timeout
+    }
+}
+
+impl std::fmt::Debug for AgentContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentContext")
+            .field("agent", &self.me)
+            .field("message", &self.message)
+            .field("run", &self.run)
+            .field("depth", &self.depth)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,188 @@
+//! Sending, publishing and request/reply, shared by agent contexts and by code
+//! outside any agent. Request/reply is built here once, over any transport, on
+//! correlation ids.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::body::Body;
+use crate::envelope::{CallChain, Deadline, Destination, Envelope, Payload, TraceContext};
+use crate::error::RequestError;
+use crate::id::{AgentId, NodeId, RunId, TenantId};
+use crate::runtime::replies::PendingReplies;
+use crate::transport::{SendError, Transport};
+
+/// What one node needs to talk to the others.
+pub(crate) struct Node {
+    pub(crate) id: NodeId,
+    pub(crate) tenant: TenantId,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) pending: Arc<PendingReplies>,
+    pub(crate) default_timeout: Duration,
+}
+
+/// Who is sending, on behalf of what.
+#[derive(Clone, Default)]
+pub(crate) struct Origin {
+    pub(crate) from: Option<AgentId>,
+    pub(crate) run: Option<RunId>,
+    pub(crate) depth: u16,
+    /// The callers waiting on the sender (not including the sender).
+    pub(crate) chain: CallChain,
+    pub(crate) deadline: Option<Deadline>,
+    pub(crate) trace: TraceContext,
+}
+
+/// Options of one request.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct RequestOptions {
+    /// How long to wait for the answer (capped by the caller's own deadline).
+    /// `None`: the runtime's default request timeout.
+    pub timeout: Option<Duration>,
+    /// Count this request as one more delegation level.
+    pub delegation: bool,
+}
+
+impl RequestOptions {
+    /// Options with a timeout.
+    pub fn timeout(timeout: Duration) -> Self {
+        Self {
+            timeout: Some(timeout),
+            ..Self::default()
+        }
+    }
+}
+
+/// Removes a pending request if the waiting future is dropped before its reply,
+/// and tells the callee to stop.
+struct PendingGuard<'a> {
+    node: &'a Arc<Node>,
+    id: crate::id::MessageId,
+    to: Destination,
+    armed: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.node.pending.remove(&self.id);
+            send_cancel(self.node, &self.to, self.id);
+        }
+    }
+}
+
+fn send_cancel(node: &Arc<Node>, to: &Destination, id: crate::id::MessageId) {
+    if matches!(to, Destination::Topic(_) | Destination::Reply(_)) {
+        return;
+    }
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let env = Envelope::new(node.tenant.clone(), to.clone(), Payload::Cancel(id));
+    let transport = node.transport.clone();
+    handle.spawn(async move {
+        // Best effort: the callee also enforces the deadline on its own.
+        let _ = transport.send(env).await;
+    });
+}
+
+impl Node {
+    pub(crate) fn envelope(&self, origin: &Origin, to: Destination, body: Body) -> Envelope {
+        let mut env = Envelope::new(self.tenant.clone(), to, Payload::Message(body));
+        env.from = origin.from.clone();
+        env.run = origin.run;
+        env.depth = origin.depth;
+        env.deadline = origin.deadline;
+        env.trace = origin.trace;
+        env
+    }
+
+    pub(crate) async fn send(
+        &self,
+        origin: &Origin,
+        to: Destination,
+        body: Body,
+    ) -> Result<(), SendError> {
+        let env = self.envelope(origin, to, body);
+        self.transport.send(env).await
+    }
+
+    pub(crate) async fn request(
+        self: &Arc<Self>,
+        origin: &Origin,
+        to: Destination,
+        body: Body,
+        options: &RequestOptions,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<Body, RequestError> {
+        // The chain of callers that will be waiting once this request is out.
+        let chain = match &origin.from {
+            Some(me) => origin.chain.with(me),
+            None => origin.chain.clone(),
+        };
+        if let Destination::Agent(target) = &to
+            && chain.contains(target)
+        {
+            return Err(RequestError::CallCycle(chain.with(target)));
+        }
+        let timeout = options.timeout.unwrap_or(self.default_timeout);
+        let deadline = Deadline::earliest(origin.deadline, Some(Deadline::after(timeout)))
+            .unwrap_or_else(|| Deadline::after(timeout));
+        let mut env = self.envelope(origin, to.clone(), body);
+        env.deadline = Some(deadline);
+        env.reply_to = Some(self.id.clone());
+        env.chain = chain;
+        if options.delegation {
+            env.depth = origin.depth.saturating_add(1);
+        }
+        let id = env.id;
+        let mut rx = self.pending.insert(id);
+        let mut guard = PendingGuard {
+            node: self,
+            id,
+            to: to.clone(),
+            armed: true,
+        };
+        if let Err(e) = self.transport.send(env).await {
+            guard.armed = false;
+            self.pending.remove(&id);
+            return Err(RequestError::from_send(e, &to));
+        }
+        let started = tokio::time::Instant::now();
+        let never = CancellationToken::new();
+        let cancel = cancel.unwrap_or(&never);
+        let outcome = tokio::select! {
+            biased;
+            r = &mut rx => Some(r),
+            () = tokio::time::sleep_until(deadline.instant()) => None,
+            () = cancel.cancelled() => {
+                drop(guard);
+                return Err(RequestError::Cancelled(to));
+            }
+        };
+        match outcome {
+            Some(Ok(Ok(body))) => {
+                guard.armed = false;
+                Ok(body)
+            }
+            Some(Ok(Err(failure))) => {
+                guard.armed = false;
+                Err(RequestError::from_failure(failure, &to))
+            }
+            Some(Err(_closed)) => {
+                guard.armed = false;
+                Err(RequestError::ShuttingDown)
+            }
+            None => {
+                drop(guard);
+                Err(RequestError::Timeout {
+                    to,
+                    after: started.elapsed(),
+                })
+            }
+        }
+    }
+}

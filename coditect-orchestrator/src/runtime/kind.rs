@@ -1,0 +1,469 @@
+//! One registered agent kind on a runtime: its card, its factory, its live
+//! activations, and the inbox its route delivers to.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+
+use crate::agent::{Agent, AgentCard, AgentError, DynAgent};
+use crate::envelope::{Destination, Failure, FailureKind, Payload};
+use crate::error::RegisterError;
+use crate::id::{AgentId, AgentKey, AgentKind, Topic};
+use crate::runtime::activation::{Activation, drain};
+use crate::runtime::{Runtime, RuntimeInner};
+use crate::transport::{Delivery, Inbox, Refused, Route};
+
+const SHARDS: usize = 16;
+
+type Activations = Mutex<HashMap<AgentKey, Arc<Activation>>>;
+
+type Factory = dyn Fn(&AgentId) -> Result<Box<dyn DynAgent>, AgentError> + Send + Sync;
+
+pub(crate) struct KindHost {
+    pub(crate) kind: AgentKind,
+    pub(crate) card: AgentCard,
+    factory: Box<Factory>,
+    shards: Box<[Activations]>,
+    /// Keys of the instances that share messages sent to the kind itself.
+    pool: Box<[AgentKey]>,
+    mailbox: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) load: AtomicUsize,
+    rt: Weak<RuntimeInner>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl KindHost {
+    fn shard(&self, key: &AgentKey) -> &Activations {
+        let h = self.hasher.hash_one(key) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    /// Makes and activates the agent value for an id.
+    pub(crate) async fn activate(&self, id: &AgentId) -> Result<Box<dyn DynAgent>, Failure> {
+        let mut agent = (self.factory)(id).map_err(|e| {
+            Failure::new(
+                FailureKind::NoSuchAgent,
+                format!("cannot activate {id}: {e}"),
+            )
+            .at(id)
+        })?;
+        agent.on_activate_dyn(id).await.map_err(|e| {
+            let mut f = e.to_failure(id);
+            f.message = format!("activation of {id} failed: {}", f.message);
+            f
+        })?;
+        Ok(agent)
+    }
+
+    fn get_or_create(&self, key: &AgentKey) -> Arc<Activation> {
+        let shard = self.shard(key);
+        let mut map = match shard.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(a) = map.get(key) {
+            return a.clone();
+        }
+        let act = Arc::new(Activation::new(
+            AgentId::from_parts(self.kind.clone(), key.clone()),
+            self.mailbox,
+        ));
+        map.insert(key.clone(), act.clone());
+        act
+    }
+
+    fn get(&self, key: &AgentKey) -> Option<Arc<Activation>> {
+        self.shard(key).lock().ok()?.get(key).cloned()
+    }
+
+    /// How many ids are live.
+    pub(crate) fn active(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Picks the pool instance for a message to the kind: the least loaded
+    /// (a full scan from a random start for small pools, the less loaded of two
+    /// random instances for large ones), skipping instances that are waiting in
+    /// the message's own call chain.
+    fn pick_instance(&self, chain: &crate::envelope::CallChain) -> Option<AgentKey> {
+        let n = self.pool.len();
+        let usable = |k: &AgentKey| {
+            chain.is_empty() || !chain.contains(&AgentId::from_parts(self.kind.clone(), k.clone()))
+        };
+        let load_of = |k: &AgentKey| self.get(k).map_or(0, |a| a.load());
+        let mut rng = rand::rng();
+        if n <= 16 {
+            let start = rng.random_range(0..n);
+            let mut best: Option<(&AgentKey, usize)> = None;
+            for i in 0..n {
+                let k = &self.pool[(start + i) % n];
+                if !usable(k) {
+                    continue;
+                }
+                let l = load_of(k);
+                if l == 0 {
+                    return Some(k.clone());
+                }
+                if best.is_none_or(|(_, bl)| l < bl) {
+                    best = Some((k, l));
+                }
+            }
+            return best.map(|(k, _)| k.clone());
+        }
+        let a = &self.pool[rng.random_range(0..n)];
+        let b = &self.pool[rng.random_range(0..n)];
+        let pick = if load_of(b) < load_of(a) { b } else { a };
+        if usable(pick) {
+            return Some(pick.clone());
+        }
+        self.pool.iter().find(|k| usable(k)).cloned()
+    }
+
+    /// Removes an activation if it is idle (or always, with `force`), and runs
+    /// its deactivation hook. Returns whether it was removed.
+    pub(crate) async fn deactivate(&self, key: &AgentKey, idle_for: Option<Duration>) -> bool {
+        let agent = {
+            let Ok(mut map) = self.shard(key).lock() else {
+                return false;
+            };
+            let Some(act) = map.get(key).cloned() else {
+                return false;
+            };
+            let Ok(mut st) = act.state.lock() else {
+                return false;
+            };
+            if st.running || !st.queue.is_empty() {
+                return false;
+            }
+            if let Some(idle) = idle_for
+                && st.last_active.elapsed() < idle
+            {
+                return false;
+            }
+            st.dead = true;
+            map.remove(key);
+            st.agent.take()
+        };
+        if let Some(mut agent) = agent {
+            agent.on_deactivate_dyn().await;
+        }
+        true
+    }
+
+    /// Deactivates every idle activation idle for at least `idle`.
+    pub(crate) async fn sweep(&self, idle: Option<Duration>) -> usize {
+        let keys: Vec<AgentKey> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut n = 0;
+        for key in keys {
+            if self.deactivate(&key, idle).await {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn refuse(delivery: Delivery, reason: Failure) -> Result<(), Box<Refused>> {
+        Err(Box::new(Refused { delivery, reason }))
+    }
+}
+
+#[async_trait]
+impl Inbox for KindHost {
+    async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
+        let Some(rt) = self.rt.upgrade() else {
+            return Self::refuse(
+                delivery,
+                Failure::new(FailureKind::ShuttingDown, "runtime dropped"),
+            );
+        };
+        if rt.draining.load(Ordering::Acquire) {
+            return Self::refuse(
+                delivery,
+                Failure::new(FailureKind::ShuttingDown, "the runtime is shutting down"),
+            );
+        }
+        let env = &delivery.envelope;
+        if let Payload::Cancel(target) = &env.payload {
+            match &env.to {
+                Destination::Agent(id) => {
+                    if let Some(a) = self.get(id.key()) {
+                        a.cancel_if_current(target);
+                    }
+                }
+                _ => {
+                    for k in self.pool.iter() {
+                        if let Some(a) = self.get(k)
+                            && a.cancel_if_current(target)
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let key = match &env.to {
+            Destination::Agent(id) if id.kind() == &self.kind => {
+                if env.chain.contains(id) {
+                    // The target waits in this very chain: answer at once
+                    // instead of queueing behind a handler that cannot finish.
+                    let chain = env.chain.with(id);
+                    let f = Failure::new(
+                        FailureKind::CallCycle,
+                        format!(
+                            "call cycle: {chain} (the agent is already waiting in this call chain)"
+                        ),
+                    )
+                    .at(id);
+                    if let Some(reply) = env.reply(Err(f)) {
+                        let _ = rt.node.transport.send(reply).await;
+                    }
+                    let _ = delivery.acker.ack().await;
+                    return Ok(());
+                }
+                id.key().clone()
+            }
+            Destination::Kind(_) | Destination::Topic(_) => match self.pick_instance(&env.chain) {
+                Some(k) => k,
+                None => {
+                    let f = Failure::new(
+                        FailureKind::CallCycle,
+                        format!(
+                            "call cycle: every instance of {} is waiting in the call chain {}",
+                            self.kind, env.chain
+                        ),
+                    );
+                    if let Some(reply) = env.reply(Err(f)) {
+                        let _ = rt.node.transport.send(reply).await;
+                    }
+                    let _ = delivery.acker.ack().await;
+                    return Ok(());
+                }
+            },
+            other => {
+                let f = Failure::new(
+                    FailureKind::NoSuchAgent,
+                    format!("kind {} does not take messages for {other}", self.kind),
+                );
+                return Self::refuse(delivery, f);
+            }
+        };
+        let mut delivery = Some(delivery);
+        loop {
+            let act = self.get_or_create(&key);
+            match act.slots.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => continue,
+            }
+            let spawn = {
+                let Ok(mut st) = act.state.lock() else {
+                    continue;
+                };
+                if st.dead {
+                    act.slots.add_permits(1);
+                    continue;
+                }
+                let Some(d) = delivery.take() else {
+                    return Ok(());
+                };
+                st.queue.push_back(d);
+                act.load.fetch_add(1, Ordering::Relaxed);
+                self.load.fetch_add(1, Ordering::Relaxed);
+                let idle = !st.running;
+                st.running = true;
+                idle
+            };
+            if spawn && let Some(host) = rt.kind_host(&self.kind) {
+                rt.tracker.spawn(drain(act, host, rt.clone()));
+            }
+            return Ok(());
+        }
+    }
+
+    fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+}
+
+/// Registers an agent kind on a runtime: its card, its mailbox, how many
+/// instances share messages sent to the kind, and when idle ids are dropped.
+///
+/// Made by [`Runtime::kind`]; ends with [`KindBuilder::register`].
+#[must_use = "a KindBuilder does nothing until .register(...).await"]
+pub struct KindBuilder<'r> {
+    runtime: &'r Runtime,
+    kind: String,
+    name: Option<String>,
+    description: String,
+    capabilities: Vec<String>,
+    mailbox: usize,
+    instances: usize,
+    idle_timeout: Option<Duration>,
+    topics: Vec<Topic>,
+}
+
+impl<'r> KindBuilder<'r> {
+    pub(crate) fn new(runtime: &'r Runtime, kind: &str) -> Self {
+        let cfg = &runtime.inner.config;
+        Self {
+            runtime,
+            kind: kind.to_owned(),
+            name: None,
+            description: String::new(),
+            capabilities: Vec::new(),
+            mailbox: cfg.mailbox,
+            instances: cfg.instances,
+            idle_timeout: cfg.idle_timeout,
+            topics: Vec::new(),
+        }
+    }
+
+    /// The name on the card (default: the kind).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// What the agent does, for planners and routers.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// A capability it offers (default: the kind's name). May be repeated.
+    pub fn capability(mut self, capability: impl Into<String>) -> Self {
+        self.capabilities.push(capability.into());
+        self
+    }
+
+    /// Mailbox size per id: a sender waits while an id has this many messages
+    /// queued (default from the runtime, 256).
+    pub fn mailbox(mut self, size: usize) -> Self {
+        self.mailbox = size.max(1);
+        self
+    }
+
+    /// How many instances (`<kind>/_0`…) share messages sent to the kind itself
+    /// (default from the runtime, 16). Instances are virtual too: an unused one
+    /// costs nothing.
+    pub fn instances(mut self, n: usize) -> Self {
+        self.instances = n.max(1);
+        self
+    }
+
+    /// Drops an id's activation after it has been idle this long.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
+        self
+    }
+
+    /// Also deliver messages published to `topic` to this kind (to one of its
+    /// instances, load-balanced).
+    pub fn subscribe(mut self, topic: Topic) -> Self {
+        self.topics.push(topic);
+        self
+    }
+
+    /// Registers the kind with an infallible factory.
+    ///
+    /// # Errors
+    /// [`RegisterError`] if the kind's name is invalid, it is already
+    /// registered, the runtime is shutting down, or the transport refuses.
+    pub async fn register<A, F>(self, factory: F) -> Result<AgentKind, RegisterError>
+    where
+        A: Agent,
+        F: Fn(&AgentId) -> A + Send + Sync + 'static,
+    {
+        self.register_fallible(move |id: &AgentId| Ok::<A, AgentError>(factory(id)))
+            .await
+    }
+
+    /// Registers the kind with a factory that may refuse an id: a message to a
+    /// refused id fails with [`FailureKind::NoSuchAgent`].
+    ///
+    /// # Errors
+    /// As [`register`](Self::register).
+    pub async fn register_fallible<A, F>(self, factory: F) -> Result<AgentKind, RegisterError>
+    where
+        A: Agent,
+        F: Fn(&AgentId) -> Result<A, AgentError> + Send + Sync + 'static,
+    {
+        let kind = AgentKind::new(&self.kind)?;
+        let mut card = AgentCard::of::<A>(kind.clone());
+        if let Some(name) = self.name {
+            card.name = name;
+        }
+        card.description = self.description;
+        if !self.capabilities.is_empty() {
+            card.capabilities = self.capabilities;
+        }
+        let pool = (0..self.instances)
+            .map(|i| AgentKey::new(format!("_{i}")))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_boxed_slice();
+        let rt = &self.runtime.inner;
+        let host = Arc::new(KindHost {
+            kind: kind.clone(),
+            card,
+            factory: Box::new(move |id: &AgentId| {
+                factory(id).map(|a| Box::new(a) as Box<dyn DynAgent>)
+            }),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            pool,
+            mailbox: self.mailbox,
+            idle_timeout: self.idle_timeout,
+            load: AtomicUsize::new(0),
+            rt: Arc::downgrade(rt),
+            hasher: Default::default(),
+        });
+        let mut routes = vec![Route::kind(rt.node.tenant.clone(), kind.clone())];
+        routes.extend(
+            self.topics
+                .into_iter()
+                .map(|t| Route::topic(rt.node.tenant.clone(), t)),
+        );
+        rt.add_kind(host, routes).await?;
+        Ok(kind)
+    }
+}
+
+/// Runs the idle sweeper of one kind until the runtime shuts down.
+pub(crate) async fn sweep_idle(
+    host: Weak<KindHost>,
+    idle: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let period = (idle / 2).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        let n = host.sweep(Some(idle)).await;
+        if n > 0 {
+            tracing::debug!(kind = %host.kind, deactivated = n, "idle agents deactivated");
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! The runtime: hosts agent kinds on a transport.
+//!
+//! An orchestrator process and a worker process are both just a [`Runtime`].
+//! It subscribes the routes of the kinds registered on it, activates an agent
+//! id on its first message (virtual agents), runs each id's messages one at a
+//! time in arrival order while different ids run concurrently, bounds the work
+//! in flight (mailboxes and a concurrency limit), applies deadlines and
+//! cancellation, replies, and drains gracefully on shutdown.
+//!
+//! # Re-entrancy: call cycles fail fast
+//!
+//! While A's handler awaits a request to B, A cannot take another message (its
+//! state is borrowed by the running handler). If B — directly or through a
+//! longer chain — then asks A, that request would wait forever. Every request
+//! carries its *call chain* (the agents waiting on it, each on the next), and a
+//! request to an agent already in its own chain fails at once with
+//! [`RequestError::CallCycle`](crate::RequestError::CallCycle), naming the
+//! chain. Messages sent without waiting (`send`, `publish`) do not extend the
+//! chain, so they never count as cycles.
+
+pub(crate) mod activation;
+pub(crate) mod call;
+pub(crate) mod directory;
+pub(crate) mod kind;
+pub(crate) mod replies;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agent::{Agent, AgentCard};
+use crate::body::{Body, Message};
+use crate::envelope::Destination;
+use crate::error::{RegisterError, RequestError};
+use crate::id::{AgentId, AgentKind, NodeId, TenantId, Topic};
+use crate::transport::{Route, SendError, Subscription, Transport, TransportError};
+
+pub use call::RequestOptions;
+pub use kind::KindBuilder;
+
+use call::{Node, Origin};
+use directory::Directory;
+use kind::KindHost;
+use replies::{PendingReplies, ReplyInbox};
+
+/// Settings of a runtime; see [`RuntimeBuilder`] for each.
+#[derive(Clone, Debug)]
+pub(crate) struct RuntimeConfig {
+    pub(crate) mailbox: usize,
+    pub(crate) instances: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) cancel_grace: Duration,
+}
+
+/// Builds a [`Runtime`].
+#[must_use = "a RuntimeBuilder does nothing until .build().await"]
+pub struct RuntimeBuilder {
+    transport: Arc<dyn Transport>,
+    tenant: TenantId,
+    node: Option<NodeId>,
+    max_concurrency: usize,
+    default_timeout: Duration,
+    config: RuntimeConfig,
+}
+
+impl RuntimeBuilder {
+    /// The tenant whose agents this runtime hosts (default: `default`).
+    pub fn tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    /// This node's id (default: random). Replies to its requests come here.
+    pub fn node_id(mut self, node: NodeId) -> Self {
+        self.node = Some(node);
+        self
+    }
+
+    /// At most this many handlers run at once on this runtime (default 1024).
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n.max(1);
+        self
+    }
+
+    /// Default mailbox size per agent id (default 256).
+    pub fn mailbox(mut self, n: usize) -> Self {
+        self.config.mailbox = n.max(1);
+        self
+    }
+
+    /// Default number of instances sharing a kind's messages (default 16).
+    pub fn instances(mut self, n: usize) -> Self {
+        self.config.instances = n.max(1);
+        self
+    }
+
+    /// Default idle time after which an id is deactivated (default: never).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.config.idle_timeout = Some(idle);
+        self
+    }
+
+    /// How long a request waits for its answer by default (default 10 minutes).
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// How long a cancelled handler may keep running to end cleanly before it
+    /// is dropped (default 100 ms).
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.config.cancel_grace = grace;
+        self
+    }
+
+    /// Starts the runtime: attaches its reply route.
+    ///
+    /// # Errors
+    /// [`TransportError`] if the transport will not attach the reply route.
+    pub async fn build(self) -> Result<Runtime, TransportError> {
+        let node_id = self.node.unwrap_or_else(NodeId::random);
+        let pending = Arc::new(PendingReplies::new());
+        let node = Arc::new(Node {
+            id: node_id.clone(),
+            tenant: self.tenant.clone(),
+            transport: self.transport.clone(),
+            pending: pending.clone(),
+            default_timeout: self.default_timeout,
+        });
+        let reply_sub = self
+            .transport
+            .attach(
+                Route::replies(self.tenant.clone(), node_id),
+                Arc::new(ReplyInbox(pending)),
+            )
+            .await?;
+        let inner = Arc::new(RuntimeInner {
+            node,
+            directory: Arc::new(Directory::default()),
+            kinds: RwLock::new(HashMap::new()),
+            subscriptions: Mutex::new(Vec::new()),
+            reply_subscription: Mutex::new(Some(reply_sub)),
+            concurrency: Semaphore::new(self.max_concurrency),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            draining: AtomicBool::new(false),
+            config: self.config,
+        });
+        Ok(Runtime { inner })
+    }
+}
+
+pub(crate) struct RuntimeInner {
+    pub(crate) node: Arc<Node>,
+    pub(crate) directory: Arc<Directory>,
+    kinds: RwLock<HashMap<AgentKind, Arc<KindHost>>>,
+    subscriptions: Mutex<Vec<Subscription>>,
+    reply_subscription: Mutex<Option<Subscription>>,
+    pub(crate) concurrency: Semaphore,
+    pub(crate) tracker: TaskTracker,
+    /// Fires when the shutdown grace period ends: every handler's token is a
+    /// child of it.
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) draining: AtomicBool,
+    pub(crate) config: RuntimeConfig,
+}
+
+impl RuntimeInner {
+    pub(crate) fn kind_host(&self, kind: &AgentKind) -> Option<Arc<KindHost>> {
+        self.kinds.read().ok()?.get(kind).cloned()
+    }
+
+    async fn add_kind(&self, host: Arc<KindHost>, routes: Vec<Route>) -> Result<(), RegisterError> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(RegisterError::ShuttingDown);
+        }
+        {
+            let mut kinds = self
+                .kinds
+                .write()
+                .map_err(|_| RegisterError::ShuttingDown)?;
+            if kinds.contains_key(&host.kind) {
+                return Err(RegisterError::AlreadyRegistered(host.kind.to_string()));
+            }
+            kinds.insert(host.kind.clone(), host.clone());
+        }
+        let mut subs = Vec::with_capacity(routes.len());
+        for route in routes {
+            match self.node.transport.attach(route, host.clone()).await {
+                Ok(s) => subs.push(s),
+                Err(e) => {
+                    if let Ok(mut kinds) = self.kinds.write() {
+                        kinds.remove(&host.kind);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        self.directory.add(host.card.clone());
+        if let Ok(mut all) = self.subscriptions.lock() {
+            all.extend(subs);
+        }
+        if let Some(idle) = host.idle_timeout {
+            tokio::spawn(kind::sweep_idle(
+                Arc::downgrade(&host),
+                idle,
+                self.shutdown.clone(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Hosts agent kinds on a transport. Cloning gives another handle to the same
+/// runtime.
+///
+/// ```
+/// use coditect_orchestrator::{Agent, AgentContext, AgentError, AgentId, InMemoryTransport, Runtime};
+///
+/// struct Greeter;
+/// impl Agent for Greeter {
+///     type Input = String;
+///     type Output = String;
+///     async fn handle(&mut self, name: String, ctx: &AgentContext) -> Result<String, AgentError> {
+///         Ok(format!("hello {name}, from {}", ctx.id()))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let runtime = Runtime::builder(InMemoryTransport::new()).build().await?;
+/// runtime.register("greeter", |_id| Greeter).await?;
+/// let answer: String = runtime.request(AgentId::new("greeter", "en")?, "ada".to_string()).await?;
+/// assert_eq!(answer, "hello ada, from greeter/en");
+/// runtime.shutdown(std::time::Duration::from_secs(1)).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("node", &self.inner.node.id)
+            .field("tenant", &self.inner.node.tenant)
+            .field("transport", &self.inner.node.transport.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a shutdown achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Every handler and queued message finished within the grace period.
+    pub drained: bool,
+    /// Activations dropped at the end.
+    pub deactivated: usize,
+}
+
+impl Runtime {
+    /// Starts building a runtime on a transport.
+    pub fn builder(transport: impl Transport) -> RuntimeBuilder {
+        Self::builder_arc(Arc::new(transport))
+    }
+
+    /// Starts building a runtime on a shared transport.
+    pub fn builder_arc(transport: Arc<dyn Transport>) -> RuntimeBuilder {
+        RuntimeBuilder {
+            transport,
+            tenant: TenantId::default(),
+            node: None,
+            max_concurrency: 1024,
+            default_timeout: Duration::from_secs(600),
+            config: RuntimeConfig {
+                mailbox: 256,
+                instances: 16,
+                idle_timeout: None,
+                cancel_grace: Duration::from_millis(100),
+            },
+        }
+    }
+
+    /// Starts registering an agent kind with options (card, mailbox, instances,
+    /// idle timeout, topics).
+    pub fn kind(&self, kind: &str) -> KindBuilder<'_> {
+        KindBuilder::new(self, kind)
+    }
+
+    /// Registers an agent kind with default options.
+    ///
+    /// # Errors
+    /// [`RegisterError`] if the name is invalid or taken, or the transport
+    /// refuses the route.
+    pub async fn register<A, F>(&self, kind: &str, factory: F) -> Result<AgentKind, RegisterError>
+    where
+        A: Agent,
+        F: Fn(&AgentId) -> A + Send + Sync + 'static,
+    {
+        self.kind(kind).register(factory).await
+    }
+
+    /// The tenant this runtime serves.
+    pub fn tenant(&self) -> &TenantId {
+        &self.inner.node.tenant
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.node.id
+    }
+
+    /// The transport the runtime runs on.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.inner.node.transport
+    }
+
+    /// The cards of the kinds registered here.
+    pub fn cards(&self) -> Vec<AgentCard> {
+        self.inner.directory.cards()
+    }
+
+    /// How many ids of a kind are live here.
+    pub fn active(&self, kind: &AgentKind) -> usize {
+        self.inner.kind_host(kind).map_or(0, |h| h.active())
+    }
+
+    /// Requests in flight from this node that still wait for a reply.
+    pub fn pending_requests(&self) -> usize {
+        self.inner.node.pending.len()
+    }
+
+    /// Deactivates an id now if it is idle. Returns whether it was live and idle.
+    pub async fn deactivate(&self, id: &AgentId) -> bool {
+        match self.inner.kind_host(id.kind()) {
+            Some(h) => h.deactivate(id.key(), None).await,
+            None => false,
+        }
+    }
+
+    /// Sends a message from outside any agent, without waiting for an answer.
+    ///
+    /// # Errors
+    /// [`SendError`] (handing the envelope back) if nothing handles the
+    /// destination or the transport fails.
+    pub async fn send<T: Message>(
+        &self,
+        to: impl Into<Destination>,
+        message: T,
+    ) -> Result<(), SendError> {
+        self.inner
+            .node
+            .send(&Origin::default(), to.into(), Body::new(message))
+            .await
+    }
+
+    /// Publishes a message to a topic from outside any agent.
+    ///
+    /// # Errors
+    /// [`SendError`] if the transport fails.
+    pub async fn publish<T: Message>(&self, topic: &Topic, message: T) -> Result<(), SendError> {
+        self.send(Destination::Topic(topic.clone()), message).await
+    }
+
+    /// Asks an agent from outside any agent and awaits its answer.
+    ///
+    /// # Errors
+    /// [`RequestError`]: no such agent, timeout, or the agent failed.
+    pub async fn request<R: Message>(
+        &self,
+        to: impl Into<Destination>,
+        message: impl Message,
+    ) -> Result<R, RequestError> {
+        self.request_with(to, message, RequestOptions::default())
+            .await
+    }
+
+    /// [`request`](Self::request) with options.
+    ///
+    /// # Errors
+    /// As [`request`](Self::request).
+    pub async fn request_with<R: Message>(
+        &self,
+        to: impl Into<Destination>,
+        message: impl Message,
+        options: RequestOptions,
+    ) -> Result<R, RequestError> {
+        let body = self
+            .inner
+            .node
+            .request(
+                &Origin::default(),
+                to.into(),
+                Body::new(message),
+                &options,
+                None,
+            )
+            .await?;
+        body.take::<R>().map_err(RequestError::BadReply)
+    }
+
+    /// Stops taking new messages, lets queued and running work finish for up to
+    /// `grace`, then cancels what is left (firing each handler's cancellation
+    /// token, failing queued messages with "shutting down"), and deactivates
+    /// every agent.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let inner = &self.inner;
+        inner.draining.store(true, Ordering::Release);
+        // Detach the kinds' routes so new messages go elsewhere (or fail fast).
+        let subs = inner
+            .subscriptions
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
+        drop(subs);
+        inner.tracker.close();
+        let drained = tokio::time::timeout(grace, inner.tracker.wait())
+            .await
+            .is_ok();
+        if !drained {
+            inner.shutdown.cancel();
+            let _ = tokio::time::timeout(
+                inner.config.cancel_grace + Duration::from_millis(50),
+                inner.tracker.wait(),
+            )
+            .await;
+        }
+        inner.shutdown.cancel();
+        let hosts: Vec<Arc<KindHost>> = inner
+            .kinds
+            .read()
+            .map(|k| k.values().cloned().collect())
+            .unwrap_or_default();
+        let mut deactivated = 0;
+        for h in hosts {
+            deactivated += h.sweep(None).await;
+        }
+        if let Ok(mut r) = inner.reply_subscription.lock() {
+            r.take();
+        }
+        ShutdownReport {
+            drained,
+            deactivated,
+        }
+    }
+}

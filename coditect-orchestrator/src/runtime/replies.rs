@@ -1,0 +1,119 @@
+//! The table of requests waiting for replies, keyed by correlation id.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use crate::body::Body;
+use crate::envelope::{Failure, Payload};
+use crate::id::MessageId;
+use crate::transport::{Delivery, Inbox, Refused};
+
+pub(crate) type ReplyResult = Result<Body, Failure>;
+
+const SHARDS: usize = 16;
+
+type Waiting = Mutex<HashMap<MessageId, oneshot::Sender<ReplyResult>>>;
+
+/// Requests in flight from one node. A reply whose request is no longer
+/// waiting (timed out, or a duplicate) is dropped here, once, with a log line.
+pub(crate) struct PendingReplies {
+    shards: Box<[Waiting]>,
+}
+
+impl PendingReplies {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, id: &MessageId) -> &Waiting {
+        // The low bits of a message id are a counter: they spread evenly.
+        &self.shards[(id.as_u128() as usize) % SHARDS]
+    }
+
+    pub(crate) fn insert(&self, id: MessageId) -> oneshot::Receiver<ReplyResult> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut m) = self.shard(&id).lock() {
+            m.insert(id, tx);
+        }
+        rx
+    }
+
+    pub(crate) fn remove(&self, id: &MessageId) {
+        if let Ok(mut m) = self.shard(id).lock() {
+            m.remove(id);
+        }
+    }
+
+    /// Hands a reply to its waiting request. `false` if nobody waits for it.
+    pub(crate) fn complete(&self, id: &MessageId, result: ReplyResult) -> bool {
+        let tx = self.shard(id).lock().ok().and_then(|mut m| m.remove(id));
+        match tx {
+            Some(tx) => tx.send(result).is_ok(),
+            None => false,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+}
+
+pub(crate) struct ReplyInbox(pub(crate) std::sync::Arc<PendingReplies>);
+
+#[async_trait]
+impl Inbox for ReplyInbox {
+    async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
+        let Delivery { envelope, acker } = delivery;
+        match (envelope.correlation, envelope.payload) {
+            (Some(correlation), Payload::Reply(result)) => {
+                if !self.0.complete(&correlation, result) {
+                    tracing::debug!(%correlation, "reply for a request that is no longer waiting (late or duplicate); dropped");
+                }
+            }
+            (_, payload) => {
+                tracing::warn!(
+                    id = %envelope.id,
+                    kind = payload_kind(&payload),
+                    "a non-reply message arrived on a reply route; dropped"
+                );
+            }
+        }
+        if let Err(e) = acker.ack().await {
+            tracing::debug!(error = %e, "ack of a reply failed");
+        }
+        Ok(())
+    }
+}
+
+fn payload_kind(p: &Payload) -> &'static str {
+    match p {
+        Payload::Message(_) => "message",
+        Payload::Reply(_) => "reply",
+        Payload::Cancel(_) => "cancel",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_reply_is_not_delivered_twice() {
+        let p = PendingReplies::new();
+        let id = MessageId::new();
+        let mut rx = p.insert(id);
+        assert!(p.complete(&id, Ok(Body::new(1u32))));
+        assert!(!p.complete(&id, Ok(Body::new(2u32))));
+        let got = rx.try_recv().unwrap().unwrap().take::<u32>().unwrap();
+        assert_eq!(got, 1);
+        assert_eq!(p.len(), 0);
+    }
+}

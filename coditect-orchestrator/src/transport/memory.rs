@@ -1,0 +1,287 @@
+//! The in-memory transport: one process, exactly-once delivery, no serialization.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+
+use super::{
+    Delivery, Inbox, Route, RouteTarget, SendError, SendErrorKind, Subscription, Transport,
+    TransportError, TransportErrorKind,
+};
+use crate::envelope::{Destination, Envelope, Payload};
+use crate::id::{AgentId, AgentKind, NodeId, TenantId, Topic};
+
+/// Moves envelopes between inboxes of one process.
+///
+/// Bodies move as typed values (no serialization); delivery is exactly once;
+/// sends wait when the receiving mailbox is full. Cloning gives another handle
+/// to the same transport.
+///
+/// ```
+/// use coditect_orchestrator::{InMemoryTransport, Runtime};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let transport = InMemoryTransport::new();
+/// let runtime = Runtime::builder(transport.clone()).build().await?;
+/// # runtime.shutdown(std::time::Duration::from_secs(1)).await; Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct InMemoryTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tenants: RwLock<HashMap<TenantId, TenantRoutes>>,
+    next_sub: AtomicU64,
+    round_robin: AtomicUsize,
+    closed: AtomicBool,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+#[derive(Default)]
+struct TenantRoutes {
+    agents: HashMap<AgentId, Vec<Sub>>,
+    kinds: HashMap<AgentKind, Vec<Sub>>,
+    topics: HashMap<Topic, Vec<Sub>>,
+    replies: HashMap<NodeId, Sub>,
+}
+
+#[derive(Clone)]
+struct Sub {
+    id: u64,
+    inbox: Arc<dyn Inbox>,
+}
+
+enum Targets {
+    None,
+    One(Arc<dyn Inbox>),
+    Many(Vec<Arc<dyn Inbox>>),
+}
+
+impl std::fmt::Debug for InMemoryTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryTransport")
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl InMemoryTransport {
+    /// A new, empty transport.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Closes the transport: every route is detached and later sends fail
+    /// with [`SendErrorKind::Closed`].
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        if let Ok(mut t) = self.inner.tenants.write() {
+            t.clear();
+        }
+    }
+
+    fn pick_least_loaded(&self, subs: &[Sub]) -> Option<Arc<dyn Inbox>> {
+        match subs {
+            [] => None,
+            [one] => Some(one.inbox.clone()),
+            many => {
+                let start = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % many.len();
+                let mut best = &many[start];
+                let mut best_load = best.inbox.load();
+                for i in 1..many.len() {
+                    let s = &many[(start + i) % many.len()];
+                    let l = s.inbox.load();
+                    if l < best_load {
+                        best = s;
+                        best_load = l;
+                    }
+                }
+                Some(best.inbox.clone())
+            }
+        }
+    }
+
+    fn pick_by_key(&self, subs: &[Sub], key: &impl Hash) -> Option<Arc<dyn Inbox>> {
+        match subs {
+            [] => None,
+            [one] => Some(one.inbox.clone()),
+            many => {
+                let h = self.inner.hasher.hash_one(key) as usize;
+                Some(many[h % many.len()].inbox.clone())
+            }
+        }
+    }
+
+    fn resolve(&self, tenant: &TenantId, to: &Destination) -> Targets {
+        let Ok(tenants) = self.inner.tenants.read() else {
+            return Targets::None;
+        };
+        let Some(routes) = tenants.get(tenant) else {
+            return Targets::None;
+        };
+        let one = |o: Option<Arc<dyn Inbox>>| o.map_or(Targets::None, Targets::One);
+        match to {
+            Destination::Agent(id) => match routes.agents.get(id).filter(|s| !s.is_empty()) {
+                Some(subs) => one(self.pick_by_key(subs, id.key())),
+                None => one(routes
+                    .kinds
+                    .get(id.kind())
+                    .and_then(|subs| self.pick_by_key(subs, id.key()))),
+            },
+            Destination::Kind(kind) => one(routes
+                .kinds
+                .get(kind)
+                .and_then(|subs| self.pick_least_loaded(subs))),
+            Destination::Topic(topic) => match routes.topics.get(topic) {
+                Some(subs) if !subs.is_empty() => {
+                    Targets::Many(subs.iter().map(|s| s.inbox.clone()).collect())
+                }
+                _ => Targets::None,
+            },
+            Destination::Reply(node) => one(routes.replies.get(node).map(|s| s.inbox.clone())),
+        }
+    }
+
+    fn detach(inner: &Arc<Inner>, route: &Route, id: u64) {
+        let Ok(mut tenants) = inner.tenants.write() else {
+            return;
+        };
+        let Some(routes) = tenants.get_mut(&route.tenant) else {
+            return;
+        };
+        fn remove<K: Eq + Hash>(map: &mut HashMap<K, Vec<Sub>>, key: &K, id: u64) {
+            if let Some(v) = map.get_mut(key) {
+                v.retain(|s| s.id != id);
+                if v.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+        match &route.target {
+            RouteTarget::Agent(a) => remove(&mut routes.agents, a, id),
+            RouteTarget::Kind(k) => remove(&mut routes.kinds, k, id),
+            RouteTarget::Topic(t) => remove(&mut routes.topics, t, id),
+            RouteTarget::Replies(n) => {
+                if routes.replies.get(n).is_some_and(|s| s.id == id) {
+                    routes.replies.remove(n);
+                }
+            }
+        }
+    }
+}
+
+/// A copy of an envelope for one more topic subscriber (same id: it is the same
+/// message).
+fn copy_for_fanout(env: &mut Envelope) -> Option<Envelope> {
+    let payload = match &mut env.payload {
+        Payload::Message(body) => Payload::Message(body.try_clone().ok()?),
+        Payload::Cancel(id) => Payload::Cancel(*id),
+        Payload::Reply(_) => return None,
+    };
+    let mut copy = Envelope::new(env.tenant.clone(), env.to.clone(), payload);
+    copy.id = env.id;
+    copy.run = env.run;
+    copy.from = env.from.clone();
+    copy.correlation = env.correlation;
+    copy.reply_to = env.reply_to.clone();
+    copy.depth = env.depth;
+    copy.deadline = env.deadline;
+    copy.attempt = env.attempt;
+    copy.trace = env.trace;
+    copy.chain = env.chain.clone();
+    Some(copy)
+}
+
+#[async_trait]
+impl Transport for InMemoryTransport {
+    async fn send(&self, mut envelope: Envelope) -> Result<(), SendError> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(SendError::new(
+                SendErrorKind::Closed,
+                envelope,
+                "transport closed",
+            ));
+        }
+        match self.resolve(&envelope.tenant, &envelope.to) {
+            Targets::None => {
+                if matches!(envelope.to, Destination::Topic(_)) {
+                    // Publishing to a topic nobody follows is not an error.
+                    return Ok(());
+                }
+                let msg = format!("no agent is registered for {}", envelope.to);
+                Err(SendError::new(SendErrorKind::NoRoute, envelope, msg))
+            }
+            Targets::One(inbox) => inbox
+                .deliver(Delivery::new(envelope))
+                .await
+                .map_err(|r| SendError::refused(*r)),
+            Targets::Many(mut inboxes) => {
+                let last = inboxes.pop();
+                for inbox in inboxes {
+                    let Some(copy) = copy_for_fanout(&mut envelope) else {
+                        let msg = "topic message body cannot be encoded for fan-out";
+                        return Err(SendError::new(SendErrorKind::Encode, envelope, msg));
+                    };
+                    if let Err(refused) = inbox.deliver(Delivery::new(copy)).await {
+                        tracing::debug!(reason = %refused.reason, "topic subscriber refused a message");
+                    }
+                }
+                if let Some(inbox) = last
+                    && let Err(refused) = inbox.deliver(Delivery::new(envelope)).await
+                {
+                    tracing::debug!(reason = %refused.reason, "topic subscriber refused a message");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn attach(
+        &self,
+        route: Route,
+        inbox: Arc<dyn Inbox>,
+    ) -> Result<Subscription, TransportError> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(TransportError::new(
+                TransportErrorKind::Closed,
+                "transport closed",
+            ));
+        }
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let sub = Sub { id, inbox };
+        {
+            let mut tenants = self.inner.tenants.write().map_err(|_| {
+                TransportError::new(TransportErrorKind::Other, "route table poisoned")
+            })?;
+            let routes = tenants.entry(route.tenant.clone()).or_default();
+            match &route.target {
+                RouteTarget::Agent(a) => routes.agents.entry(a.clone()).or_default().push(sub),
+                RouteTarget::Kind(k) => routes.kinds.entry(k.clone()).or_default().push(sub),
+                RouteTarget::Topic(t) => routes.topics.entry(t.clone()).or_default().push(sub),
+                RouteTarget::Replies(n) => {
+                    if routes.replies.contains_key(n) {
+                        return Err(TransportError::new(
+                            TransportErrorKind::RouteTaken,
+                            format!("node {n} already has a reply route"),
+                        ));
+                    }
+                    routes.replies.insert(n.clone(), sub);
+                }
+            }
+        }
+        let inner = Arc::downgrade(&self.inner);
+        Ok(Subscription::new(move || {
+            if let Some(inner) = inner.upgrade() {
+                InMemoryTransport::detach(&inner, &route, id);
+            }
+        }))
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}
