@@ -32,6 +32,7 @@ pub struct AgentContext {
     pub(crate) attempt: u32,
     pub(crate) chain: CallChain,
     pub(crate) trace: TraceContext,
+    pub(crate) reply_to: Option<crate::id::NodeId>,
     pub(crate) cancel: CancellationToken,
 }
 

@@ -400,11 +400,24 @@ impl Envelope {
     /// is not a request.
     pub fn reply(&self, result: Result<Body, Failure>) -> Option<Envelope> {
         let node = self.reply_to.clone()?;
-        let mut reply = Envelope::new(
-            self.tenant.clone(),
-            Destination::Reply(node),
-            Payload::Reply(result),
-        );
+        let mut reply = Envelope {
+            id: self.id,
+            run: None,
+            tenant: self.tenant.clone(),
+            from: None,
+            to: Destination::Reply(node),
+            correlation: None,
+            reply_to: None,
+            depth: 0,
+            deadline: None,
+            attempt: 1,
+            trace: TraceContext::default(),
+            chain: CallChain::new(),
+            payload: Payload::Reply(result),
+        };
+        // A reply has the id of its request: one answer per request, which is
+        // also what de-duplicates a reply published twice.
+        reply.id = self.id;
         reply.correlation = Some(self.id);
         reply.run = self.run;
         reply.trace = self.trace;

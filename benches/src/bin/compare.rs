@@ -1,2 +1,75 @@
-//! Side-by-side benchmarks (filled in with the runtime).
-fn main() {}
+//! Runs each workload for coditect and for a raw baseline in the same process,
+//! alternating, and prints one JSON object per line.
+//!
+//! ```text
+//! cargo run --release -p coditect-benches --bin compare -- --quick
+//! cargo run --release -p coditect-benches --bin compare -- --only fanout
+//! cargo run --release -p coditect-benches --all-features --bin compare   # + workloads needing features
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use coditect_benches::report::{Mode, Report};
+use coditect_benches::runtime;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = if std::env::var("COMPARE_CURRENT_THREAD").is_ok() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    };
+
+    // A child run measures one side of a memory workload in a fresh process.
+    if args.first().map(String::as_str) == Some("--child") {
+        let workload = args.get(1).cloned().unwrap_or_default();
+        let side = args.get(2).cloned().unwrap_or_default();
+        let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+        let out = rt.block_on(async {
+            match workload.as_str() {
+                "virtual_agents" => runtime::virtual_agents_child(&side, n).await,
+                other => format!("unknown child workload {other}"),
+            }
+        });
+        println!("{out}");
+        return;
+    }
+
+    let mode = if args.iter().any(|a| a == "--quick") {
+        Mode::Quick
+    } else {
+        Mode::Full
+    };
+    let only: Option<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+
+    let mut reports: Vec<Report> = Vec::new();
+    let mut emit = |r: Report| {
+        println!("{}", r.to_json());
+        reports.push(r);
+    };
+    // Workloads run inside a spawned task, on a runtime worker thread, as an
+    // agent system's callers do (block_on would run them on the main thread and
+    // measure thread hand-offs instead).
+    let spawn = |f: std::pin::Pin<Box<dyn std::future::Future<Output = Report> + Send>>| {
+        rt.block_on(async { tokio::spawn(f).await.expect("workload panicked") })
+    };
+    if wanted("request_reply") {
+        emit(spawn(Box::pin(runtime::request_reply(mode))));
+    }
+    if wanted("fanout") {
+        emit(spawn(Box::pin(runtime::fanout(mode))));
+    }
+    if wanted("virtual_agents") {
+        emit(runtime::virtual_agents(mode));
+    }
+}

@@ -1,11 +1,11 @@
 //! One live agent id: its mailbox, its state, and the task that drains it.
 //!
-//! An idle activation holds no task and no buffer — only the agent value and a
-//! few words of bookkeeping — so a million idle agents cost a million small
-//! structs, not a million parked tasks. A drain task is spawned when the first
-//! message arrives at an idle activation and ends when the mailbox is empty;
-//! as only that task touches the agent, messages to one id are handled one at
-//! a time, in arrival order.
+//! Each activation has one small task that drains its mailbox: it parks on a
+//! `Notify` when the mailbox is empty (a few hundred bytes, no buffer: the
+//! queue's memory is given back) and ends when the id is deactivated or the
+//! runtime shuts down. The work of one message is boxed, so a parked task holds
+//! only its handles. As only that task touches the agent, messages to one id are
+//! handled one at a time, in arrival order.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -24,21 +24,27 @@ use crate::context::AgentContext;
 use crate::envelope::{Envelope, Failure, FailureKind, Payload};
 use crate::id::{AgentId, MessageId};
 use crate::runtime::RuntimeInner;
+use crate::runtime::deadlines::Expiry;
 use crate::runtime::kind::KindHost;
 use crate::transport::{Acker, Delivery};
 
 pub(crate) struct Activation {
     pub(crate) id: AgentId,
-    /// Free mailbox slots: a sender takes one before queueing (backpressure).
-    pub(crate) slots: Semaphore,
+    /// Wakes senders waiting for room in a full mailbox.
+    pub(crate) room: Notify,
     /// Queued plus running messages: what load balancing compares.
     pub(crate) load: AtomicUsize,
     pub(crate) state: Mutex<State>,
+    /// Wakes the drain task when a message is queued or the id is closing.
+    pub(crate) wake: Notify,
 }
 
 pub(crate) struct State {
     pub(crate) queue: VecDeque<Delivery>,
-    pub(crate) running: bool,
+    /// A drain task exists for this activation.
+    pub(crate) task: bool,
+    /// A message is being handled.
+    pub(crate) busy: bool,
     /// Removed from its kind's table (deactivated): senders look again.
     pub(crate) dead: bool,
     pub(crate) agent: Option<Box<dyn DynAgent>>,
@@ -47,19 +53,21 @@ pub(crate) struct State {
 }
 
 impl Activation {
-    pub(crate) fn new(id: AgentId, mailbox: usize) -> Self {
+    pub(crate) fn new(id: AgentId) -> Self {
         Self {
             id,
-            slots: Semaphore::new(mailbox),
+            room: Notify::new(),
             load: AtomicUsize::new(0),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                running: false,
+                task: false,
+                busy: false,
                 dead: false,
                 agent: None,
                 current: None,
                 last_active: Instant::now(),
             }),
+            wake: Notify::new(),
         }
     }
 
@@ -82,34 +90,51 @@ impl Activation {
     }
 }
 
-/// Handles every queued message of one activation, then ends.
+/// Handles the queued messages of one activation, parking while there are
+/// none, until the id is deactivated or the runtime shuts down.
 pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<RuntimeInner>) {
     loop {
-        let (delivery, agent) = {
+        let next = {
             let Ok(mut st) = act.state.lock() else {
                 return;
             };
             match st.queue.pop_front() {
                 Some(d) => {
+                    st.busy = true;
                     let agent = st.agent.take();
-                    (d, agent)
+                    Some((d, agent, st.queue.len() + 1 >= host.mailbox))
                 }
                 None => {
-                    st.running = false;
                     // Give the buffer back: an idle agent holds no memory for it.
-                    st.queue = VecDeque::new();
-                    st.last_active = Instant::now();
-                    return;
+                    if st.queue.capacity() > 0 {
+                        st.queue = VecDeque::new();
+                    }
+                    if host.idle_timeout.is_some() {
+                        st.last_active = Instant::now();
+                    }
+                    if st.dead || rt.draining.load(std::sync::atomic::Ordering::Acquire) {
+                        st.task = false;
+                        return;
+                    }
+                    None
                 }
             }
         };
-        act.slots.add_permits(1);
-        let agent = handle_one(&act, &host, &rt, delivery, agent).await;
+        let Some((delivery, agent, was_full)) = next else {
+            act.wake.notified().await;
+            continue;
+        };
+        if was_full {
+            act.room.notify_one();
+        }
+        // Boxed, so the parked task stays small.
+        let agent = Box::pin(handle_one(&act, &host, &rt, delivery, agent)).await;
         act.load.fetch_sub(1, Ordering::Relaxed);
         host.load.fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut st) = act.state.lock() {
             st.agent = agent;
             st.current = None;
+            st.busy = false;
         }
     }
 }
@@ -121,7 +146,7 @@ async fn finish(rt: &RuntimeInner, env: &Envelope, acker: Acker, result: Result<
         tracing::warn!(message = %env.id, to = %env.to, failure = %f, "a message sent without a reply failed");
     }
     if let Some(reply) = env.reply(result)
-        && let Err(e) = rt.node.transport.send(reply).await
+        && let Err(e) = rt.node.transport.as_ref().send(reply).await
     {
         tracing::debug!(error = %e, request = %env.id, "reply could not be sent (the requester is gone)");
     }
@@ -173,15 +198,6 @@ async fn handle_one(
         finish(rt, &envelope, acker, Err(f)).await;
         return agent;
     }
-    if envelope.deadline.is_some_and(|d| d.is_past()) {
-        let f = Failure::new(
-            FailureKind::Timeout,
-            "deadline passed before the message was handled",
-        )
-        .at(id);
-        finish(rt, &envelope, acker, Err(f)).await;
-        return agent;
-    }
     let mut agent = match agent {
         Some(a) => a,
         None => match host.activate(id).await {
@@ -194,7 +210,12 @@ async fn handle_one(
     };
     let _permit = rt.concurrency.acquire().await.ok();
 
-    let token = rt.shutdown.child_token();
+    // A fresh token, not a child of a shared one: no lock shared by every
+    // handler. Shutdown reaches it through the activation's `current` slot.
+    let token = CancellationToken::new();
+    if rt.shutdown.is_cancelled() {
+        token.cancel();
+    }
     if let Ok(mut st) = act.state.lock() {
         st.current = Some((envelope.id, token.clone()));
     }
@@ -211,6 +232,7 @@ async fn handle_one(
         attempt: envelope.attempt,
         chain: envelope.chain.clone(),
         trace: envelope.trace,
+        reply_to: envelope.reply_to.clone(),
         cancel: token.clone(),
     };
     let span = tracing::debug_span!(
@@ -238,14 +260,32 @@ async fn run_handler(
     token: CancellationToken,
 ) -> (Result<Body, Failure>, bool) {
     let deadline = ctx.deadline;
+    // The node's deadline table fires the token when the deadline passes. A
+    // request from this very node needs no entry: its caller's own deadline
+    // entry sends a cancel to this handler when it expires.
+    let local_caller = ctx.reply_to.as_ref() == Some(&rt.node.id);
+    let deadline_key = deadline.filter(|_| !local_caller).map(|d| {
+        rt.node
+            .deadlines
+            .insert(d.instant(), Expiry::Cancel(token.clone()))
+    });
+    let result = run_guarded(rt, agent, body, ctx, &token).await;
+    if let Some(key) = deadline_key {
+        rt.node.deadlines.remove(key);
+    }
+    result
+}
+
+async fn run_guarded(
+    rt: &RuntimeInner,
+    agent: &mut Box<dyn DynAgent>,
+    body: Body,
+    ctx: &AgentContext,
+    token: &CancellationToken,
+) -> (Result<Body, Failure>, bool) {
+    let deadline = ctx.deadline;
     let fut = AssertUnwindSafe(agent.handle_dyn(body, ctx)).catch_unwind();
     let mut fut = std::pin::pin!(fut);
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d.instant()).await,
-            None => std::future::pending().await,
-        }
-    };
     let stop_reason = || {
         if rt.shutdown.is_cancelled() {
             Failure::new(
@@ -277,7 +317,6 @@ async fn run_handler(
                 }
             };
         }
-        () = sleep => Failure::new(FailureKind::Timeout, "the deadline passed while the handler ran"),
         () = token.cancelled() => stop_reason(),
     };
     // Let a cooperative handler see its token and end cleanly, for a moment.

@@ -8,9 +8,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
-use crate::envelope::{CallChain, Deadline, Destination, Envelope, Payload, TraceContext};
+use crate::envelope::{
+    CallChain, Deadline, Destination, Envelope, FailureKind, Payload, TraceContext,
+};
 use crate::error::RequestError;
 use crate::id::{AgentId, NodeId, RunId, TenantId};
+use crate::runtime::deadlines::{DeadlineKey, Deadlines, Expiry};
 use crate::runtime::replies::PendingReplies;
 use crate::transport::{SendError, Transport};
 
@@ -20,7 +23,10 @@ pub(crate) struct Node {
     pub(crate) tenant: TenantId,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) pending: Arc<PendingReplies>,
+    pub(crate) deadlines: Arc<Deadlines>,
     pub(crate) default_timeout: Duration,
+    /// Set when the runtime has shut down: no reply route, no deadline watcher.
+    pub(crate) closed: std::sync::atomic::AtomicBool,
 }
 
 /// Who is sending, on behalf of what.
@@ -62,11 +68,15 @@ struct PendingGuard<'a> {
     node: &'a Arc<Node>,
     id: crate::id::MessageId,
     to: Destination,
+    deadline: Option<DeadlineKey>,
     armed: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
+        if let Some(key) = self.deadline.take() {
+            self.node.deadlines.remove(key);
+        }
         if self.armed {
             self.node.pending.remove(&self.id);
             send_cancel(self.node, &self.to, self.id);
@@ -85,7 +95,7 @@ fn send_cancel(node: &Arc<Node>, to: &Destination, id: crate::id::MessageId) {
     let transport = node.transport.clone();
     handle.spawn(async move {
         // Best effort: the callee also enforces the deadline on its own.
-        let _ = transport.send(env).await;
+        let _ = transport.as_ref().send(env).await;
     });
 }
 
@@ -107,7 +117,7 @@ impl Node {
         body: Body,
     ) -> Result<(), SendError> {
         let env = self.envelope(origin, to, body);
-        self.transport.send(env).await
+        self.transport.as_ref().send(env).await
     }
 
     pub(crate) async fn request(
@@ -128,6 +138,9 @@ impl Node {
         {
             return Err(RequestError::CallCycle(chain.with(target)));
         }
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(RequestError::ShuttingDown);
+        }
         let timeout = options.timeout.unwrap_or(self.default_timeout);
         let deadline = Deadline::earliest(origin.deadline, Some(Deadline::after(timeout)))
             .unwrap_or_else(|| Deadline::after(timeout));
@@ -144,44 +157,51 @@ impl Node {
             node: self,
             id,
             to: to.clone(),
+            deadline: None,
             armed: true,
         };
-        if let Err(e) = self.transport.send(env).await {
+        if let Err(e) = self.transport.as_ref().send(env).await {
             guard.armed = false;
             self.pending.remove(&id);
             return Err(RequestError::from_send(e, &to));
         }
-        let started = tokio::time::Instant::now();
-        let never = CancellationToken::new();
-        let cancel = cancel.unwrap_or(&never);
+        // The node's deadline table fails the request with a timeout failure
+        // when the deadline passes (see `deadlines`): no timer per request.
+        guard.deadline = Some(
+            self.deadlines
+                .insert(deadline.instant(), Expiry::Request(id)),
+        );
+        let cancelled = async {
+            match cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         let outcome = tokio::select! {
             biased;
-            r = &mut rx => Some(r),
-            () = tokio::time::sleep_until(deadline.instant()) => None,
-            () = cancel.cancelled() => {
+            r = &mut rx => r,
+            () = cancelled => {
                 drop(guard);
                 return Err(RequestError::Cancelled(to));
             }
         };
         match outcome {
-            Some(Ok(Ok(body))) => {
+            Ok(Ok(body)) => {
                 guard.armed = false;
                 Ok(body)
             }
-            Some(Ok(Err(failure))) => {
+            Ok(Err(failure)) if failure.kind == FailureKind::Timeout && failure.agent.is_none() => {
+                // Our own deadline passed: tell the callee to stop.
+                drop(guard);
+                Err(RequestError::Timeout { to, after: timeout })
+            }
+            Ok(Err(failure)) => {
                 guard.armed = false;
                 Err(RequestError::from_failure(failure, &to))
             }
-            Some(Err(_closed)) => {
+            Err(_closed) => {
                 guard.armed = false;
                 Err(RequestError::ShuttingDown)
-            }
-            None => {
-                drop(guard);
-                Err(RequestError::Timeout {
-                    to,
-                    after: started.elapsed(),
-                })
             }
         }
     }

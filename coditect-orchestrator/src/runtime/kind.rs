@@ -1,7 +1,7 @@
 //! One registered agent kind on a runtime: its card, its factory, its live
 //! activations, and the inbox its route delivers to.
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -11,16 +11,16 @@ use async_trait::async_trait;
 use rand::Rng;
 
 use crate::agent::{Agent, AgentCard, AgentError, DynAgent};
-use crate::envelope::{Destination, Failure, FailureKind, Payload};
+use crate::envelope::{Destination, Envelope, Failure, FailureKind, Payload};
 use crate::error::RegisterError;
 use crate::id::{AgentId, AgentKey, AgentKind, Topic};
 use crate::runtime::activation::{Activation, drain};
 use crate::runtime::{Runtime, RuntimeInner};
-use crate::transport::{Delivery, Inbox, Refused, Route};
+use crate::transport::{Delivery, Inbox, Refused, Route, TryDeliver};
 
 const SHARDS: usize = 16;
 
-type Activations = Mutex<HashMap<AgentKey, Arc<Activation>>>;
+type Activations = Mutex<StdHashMap<AgentKey, Arc<Activation>, foldhash::fast::RandomState>>;
 
 type Factory = dyn Fn(&AgentId) -> Result<Box<dyn DynAgent>, AgentError> + Send + Sync;
 
@@ -31,11 +31,11 @@ pub(crate) struct KindHost {
     shards: Box<[Activations]>,
     /// Keys of the instances that share messages sent to the kind itself.
     pool: Box<[AgentKey]>,
-    mailbox: usize,
+    pub(crate) mailbox: usize,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) load: AtomicUsize,
     rt: Weak<RuntimeInner>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl KindHost {
@@ -70,10 +70,10 @@ impl KindHost {
         if let Some(a) = map.get(key) {
             return a.clone();
         }
-        let act = Arc::new(Activation::new(
-            AgentId::from_parts(self.kind.clone(), key.clone()),
-            self.mailbox,
-        ));
+        let act = Arc::new(Activation::new(AgentId::from_parts(
+            self.kind.clone(),
+            key.clone(),
+        )));
         map.insert(key.clone(), act.clone());
         act
     }
@@ -141,7 +141,7 @@ impl KindHost {
             let Ok(mut st) = act.state.lock() else {
                 return false;
             };
-            if st.running || !st.queue.is_empty() {
+            if st.busy || !st.queue.is_empty() {
                 return false;
             }
             if let Some(idle) = idle_for
@@ -151,12 +151,38 @@ impl KindHost {
             }
             st.dead = true;
             map.remove(key);
+            act.wake.notify_one();
             st.agent.take()
         };
         if let Some(mut agent) = agent {
             agent.on_deactivate_dyn().await;
         }
         true
+    }
+
+    /// Wakes every parked drain task, so that it sees the runtime is draining
+    /// and ends once its mailbox is empty.
+    pub(crate) fn wake_all(&self) {
+        for shard in self.shards.iter() {
+            let Ok(map) = shard.lock() else { continue };
+            for act in map.values() {
+                act.wake.notify_one();
+            }
+        }
+    }
+
+    /// Fires the cancellation token of every handler running here.
+    pub(crate) fn cancel_running(&self) {
+        for shard in self.shards.iter() {
+            let Ok(map) = shard.lock() else { continue };
+            for act in map.values() {
+                if let Ok(st) = act.state.lock()
+                    && let Some((_, token)) = &st.current
+                {
+                    token.cancel();
+                }
+            }
+        }
     }
 
     /// Deactivates every idle activation idle for at least `idle`.
@@ -178,28 +204,25 @@ impl KindHost {
         }
         n
     }
-
-    fn refuse(delivery: Delivery, reason: Failure) -> Result<(), Box<Refused>> {
-        Err(Box::new(Refused { delivery, reason }))
-    }
 }
 
-#[async_trait]
-impl Inbox for KindHost {
-    async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
-        let Some(rt) = self.rt.upgrade() else {
-            return Self::refuse(
-                delivery,
-                Failure::new(FailureKind::ShuttingDown, "runtime dropped"),
-            );
-        };
-        if rt.draining.load(Ordering::Acquire) {
-            return Self::refuse(
-                delivery,
-                Failure::new(FailureKind::ShuttingDown, "the runtime is shutting down"),
-            );
-        }
-        let env = &delivery.envelope;
+/// Where a delivery should go, once its destination is read.
+enum Target {
+    /// Into the mailbox of this key.
+    Key(AgentKey),
+    /// Already dealt with (a cancel, a refused cycle answered at once).
+    Done,
+    /// Needs an async step (answering a call cycle).
+    Cycle(Failure),
+}
+
+enum Enqueued {
+    Done,
+    Full(Delivery, Arc<Activation>),
+}
+
+impl KindHost {
+    fn target(&self, env: &Envelope) -> Result<Target, Failure> {
         if let Payload::Cancel(target) = &env.payload {
             match &env.to {
                 Destination::Agent(id) => {
@@ -217,83 +240,145 @@ impl Inbox for KindHost {
                     }
                 }
             }
-            return Ok(());
+            return Ok(Target::Done);
         }
-        let key = match &env.to {
+        match &env.to {
             Destination::Agent(id) if id.kind() == &self.kind => {
                 if env.chain.contains(id) {
                     // The target waits in this very chain: answer at once
                     // instead of queueing behind a handler that cannot finish.
                     let chain = env.chain.with(id);
-                    let f = Failure::new(
-                        FailureKind::CallCycle,
-                        format!(
-                            "call cycle: {chain} (the agent is already waiting in this call chain)"
-                        ),
-                    )
-                    .at(id);
-                    if let Some(reply) = env.reply(Err(f)) {
-                        let _ = rt.node.transport.send(reply).await;
-                    }
-                    let _ = delivery.acker.ack().await;
-                    return Ok(());
+                    return Ok(Target::Cycle(
+                        Failure::new(
+                            FailureKind::CallCycle,
+                            format!("call cycle: {chain} (the agent is already waiting in this call chain)"),
+                        )
+                        .at(id),
+                    ));
                 }
-                id.key().clone()
+                Ok(Target::Key(id.key().clone()))
             }
             Destination::Kind(_) | Destination::Topic(_) => match self.pick_instance(&env.chain) {
-                Some(k) => k,
-                None => {
-                    let f = Failure::new(
-                        FailureKind::CallCycle,
-                        format!(
-                            "call cycle: every instance of {} is waiting in the call chain {}",
-                            self.kind, env.chain
-                        ),
-                    );
-                    if let Some(reply) = env.reply(Err(f)) {
-                        let _ = rt.node.transport.send(reply).await;
-                    }
-                    let _ = delivery.acker.ack().await;
-                    return Ok(());
-                }
+                Some(k) => Ok(Target::Key(k)),
+                None => Ok(Target::Cycle(Failure::new(
+                    FailureKind::CallCycle,
+                    format!(
+                        "call cycle: every instance of {} is waiting in the call chain {}",
+                        self.kind, env.chain
+                    ),
+                ))),
             },
-            other => {
-                let f = Failure::new(
-                    FailureKind::NoSuchAgent,
-                    format!("kind {} does not take messages for {other}", self.kind),
-                );
-                return Self::refuse(delivery, f);
-            }
-        };
-        let mut delivery = Some(delivery);
+            other => Err(Failure::new(
+                FailureKind::NoSuchAgent,
+                format!("kind {} does not take messages for {other}", self.kind),
+            )),
+        }
+    }
+
+    /// Queues a delivery in the mailbox of `key`, starting or waking its drain
+    /// task; hands it back if the mailbox is full.
+    fn enqueue(&self, rt: &Arc<RuntimeInner>, key: &AgentKey, delivery: Delivery) -> Enqueued {
         loop {
-            let act = self.get_or_create(&key);
-            match act.slots.acquire().await {
-                Ok(permit) => permit.forget(),
-                Err(_) => continue,
-            }
+            let act = self.get_or_create(key);
             let spawn = {
-                let Ok(mut st) = act.state.lock() else {
-                    continue;
+                let mut st = match act.state.lock() {
+                    Ok(s) => s,
+                    Err(p) => p.into_inner(),
                 };
                 if st.dead {
-                    act.slots.add_permits(1);
                     continue;
                 }
-                let Some(d) = delivery.take() else {
-                    return Ok(());
-                };
-                st.queue.push_back(d);
+                if st.queue.len() >= self.mailbox {
+                    drop(st);
+                    return Enqueued::Full(delivery, act);
+                }
+                st.queue.push_back(delivery);
                 act.load.fetch_add(1, Ordering::Relaxed);
                 self.load.fetch_add(1, Ordering::Relaxed);
-                let idle = !st.running;
-                st.running = true;
-                idle
+                let spawn = !st.task;
+                st.task = true;
+                spawn
             };
-            if spawn && let Some(host) = rt.kind_host(&self.kind) {
+            if !spawn {
+                act.wake.notify_one();
+            } else if let Some(host) = rt.kind_host(&self.kind) {
                 rt.tracker.spawn(drain(act, host, rt.clone()));
             }
-            return Ok(());
+            return Enqueued::Done;
+        }
+    }
+
+    fn runtime(&self) -> Result<Arc<RuntimeInner>, Failure> {
+        let rt = self
+            .rt
+            .upgrade()
+            .ok_or_else(|| Failure::new(FailureKind::ShuttingDown, "runtime dropped"))?;
+        if rt.draining.load(Ordering::Acquire) {
+            return Err(Failure::new(
+                FailureKind::ShuttingDown,
+                "the runtime is shutting down",
+            ));
+        }
+        Ok(rt)
+    }
+}
+
+#[async_trait]
+impl Inbox for KindHost {
+    fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
+        let rt = match self.runtime() {
+            Ok(rt) => rt,
+            Err(reason) => return Err(TryDeliver::Refused(Box::new(Refused { delivery, reason }))),
+        };
+        match self.target(&delivery.envelope) {
+            Ok(Target::Done) => Ok(()),
+            Ok(Target::Cycle(_)) => Err(TryDeliver::Wait(delivery)),
+            Ok(Target::Key(key)) => match self.enqueue(&rt, &key, delivery) {
+                Enqueued::Done => Ok(()),
+                Enqueued::Full(d, _) => Err(TryDeliver::Wait(d)),
+            },
+            Err(reason) => Err(TryDeliver::Refused(Box::new(Refused { delivery, reason }))),
+        }
+    }
+
+    async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
+        let rt = match self.runtime() {
+            Ok(rt) => rt,
+            Err(reason) => return Err(Box::new(Refused { delivery, reason })),
+        };
+        let key = match self.target(&delivery.envelope) {
+            Ok(Target::Done) => return Ok(()),
+            Ok(Target::Cycle(failure)) => {
+                if let Some(reply) = delivery.envelope.reply(Err(failure)) {
+                    let _ = rt.node.transport.as_ref().send(reply).await;
+                }
+                let _ = delivery.acker.ack().await;
+                return Ok(());
+            }
+            Ok(Target::Key(key)) => key,
+            Err(reason) => return Err(Box::new(Refused { delivery, reason })),
+        };
+        let mut delivery = delivery;
+        loop {
+            match self.enqueue(&rt, &key, delivery) {
+                Enqueued::Done => return Ok(()),
+                Enqueued::Full(d, act) => {
+                    // Backpressure: wait for room, registering before the
+                    // re-check so a slot freed in between is not missed.
+                    let room = act.room.notified();
+                    tokio::pin!(room);
+                    room.as_mut().enable();
+                    let full = act
+                        .state
+                        .lock()
+                        .map(|st| !st.dead && st.queue.len() >= self.mailbox)
+                        .unwrap_or(false);
+                    if full {
+                        room.await;
+                    }
+                    delivery = d;
+                }
+            }
         }
     }
 
@@ -425,7 +510,9 @@ impl<'r> KindBuilder<'r> {
             factory: Box::new(move |id: &AgentId| {
                 factory(id).map(|a| Box::new(a) as Box<dyn DynAgent>)
             }),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(StdHashMap::default()))
+                .collect(),
             pool,
             mailbox: self.mailbox,
             idle_timeout: self.idle_timeout,

@@ -20,6 +20,7 @@
 
 pub(crate) mod activation;
 pub(crate) mod call;
+pub(crate) mod deadlines;
 pub(crate) mod directory;
 pub(crate) mod kind;
 pub(crate) mod replies;
@@ -44,6 +45,7 @@ pub use call::RequestOptions;
 pub use kind::KindBuilder;
 
 use call::{Node, Origin};
+use deadlines::Deadlines;
 use directory::Directory;
 use kind::KindHost;
 use replies::{PendingReplies, ReplyInbox};
@@ -125,12 +127,15 @@ impl RuntimeBuilder {
     pub async fn build(self) -> Result<Runtime, TransportError> {
         let node_id = self.node.unwrap_or_else(NodeId::random);
         let pending = Arc::new(PendingReplies::new());
+        let deadlines = Arc::new(Deadlines::new());
         let node = Arc::new(Node {
             id: node_id.clone(),
             tenant: self.tenant.clone(),
             transport: self.transport.clone(),
             pending: pending.clone(),
+            deadlines: deadlines.clone(),
             default_timeout: self.default_timeout,
+            closed: AtomicBool::new(false),
         });
         let reply_sub = self
             .transport
@@ -151,6 +156,11 @@ impl RuntimeBuilder {
             draining: AtomicBool::new(false),
             config: self.config,
         });
+        tokio::spawn(Deadlines::watch(
+            deadlines,
+            Arc::downgrade(&inner.node.pending),
+            inner.shutdown.clone(),
+        ));
         Ok(Runtime { inner })
     }
 }
@@ -168,6 +178,14 @@ pub(crate) struct RuntimeInner {
     pub(crate) shutdown: CancellationToken,
     pub(crate) draining: AtomicBool,
     pub(crate) config: RuntimeConfig,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        // Ends the deadline watcher and idle sweepers of a runtime dropped
+        // without a shutdown.
+        self.shutdown.cancel();
+    }
 }
 
 impl RuntimeInner {
@@ -420,11 +438,22 @@ impl Runtime {
             .unwrap_or_default();
         drop(subs);
         inner.tracker.close();
+        let hosts: Vec<Arc<KindHost>> = inner
+            .kinds
+            .read()
+            .map(|k| k.values().cloned().collect())
+            .unwrap_or_default();
+        for h in &hosts {
+            h.wake_all();
+        }
         let drained = tokio::time::timeout(grace, inner.tracker.wait())
             .await
             .is_ok();
         if !drained {
             inner.shutdown.cancel();
+            for h in &hosts {
+                h.cancel_running();
+            }
             let _ = tokio::time::timeout(
                 inner.config.cancel_grace + Duration::from_millis(50),
                 inner.tracker.wait(),
@@ -432,15 +461,11 @@ impl Runtime {
             .await;
         }
         inner.shutdown.cancel();
-        let hosts: Vec<Arc<KindHost>> = inner
-            .kinds
-            .read()
-            .map(|k| k.values().cloned().collect())
-            .unwrap_or_default();
         let mut deactivated = 0;
-        for h in hosts {
+        for h in &hosts {
             deactivated += h.sweep(None).await;
         }
+        inner.node.closed.store(true, Ordering::Release);
         if let Ok(mut r) = inner.reply_subscription.lock() {
             r.take();
         }

@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::body::Body;
-use crate::envelope::{Failure, Payload};
+use crate::envelope::{Envelope, Failure, Payload};
 use crate::id::MessageId;
-use crate::transport::{Delivery, Inbox, Refused};
+use crate::transport::{Delivery, Inbox, Refused, TryDeliver};
 
 pub(crate) type ReplyResult = Result<Body, Failure>;
 
@@ -68,10 +68,9 @@ impl PendingReplies {
 
 pub(crate) struct ReplyInbox(pub(crate) std::sync::Arc<PendingReplies>);
 
-#[async_trait]
-impl Inbox for ReplyInbox {
-    async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
-        let Delivery { envelope, acker } = delivery;
+impl ReplyInbox {
+    fn complete(&self, envelope: Box<Envelope>) {
+        let envelope = *envelope;
         match (envelope.correlation, envelope.payload) {
             (Some(correlation), Payload::Reply(result)) => {
                 if !self.0.complete(&correlation, result) {
@@ -86,6 +85,22 @@ impl Inbox for ReplyInbox {
                 );
             }
         }
+    }
+}
+
+#[async_trait]
+impl Inbox for ReplyInbox {
+    fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
+        if !delivery.acker.is_noop() {
+            return Err(TryDeliver::Wait(delivery));
+        }
+        self.complete(delivery.envelope);
+        Ok(())
+    }
+
+    async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
+        let Delivery { envelope, acker } = delivery;
+        self.complete(envelope);
         if let Err(e) = acker.ack().await {
             tracing::debug!(error = %e, "ack of a reply failed");
         }

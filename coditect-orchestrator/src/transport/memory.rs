@@ -1,6 +1,8 @@
 //! The in-memory transport: one process, exactly-once delivery, no serialization.
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
+
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -9,7 +11,7 @@ use async_trait::async_trait;
 
 use super::{
     Delivery, Inbox, Route, RouteTarget, SendError, SendErrorKind, Subscription, Transport,
-    TransportError, TransportErrorKind,
+    TransportError, TransportErrorKind, TryDeliver,
 };
 use crate::envelope::{Destination, Envelope, Payload};
 use crate::id::{AgentId, AgentKind, NodeId, TenantId, Topic};
@@ -38,7 +40,7 @@ struct Inner {
     next_sub: AtomicU64,
     round_robin: AtomicUsize,
     closed: AtomicBool,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 #[derive(Default)]
@@ -215,10 +217,13 @@ impl Transport for InMemoryTransport {
                 let msg = format!("no agent is registered for {}", envelope.to);
                 Err(SendError::new(SendErrorKind::NoRoute, envelope, msg))
             }
-            Targets::One(inbox) => inbox
-                .deliver(Delivery::new(envelope))
-                .await
-                .map_err(|r| SendError::refused(*r)),
+            Targets::One(inbox) => match inbox.try_deliver(Delivery::new(envelope)) {
+                Ok(()) => Ok(()),
+                Err(TryDeliver::Refused(r)) => Err(SendError::refused(*r)),
+                Err(TryDeliver::Wait(d)) => {
+                    inbox.deliver(d).await.map_err(|r| SendError::refused(*r))
+                }
+            },
             Targets::Many(mut inboxes) => {
                 let last = inboxes.pop();
                 for inbox in inboxes {

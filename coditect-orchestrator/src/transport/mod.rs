@@ -173,10 +173,13 @@ impl fmt::Debug for Acker {
 }
 
 /// One envelope handed to an inbox, with the means to acknowledge it.
+///
+/// The envelope is boxed once when the delivery is made, so queues and hops
+/// move a pointer, not the envelope.
 #[derive(Debug)]
 pub struct Delivery {
     /// The envelope.
-    pub envelope: Envelope,
+    pub envelope: Box<Envelope>,
     /// Acknowledge after handling.
     pub acker: Acker,
 }
@@ -185,15 +188,27 @@ impl Delivery {
     /// A delivery that needs no acknowledgement.
     pub fn new(envelope: Envelope) -> Self {
         Self {
-            envelope,
+            envelope: Box::new(envelope),
             acker: Acker::none(),
         }
     }
 
     /// A delivery with an acknowledgement handle.
     pub fn with_acker(envelope: Envelope, acker: Acker) -> Self {
-        Self { envelope, acker }
+        Self {
+            envelope: Box::new(envelope),
+            acker,
+        }
     }
+}
+
+/// What [`Inbox::try_deliver`] gives back when it cannot take a delivery at once.
+#[derive(Debug)]
+pub enum TryDeliver {
+    /// The inbox would have to wait (full): use [`Inbox::deliver`].
+    Wait(Delivery),
+    /// The inbox refuses it.
+    Refused(Box<Refused>),
 }
 
 /// An inbox refused a delivery; it comes back whole.
@@ -215,6 +230,16 @@ pub trait Inbox: Send + Sync + 'static {
     /// is shutting down, say); the transport reports that to the sender or
     /// redelivers elsewhere.
     async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>>;
+
+    /// Takes one delivery if that needs no waiting — the fast path a transport
+    /// tries first. The default always answers [`TryDeliver::Wait`].
+    ///
+    /// # Errors
+    /// [`TryDeliver::Wait`] hands the delivery back when the inbox is full;
+    /// [`TryDeliver::Refused`] when it will not take it at all.
+    fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
+        Err(TryDeliver::Wait(delivery))
+    }
 
     /// How much work is queued or running here: what load balancing compares.
     fn load(&self) -> usize {
@@ -406,7 +431,7 @@ impl SendError {
         let Refused { delivery, reason } = refused;
         let mut e = Self::new(
             SendErrorKind::Refused,
-            delivery.envelope,
+            *delivery.envelope,
             reason.to_string(),
         );
         e.failure = Some(reason);
