@@ -51,6 +51,9 @@ mod id;
 pub mod runtime;
 pub mod transport;
 
+#[cfg(feature = "test-utils")]
+pub mod testing;
+
 pub use agent::{Agent, AgentCard, AgentError, AgentErrorKind};
 pub use body::{Body, BodyError, Message};
 pub use context::{AgentContext, AgentEvent};
