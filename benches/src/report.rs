@@ -35,7 +35,12 @@ pub struct Report {
 
 impl Report {
     /// A report with the two medians, in nanoseconds per operation.
-    pub fn new(workload: &str, baseline: &str, ours_ns_per_op: f64, baseline_ns_per_op: f64) -> Self {
+    pub fn new(
+        workload: &str,
+        baseline: &str,
+        ours_ns_per_op: f64,
+        baseline_ns_per_op: f64,
+    ) -> Self {
         Self {
             workload: workload.to_owned(),
             baseline: baseline.to_owned(),
@@ -62,7 +67,10 @@ impl Report {
         obj.insert("workload".into(), json!(self.workload));
         obj.insert("ours_ns_per_op".into(), json!(round2(self.ours_ns_per_op)));
         obj.insert("baseline".into(), json!(self.baseline));
-        obj.insert("baseline_ns_per_op".into(), json!(round2(self.baseline_ns_per_op)));
+        obj.insert(
+            "baseline_ns_per_op".into(),
+            json!(round2(self.baseline_ns_per_op)),
+        );
         obj.insert("slowdown".into(), json!(round2(self.slowdown())));
         for (k, v) in &self.extra {
             obj.insert(k.clone(), v.clone());

@@ -1,1 +1,63 @@
-//! coditect-claude (under construction).
+//! A typed async client for the Claude Messages API, and coditect's
+//! [`LanguageModel`](coditect_agents::LanguageModel) implementation on top of it.
+//!
+//! - [`Client`]: configuration from the environment or a builder, a secret [`ApiKey`],
+//!   retries as the official SDKs do them ([`RetryPolicy`]), separate connect,
+//!   first-byte and stream-idle [`Timeouts`], a local 32 MB request limit.
+//! - [`Messages::create`] and [`Messages::stream`]: every request field and every
+//!   response field, typed in [`types`]; the stream yields typed [`types::StreamEvent`]s
+//!   and [`MessageStream::final_message`] gives the same [`types::Message`] as `create`.
+//! - [`Error`] with a [`kind`](Error::kind) per API error type, transport and timeouts
+//!   apart; the `anthropic-ratelimit-*` headers as [`RateLimits`].
+//! - [`RateGovernor`]: one per key, shared by every agent, pacing requests to the
+//!   limits it learns so that a fleet does not run into 429s.
+//! - [`Batches`] (half price for work that can wait), [`Messages::count_tokens`],
+//!   [`PriceTable`] for cost, [`Messages::structured`] for typed answers, and
+//!   [`ClaudeModel`] for agents.
+//!
+//! # Examples
+//!
+//! A whole round trip against the crate's own stand-in server (feature `test-utils`),
+//! the same way the tests run it:
+//!
+//! ```
+//! # #[cfg(feature = "test-utils")]
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use coditect_claude::testing::{StandIn, Reply, text_message};
+//! use coditect_claude::{Client, types::MessageRequest};
+//!
+//! let server = StandIn::start().await;
+//! server.push(Reply::stream(&text_message("Hello, world")));
+//!
+//! let client = Client::builder().api_key("sk-test").base_url(server.url()).build()?;
+//! let req = MessageRequest::new("claude-sonnet-4-5", 256).user("Say hello.");
+//! let message = client.messages().stream(&req).await?.final_message().await?;
+//! assert_eq!(message.text(), "Hello, world");
+//! # Ok::<_, coditect_claude::Error>(()) }).unwrap();
+//! ```
+
+mod batches;
+mod client;
+mod config;
+mod error;
+mod governor;
+mod model;
+mod pricing;
+mod rate_limits;
+mod retry;
+pub mod sse;
+mod stream;
+mod structured;
+mod tokens;
+pub mod types;
+
+pub use client::{Client, Messages};
+pub use config::{
+    API_VERSION, ApiKey, ClientBuilder, DEFAULT_BASE_URL, MAX_REQUEST_BYTES, Timeouts,
+};
+pub use error::{ApiError, ApiErrorType, Error, ErrorKind, Result, TimeoutKind};
+pub use governor::{GovernorConfig, GovernorPermit, RateGovernor};
+
+pub use rate_limits::{RateLimit, RateLimits, ResponseMeta};
+pub use retry::RetryPolicy;
+pub use stream::{MessageAccumulator, MessageStream, decode_event};

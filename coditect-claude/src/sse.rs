@@ -1,0 +1,275 @@
+//! An incremental Server-Sent Events parser.
+//!
+//! Written here rather than taken from a crate because it is small (the part of the
+//! SSE spec the API uses: `event`, `data`, comments, blank-line dispatch, any of the
+//! three line endings) and it sits on the hot path of every streamed token: it scans
+//! with `memchr`, parses complete lines straight out of the network chunk without
+//! copying, and buffers only the tail of a line that a chunk boundary cut. Lines are
+//! decoded as UTF-8 only once complete, so a multi-byte character split across chunks
+//! is never seen in halves. Bad input is an [`SseError`], never a panic.
+//!
+//! # Examples
+//!
+//! ```
+//! use coditect_claude::sse::SseParser;
+//!
+//! let mut parser = SseParser::new();
+//! let mut events = Vec::new();
+//! // "é" is two bytes; the chunk boundary cuts it in half.
+//! parser.push(b"event: ping\ndata: {\"t\":\"caf\xc3", &mut events)?;
+//! parser.push(b"\xa9\"}\n\n", &mut events)?;
+//! assert_eq!(events.len(), 1);
+//! assert_eq!(events[0].event, "ping");
+//! assert_eq!(events[0].data, "{\"t\":\"café\"}");
+//! # Ok::<_, coditect_claude::sse::SseError>(())
+//! ```
+
+/// One dispatched event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    /// The `event:` field, or `message` when absent.
+    pub event: String,
+    /// The `data:` lines, joined with `\n`.
+    pub data: String,
+}
+
+/// The bytes were not a valid event stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SseError {
+    /// A line was not UTF-8.
+    #[error("event stream line is not valid utf-8")]
+    InvalidUtf8,
+    /// An event grew past the size limit without ending.
+    #[error("event stream event exceeds {limit} bytes")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+}
+
+/// The default cap on one event's size: far above any real event, low enough that a
+/// stream without line breaks cannot exhaust memory.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// An incremental SSE parser: push chunks as they arrive, get complete events out.
+#[derive(Debug)]
+pub struct SseParser {
+    /// The start of a line that the previous chunk cut.
+    partial: Vec<u8>,
+    /// The previous chunk ended in `\r`: a `\n` starting the next one belongs to it.
+    after_cr: bool,
+    event: String,
+    data: String,
+    has_data: bool,
+    max_event_bytes: usize,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SseParser {
+    /// A parser with the default event size cap.
+    pub fn new() -> Self {
+        Self::with_max_event_bytes(DEFAULT_MAX_EVENT_BYTES)
+    }
+
+    /// A parser that refuses events larger than `max` bytes.
+    pub fn with_max_event_bytes(max: usize) -> Self {
+        Self {
+            partial: Vec::new(),
+            after_cr: false,
+            event: String::new(),
+            data: String::new(),
+            has_data: false,
+            max_event_bytes: max,
+        }
+    }
+
+    /// Parses a chunk, appending every event it completes to `out`.
+    ///
+    /// # Errors
+    ///
+    /// [`SseError`] on a line that is not UTF-8 or an event over the size cap. After
+    /// an error the parser's state is unspecified: stop using it.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        let mut rest = chunk;
+        if self.after_cr {
+            self.after_cr = false;
+            if let Some((b'\n', tail)) = rest.split_first() {
+                rest = tail;
+            }
+        }
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
+            let (line, tail) = rest.split_at(end);
+            // `tail` starts with the line ending.
+            let skip = match tail {
+                [b'\r', b'\n', ..] => 2,
+                [b'\r'] => {
+                    self.after_cr = true;
+                    1
+                }
+                _ => 1,
+            };
+            if self.partial.is_empty() {
+                self.line(line, out)?;
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                self.line(&whole, out)?;
+                // Keep the allocation for the next cut line.
+                whole.clear();
+                self.partial = whole;
+            }
+            rest = tail.get(skip..).unwrap_or_default();
+        }
+        if !rest.is_empty() {
+            self.partial.extend_from_slice(rest);
+            self.check_size()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream. An event that was not closed by a blank line is discarded, as
+    /// the SSE spec says; callers that need completeness check for their own final event.
+    pub fn finish(&mut self) {
+        self.partial.clear();
+        self.reset_event();
+    }
+
+    fn check_size(&self) -> Result<(), SseError> {
+        if self.partial.len() + self.data.len() > self.max_event_bytes {
+            return Err(SseError::TooLarge {
+                limit: self.max_event_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn reset_event(&mut self) {
+        self.event.clear();
+        self.data.clear();
+        self.has_data = false;
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        if line.is_empty() {
+            if self.has_data {
+                let event = if self.event.is_empty() {
+                    "message".to_owned()
+                } else {
+                    std::mem::take(&mut self.event)
+                };
+                out.push(SseEvent {
+                    event,
+                    data: std::mem::take(&mut self.data),
+                });
+            }
+            self.reset_event();
+            return Ok(());
+        }
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(0) => return Ok(()), // comment
+            Some(i) => {
+                let value = line.get(i + 1..).unwrap_or_default();
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                (line.get(..i).unwrap_or_default(), value)
+            }
+            None => (line, &[][..]),
+        };
+        match field {
+            b"data" => {
+                let value = std::str::from_utf8(value).map_err(|_| SseError::InvalidUtf8)?;
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+                self.check_size()?;
+            }
+            b"event" => {
+                let value = std::str::from_utf8(value).map_err(|_| SseError::InvalidUtf8)?;
+                self.event.clear();
+                self.event.push_str(value);
+            }
+            // `id`, `retry` and unknown fields do not matter to this API; still reject
+            // non-UTF-8 so that garbage is reported rather than skipped.
+            _ => {
+                std::str::from_utf8(line).map_err(|_| SseError::InvalidUtf8)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Result<Vec<SseEvent>, SseError> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.push(c, &mut out)?;
+        }
+        p.finish();
+        Ok(out)
+    }
+
+    #[test]
+    fn handles_every_line_ending_and_comments() {
+        let events = parse_all(&[
+            b": hi\r\nevent: a\r\ndata: 1\r\n\r\nevent: b\rdata: 2\r\rdata: x\ndata: y\n\n",
+        ])
+        .unwrap();
+        assert_eq!(
+            events,
+            vec![
+                SseEvent {
+                    event: "a".into(),
+                    data: "1".into()
+                },
+                SseEvent {
+                    event: "b".into(),
+                    data: "2".into()
+                },
+                SseEvent {
+                    event: "message".into(),
+                    data: "x\ny".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn crlf_split_across_chunks_is_one_line_ending() {
+        let events = parse_all(&[b"data: 1\r", b"\n\r", b"\n"]).unwrap();
+        assert_eq!(
+            events,
+            vec![SseEvent {
+                event: "message".into(),
+                data: "1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn unterminated_event_is_discarded_and_invalid_utf8_is_an_error() {
+        assert!(parse_all(&[b"data: 1\n"]).unwrap().is_empty());
+        assert_eq!(parse_all(&[b"data: \xff\n\n"]), Err(SseError::InvalidUtf8));
+        assert_eq!(parse_all(&[b"\xfe\xff: x\n\n"]), Err(SseError::InvalidUtf8));
+    }
+
+    #[test]
+    fn refuses_events_over_the_cap() {
+        let mut p = SseParser::with_max_event_bytes(8);
+        let mut out = Vec::new();
+        assert_eq!(
+            p.push(b"data: 0123456789", &mut out),
+            Err(SseError::TooLarge { limit: 8 })
+        );
+    }
+}
