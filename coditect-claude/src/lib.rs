@@ -48,6 +48,8 @@ mod retry;
 pub mod sse;
 mod stream;
 mod structured;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 mod tokens;
 pub mod types;
 
