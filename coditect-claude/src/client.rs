@@ -284,7 +284,7 @@ impl Client {
         }
         Err(Failure {
             retry: retry::should_retry(status, &headers),
-            error: Error::Api(error),
+            error: Error::Api(Box::new(error)),
             headers: Some(headers),
         })
     }

@@ -205,15 +205,6 @@ impl ClientBuilder {
         if let Some(http) = &self.http {
             return Ok(http.clone());
         }
-        #[cfg(feature = "rustls")]
-        {
-            // reqwest is built without a default crypto provider (aws-lc-rs needs a C
-            // build we avoid); install ring unless the application chose one already.
-            // An error only means another provider won the race, which is fine.
-            if rustls::crypto::CryptoProvider::get_default().is_none() {
-                let _ = rustls::crypto::ring::default_provider().install_default();
-            }
-        }
         reqwest::Client::builder()
             .connect_timeout(self.timeouts.connect)
             .user_agent(concat!("coditect-claude/", env!("CARGO_PKG_VERSION")))

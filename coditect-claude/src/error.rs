@@ -182,7 +182,7 @@ pub enum ErrorKind {
 pub enum Error {
     /// The API answered with an error.
     #[error("api error: {0}")]
-    Api(ApiError),
+    Api(Box<ApiError>),
     /// The connection failed or broke.
     #[error("transport error: {0}")]
     Transport(#[source] reqwest::Error),
@@ -252,7 +252,7 @@ impl Error {
     /// The API error, if the API answered with one.
     pub fn api_error(&self) -> Option<&ApiError> {
         match self {
-            Self::Api(e) => Some(e),
+            Self::Api(e) => Some(e.as_ref()),
             _ => None,
         }
     }

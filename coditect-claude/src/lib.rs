@@ -53,12 +53,15 @@ pub mod testing;
 mod tokens;
 pub mod types;
 
+pub use batches::{Batch, BatchRequest, BatchRequestCounts, BatchResult, BatchStatus, Batches};
 pub use client::{Client, Messages};
 pub use config::{
     API_VERSION, ApiKey, ClientBuilder, DEFAULT_BASE_URL, MAX_REQUEST_BYTES, Timeouts,
 };
 pub use error::{ApiError, ApiErrorType, Error, ErrorKind, Result, TimeoutKind};
 pub use governor::{GovernorConfig, GovernorPermit, RateGovernor};
+pub use model::ClaudeModel;
+pub use pricing::{ModelPrice, PriceTable};
 
 pub use rate_limits::{RateLimit, RateLimits, ResponseMeta};
 pub use retry::RetryPolicy;

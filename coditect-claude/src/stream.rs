@@ -102,6 +102,11 @@ impl MessageAccumulator {
         self.message.as_ref().map(|m| m.usage).unwrap_or_default()
     }
 
+    /// The message as accumulated so far (complete once `message_stop` was seen).
+    pub fn message(&self) -> Option<&Message> {
+        self.message.as_ref()
+    }
+
     /// Whether `message_stop` was seen.
     pub fn is_complete(&self) -> bool {
         self.stopped
@@ -255,14 +260,14 @@ impl MessageAccumulator {
             }
             StreamEvent::Ping | StreamEvent::Unknown => {}
             StreamEvent::Error { error } => {
-                return Err(Error::Api(ApiError {
+                return Err(Error::Api(Box::new(ApiError {
                     status: 200,
                     error_type: ApiErrorType::parse(&error.kind),
                     message: error.message.clone(),
                     request_id: None,
                     retry_after: None,
                     rate_limits: RateLimits::default(),
-                }));
+                })));
             }
         }
         Ok(())
@@ -352,6 +357,12 @@ impl MessageStream {
     /// The response's status, request id and rate-limit headers.
     pub fn meta(&self) -> &ResponseMeta {
         &self.meta
+    }
+
+    /// The message as accumulated from the events so far; complete once the stream
+    /// has yielded `message_stop`.
+    pub fn message_so_far(&self) -> Option<&Message> {
+        self.acc.message()
     }
 
     /// Consumes the rest of the stream and returns the whole message, equal to what

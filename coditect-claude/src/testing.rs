@@ -410,15 +410,36 @@ async fn handle(
         }
     })
     .filter_map(futures::future::ready);
-    let mut builder = Response::builder()
-        .status(reply.status)
-        .header("request-id", "req_standin");
+    let mut builder = Response::builder().status(reply.status);
+    if !reply
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("request-id"))
+    {
+        builder = builder.header("request-id", "req_standin");
+    }
     for (k, v) in reply.headers.iter().chain(limit_headers.iter()) {
         builder = builder.header(k.as_str(), v.as_str());
     }
     builder
         .body(Body::from_stream(chunks.chain(tail)))
         .unwrap_or_else(|_| Response::new(Body::from("stand-in: bad scripted reply")))
+}
+
+/// A `reqwest::Client` for tests against the stand-in: it opens a new connection per
+/// request. Tests on tokio's paused clock need this, since a pooled keep-alive
+/// connection can leave the runtime idle mid-request, and the paused clock then jumps
+/// straight to the next timer (usually a timeout).
+///
+/// # Panics
+///
+/// If reqwest cannot build a client (no TLS backend at all).
+#[allow(clippy::expect_used)]
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("build a reqwest client")
 }
 
 /// The API's JSON body for a message.

@@ -1,4 +1,5 @@
 //! Messages end to end against the stand-in: plain, tools, thinking, streaming.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

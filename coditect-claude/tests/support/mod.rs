@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,6 +22,7 @@ pub fn builder(server: &StandIn) -> ClientBuilder {
     Client::builder()
         .api_key(KEY)
         .base_url(server.url())
+        .http_client(coditect_claude::testing::http_client())
         .retry(RetryPolicy {
             jitter: false,
             ..RetryPolicy::default()
