@@ -7,3 +7,4 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod report;
+pub mod sse;

@@ -65,4 +65,4 @@ pub use pricing::{ModelPrice, PriceTable};
 
 pub use rate_limits::{RateLimit, RateLimits, ResponseMeta};
 pub use retry::RetryPolicy;
-pub use stream::{MessageAccumulator, MessageStream, decode_event};
+pub use stream::{MessageAccumulator, MessageStream, decode, decode_event};

@@ -96,6 +96,23 @@ impl SseParser {
     /// [`SseError`] on a line that is not UTF-8 or an event over the size cap. After
     /// an error the parser's state is unspecified: stop using it.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        self.feed(chunk, |event, data| {
+            out.push(SseEvent {
+                event: event.to_owned(),
+                data: data.to_owned(),
+            });
+        })
+    }
+
+    /// Parses a chunk, calling `on_event(event, data)` for every event it completes.
+    ///
+    /// The fields are borrowed from the parser's buffers, so nothing is allocated per
+    /// event: decode them in place (this is what the typed stream does).
+    ///
+    /// # Errors
+    ///
+    /// As [`push`](Self::push).
+    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&str, &str)) -> Result<(), SseError> {
         let mut rest = chunk;
         if self.after_cr {
             self.after_cr = false;
@@ -103,7 +120,16 @@ impl SseParser {
                 rest = tail;
             }
         }
-        while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
+        // The API ends lines with `\n`; a lone `\r` is legal SSE but rare. One fast scan
+        // decides whether this chunk needs the slower two-byte search.
+        let has_cr = memchr::memchr(b'\r', rest).is_some();
+        loop {
+            let found = if has_cr {
+                memchr::memchr2(b'\n', b'\r', rest)
+            } else {
+                memchr::memchr(b'\n', rest)
+            };
+            let Some(end) = found else { break };
             let (line, tail) = rest.split_at(end);
             // `tail` starts with the line ending.
             let skip = match tail {
@@ -115,14 +141,15 @@ impl SseParser {
                 _ => 1,
             };
             if self.partial.is_empty() {
-                self.line(line, out)?;
+                self.line(line, &mut on_event)?;
             } else {
                 let mut whole = std::mem::take(&mut self.partial);
                 whole.extend_from_slice(line);
-                self.line(&whole, out)?;
+                let result = self.line(&whole, &mut on_event);
                 // Keep the allocation for the next cut line.
                 whole.clear();
                 self.partial = whole;
+                result?;
             }
             rest = tail.get(skip..).unwrap_or_default();
         }
@@ -155,18 +182,11 @@ impl SseParser {
         self.has_data = false;
     }
 
-    fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+    fn line(&mut self, line: &[u8], on_event: &mut impl FnMut(&str, &str)) -> Result<(), SseError> {
         if line.is_empty() {
             if self.has_data {
-                let event = if self.event.is_empty() {
-                    "message".to_owned()
-                } else {
-                    std::mem::take(&mut self.event)
-                };
-                out.push(SseEvent {
-                    event,
-                    data: std::mem::take(&mut self.data),
-                });
+                let event = if self.event.is_empty() { "message" } else { self.event.as_str() };
+                on_event(event, &self.data);
             }
             self.reset_event();
             return Ok(());

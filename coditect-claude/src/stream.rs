@@ -35,12 +35,21 @@ const KNOWN_EVENTS: &[&str] = &[
 ///
 /// [`Error::Decode`] when a known event's data is not the JSON expected.
 pub fn decode_event(event: &SseEvent) -> Result<Option<StreamEvent>> {
-    match serde_json::from_str::<StreamEvent>(&event.data) {
+    decode(&event.event, &event.data)
+}
+
+/// [`decode_event`] on borrowed fields, as [`SseParser::feed`] gives them.
+///
+/// # Errors
+///
+/// As [`decode_event`].
+pub fn decode(event: &str, data: &str) -> Result<Option<StreamEvent>> {
+    match serde_json::from_str::<StreamEvent>(data) {
         Ok(StreamEvent::Unknown) => Ok(None),
         Ok(ev) => Ok(Some(ev)),
-        Err(e) if KNOWN_EVENTS.contains(&event.event.as_str()) => Err(Error::Decode {
+        Err(e) if KNOWN_EVENTS.contains(&event) => Err(Error::Decode {
             what: "stream event",
-            message: format!("{}: {e}", event.event),
+            message: format!("{event}: {e}"),
         }),
         Err(_) => Ok(None),
     }
@@ -299,8 +308,8 @@ type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 pub struct MessageStream {
     body: ByteStream,
     parser: SseParser,
-    pending: VecDeque<SseEvent>,
-    scratch: Vec<SseEvent>,
+    /// Decoded events not yet yielded (`None`: an unknown type, skipped).
+    pending: VecDeque<Result<Option<StreamEvent>>>,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     acc: MessageAccumulator,
@@ -343,7 +352,6 @@ impl MessageStream {
             body: Box::pin(bytes),
             parser: SseParser::new(),
             pending: VecDeque::new(),
-            scratch: Vec::new(),
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
             acc: MessageAccumulator::new(),
@@ -397,8 +405,8 @@ impl Stream for MessageStream {
             if this.done {
                 return Poll::Ready(None);
             }
-            if let Some(sse) = this.pending.pop_front() {
-                let event = match decode_event(&sse) {
+            if let Some(decoded) = this.pending.pop_front() {
+                let event = match decoded {
                     Ok(Some(event)) => event,
                     Ok(None) => continue,
                     Err(e) => return this.fail(e),
@@ -430,10 +438,10 @@ impl Stream for MessageStream {
             match this.body.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.timer.as_mut().reset(Instant::now() + this.idle);
-                    if let Err(e) = this.parser.push(&chunk, &mut this.scratch) {
+                    let pending = &mut this.pending;
+                    if let Err(e) = this.parser.feed(&chunk, |event, data| pending.push_back(decode(event, data))) {
                         return this.fail(e.into());
                     }
-                    this.pending.extend(this.scratch.drain(..));
                 }
                 Poll::Ready(Some(Err(e))) => return this.fail(e),
                 Poll::Ready(None) => {
