@@ -22,11 +22,15 @@ const CHUNK: usize = 16 * 1024;
 
 /// A long answer: prose with some multi-byte characters, then a tool call.
 fn recorded_stream() -> String {
-    let sentence = "The orchestrator dispatches every ready step in parallel — naïve retries are bounded. ";
+    let sentence =
+        "The orchestrator dispatches every ready step in parallel — naïve retries are bounded. ";
     let text: String = sentence.repeat(60_000 / sentence.len() * 40);
     let input = serde_json::json!({"query": sentence.repeat(50), "limit": 10});
     sse_text(&message(
-        vec![ContentBlock::text(text), ContentBlock::tool_use("toolu_1", "search", input)],
+        vec![
+            ContentBlock::text(text),
+            ContentBlock::tool_use("toolu_1", "search", input),
+        ],
         StopReason::ToolUse,
     ))
 }
@@ -58,7 +62,9 @@ fn typed(bytes: &[u8]) -> usize {
             })
             .expect("valid stream");
     }
-    black_box(acc.finish().expect("complete message")).content.len()
+    black_box(acc.finish().expect("complete message"))
+        .content
+        .len()
 }
 
 /// The baseline: split into lines (any chunk-crossing line copied once), nothing more.
@@ -113,8 +119,14 @@ pub fn run(mode: Mode) -> Report {
     let (o, b, t) = (median(&mut o), median(&mut b), median(&mut t));
     Report::new("sse_parse", "line_split", o, b)
         .field("mb_per_s", crate::report::round2(mb_per_s(bytes.len(), o)))
-        .field("baseline_mb_per_s", crate::report::round2(mb_per_s(bytes.len(), b)))
-        .field("typed_mb_per_s", crate::report::round2(mb_per_s(bytes.len(), t)))
+        .field(
+            "baseline_mb_per_s",
+            crate::report::round2(mb_per_s(bytes.len(), b)),
+        )
+        .field(
+            "typed_mb_per_s",
+            crate::report::round2(mb_per_s(bytes.len(), t)),
+        )
         .field("events", events as u64)
         .field("stream_bytes", bytes.len() as u64)
 }

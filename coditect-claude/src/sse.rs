@@ -112,7 +112,11 @@ impl SseParser {
     /// # Errors
     ///
     /// As [`push`](Self::push).
-    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&str, &str)) -> Result<(), SseError> {
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        mut on_event: impl FnMut(&str, &str),
+    ) -> Result<(), SseError> {
         let mut rest = chunk;
         if self.after_cr {
             self.after_cr = false;
@@ -120,19 +124,53 @@ impl SseParser {
                 rest = tail;
             }
         }
+        // Finish the line the previous chunk cut, on its own.
+        if !self.partial.is_empty() {
+            let Some(end) = memchr::memchr2(b'\n', b'\r', rest) else {
+                self.partial.extend_from_slice(rest);
+                return self.check_size();
+            };
+            let (head, tail) = rest.split_at(end);
+            let mut whole = std::mem::take(&mut self.partial);
+            whole.extend_from_slice(head);
+            let result = std::str::from_utf8(&whole)
+                .map_err(|_| SseError::InvalidUtf8)
+                .and_then(|line| self.line(line, &mut on_event));
+            // Keep the allocation for the next cut line.
+            whole.clear();
+            self.partial = whole;
+            result?;
+            rest = self.skip_line_end(tail);
+        }
+        // Validate the rest of the chunk in one pass (much faster than line by line),
+        // then slice lines out of it as `str`. A character cut by the chunk's end is
+        // left for the next chunk with the rest of its line.
+        let (text, cut) = match std::str::from_utf8(rest) {
+            Ok(text) => (text, &[][..]),
+            Err(e) if e.error_len().is_none() => {
+                let (valid, cut) = rest.split_at(e.valid_up_to());
+                (
+                    std::str::from_utf8(valid).map_err(|_| SseError::InvalidUtf8)?,
+                    cut,
+                )
+            }
+            Err(_) => return Err(SseError::InvalidUtf8),
+        };
         // The API ends lines with `\n`; a lone `\r` is legal SSE but rare. One fast scan
         // decides whether this chunk needs the slower two-byte search.
-        let has_cr = memchr::memchr(b'\r', rest).is_some();
+        let has_cr = memchr::memchr(b'\r', text.as_bytes()).is_some();
+        let mut text = text;
         loop {
             let found = if has_cr {
-                memchr::memchr2(b'\n', b'\r', rest)
+                memchr::memchr2(b'\n', b'\r', text.as_bytes())
             } else {
-                memchr::memchr(b'\n', rest)
+                memchr::memchr(b'\n', text.as_bytes())
             };
             let Some(end) = found else { break };
-            let (line, tail) = rest.split_at(end);
-            // `tail` starts with the line ending.
-            let skip = match tail {
+            // Line endings are ASCII, so these are character boundaries.
+            let (line, tail) = text.split_at(end);
+            self.line(line, &mut on_event)?;
+            let skip = match tail.as_bytes() {
                 [b'\r', b'\n', ..] => 2,
                 [b'\r'] => {
                     self.after_cr = true;
@@ -140,24 +178,27 @@ impl SseParser {
                 }
                 _ => 1,
             };
-            if self.partial.is_empty() {
-                self.line(line, &mut on_event)?;
-            } else {
-                let mut whole = std::mem::take(&mut self.partial);
-                whole.extend_from_slice(line);
-                let result = self.line(&whole, &mut on_event);
-                // Keep the allocation for the next cut line.
-                whole.clear();
-                self.partial = whole;
-                result?;
-            }
-            rest = tail.get(skip..).unwrap_or_default();
+            text = tail.get(skip..).unwrap_or_default();
         }
-        if !rest.is_empty() {
-            self.partial.extend_from_slice(rest);
+        if !text.is_empty() || !cut.is_empty() {
+            self.partial.extend_from_slice(text.as_bytes());
+            self.partial.extend_from_slice(cut);
             self.check_size()?;
         }
         Ok(())
+    }
+
+    /// Skips the line ending at the start of `tail` (`\n`, `\r\n` or `\r`).
+    fn skip_line_end<'a>(&mut self, tail: &'a [u8]) -> &'a [u8] {
+        let skip = match tail {
+            [b'\r', b'\n', ..] => 2,
+            [b'\r'] => {
+                self.after_cr = true;
+                1
+            }
+            _ => 1,
+        };
+        tail.get(skip..).unwrap_or_default()
     }
 
     /// Ends the stream. An event that was not closed by a blank line is discarded, as
@@ -182,27 +223,34 @@ impl SseParser {
         self.has_data = false;
     }
 
-    fn line(&mut self, line: &[u8], on_event: &mut impl FnMut(&str, &str)) -> Result<(), SseError> {
+    fn line(&mut self, line: &str, on_event: &mut impl FnMut(&str, &str)) -> Result<(), SseError> {
         if line.is_empty() {
             if self.has_data {
-                let event = if self.event.is_empty() { "message" } else { self.event.as_str() };
+                let event = if self.event.is_empty() {
+                    "message"
+                } else {
+                    self.event.as_str()
+                };
                 on_event(event, &self.data);
             }
             self.reset_event();
             return Ok(());
         }
-        let (field, value) = match memchr::memchr(b':', line) {
-            Some(0) => return Ok(()), // comment
-            Some(i) => {
-                let value = line.get(i + 1..).unwrap_or_default();
-                let value = value.strip_prefix(b" ").unwrap_or(value);
-                (line.get(..i).unwrap_or_default(), value)
+        // The two fields the API sends, first; then the general form.
+        let (field, value) = if let Some(v) = line.strip_prefix("data:") {
+            ("data", v)
+        } else if let Some(v) = line.strip_prefix("event:") {
+            ("event", v)
+        } else {
+            match line.split_once(':') {
+                Some(("", _)) => return Ok(()), // comment
+                Some((field, value)) => (field, value),
+                None => (line, ""),
             }
-            None => (line, &[][..]),
         };
+        let value = value.strip_prefix(' ').unwrap_or(value);
         match field {
-            b"data" => {
-                let value = std::str::from_utf8(value).map_err(|_| SseError::InvalidUtf8)?;
+            "data" => {
                 if self.has_data {
                     self.data.push('\n');
                 }
@@ -210,16 +258,12 @@ impl SseParser {
                 self.has_data = true;
                 self.check_size()?;
             }
-            b"event" => {
-                let value = std::str::from_utf8(value).map_err(|_| SseError::InvalidUtf8)?;
+            "event" => {
                 self.event.clear();
                 self.event.push_str(value);
             }
-            // `id`, `retry` and unknown fields do not matter to this API; still reject
-            // non-UTF-8 so that garbage is reported rather than skipped.
-            _ => {
-                std::str::from_utf8(line).map_err(|_| SseError::InvalidUtf8)?;
-            }
+            // `id`, `retry` and unknown fields do not matter to this API.
+            _ => {}
         }
         Ok(())
     }

@@ -439,7 +439,10 @@ impl Stream for MessageStream {
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.timer.as_mut().reset(Instant::now() + this.idle);
                     let pending = &mut this.pending;
-                    if let Err(e) = this.parser.feed(&chunk, |event, data| pending.push_back(decode(event, data))) {
+                    if let Err(e) = this
+                        .parser
+                        .feed(&chunk, |event, data| pending.push_back(decode(event, data)))
+                    {
                         return this.fail(e.into());
                     }
                 }
