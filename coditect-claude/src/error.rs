@@ -184,7 +184,7 @@ pub enum Error {
     #[error("api error: {0}")]
     Api(Box<ApiError>),
     /// The connection failed or broke.
-    #[error("transport error: {0}")]
+    #[error("transport error: {}", chain(.0))]
     Transport(#[source] reqwest::Error),
     /// A timeout fired.
     #[error("{0} timeout")]
@@ -281,6 +281,22 @@ impl Error {
             message: err.to_string(),
         }
     }
+}
+
+/// An error and its sources on one line: reqwest's own message hides the cause
+/// ("error sending request" — connection refused? DNS? TLS?).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// A `Result` with this crate's [`Error`].
