@@ -1,19 +1,4 @@
-//! A typed async client for the Claude Messages API, and coditect's
-//! [`LanguageModel`](coditect_agents::LanguageModel) implementation on top of it.
-//!
-//! - [`Client`]: configuration from the environment or a builder, a secret [`ApiKey`],
-//!   retries as the official SDKs do them ([`RetryPolicy`]), separate connect,
-//!   first-byte and stream-idle [`Timeouts`], a local 32 MB request limit.
-//! - [`Messages::create`] and [`Messages::stream`]: every request field and every
-//!   response field, typed in [`types`]; the stream yields typed [`types::StreamEvent`]s
-//!   and [`MessageStream::final_message`] gives the same [`types::Message`] as `create`.
-//! - [`Error`] with a [`kind`](Error::kind) per API error type, transport and timeouts
-//!   apart; the `anthropic-ratelimit-*` headers as [`RateLimits`].
-//! - [`RateGovernor`]: one per key, shared by every agent, pacing requests to the
-//!   limits it learns so that a fleet does not run into 429s.
-//! - [`Batches`] (half price for work that can wait), [`Messages::count_tokens`],
-//!   [`PriceTable`] for cost, [`Messages::structured`] for typed answers, and
-//!   [`ClaudeModel`] for agents.
+#![doc = include_str!("../README.md")]
 //!
 //! # Examples
 //!

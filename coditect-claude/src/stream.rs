@@ -303,8 +303,8 @@ type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 /// The stream checks the events as they pass (through a [`MessageAccumulator`]): an
 /// `error` event, bytes that are not SSE or JSON, events that contradict each other,
 /// a connection that breaks or goes silent past the idle timeout, and an end without
-/// `message_stop` all arrive as an `Err` item, after which the stream ends. `ping`s and
-/// unknown event types are consumed silently.
+/// `message_stop` all arrive as an `Err` item, after which the stream ends. `ping`s are
+/// yielded (they show the connection is alive); unknown event types are skipped.
 pub struct MessageStream {
     body: ByteStream,
     parser: SseParser,
@@ -421,9 +421,6 @@ impl Stream for MessageStream {
                     && let Some(p) = this.permit.take()
                 {
                     p.record_usage(&this.acc.usage());
-                }
-                if matches!(event, StreamEvent::Ping) {
-                    continue;
                 }
                 return Poll::Ready(Some(Ok(event)));
             }

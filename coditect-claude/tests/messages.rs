@@ -217,7 +217,7 @@ async fn thinking_blocks_and_streaming_equal_the_non_streaming_result() {
 }
 
 #[tokio::test]
-async fn stream_yields_typed_events_in_order_without_pings() {
+async fn stream_yields_typed_events_in_order_pings_included() {
     let server = StandIn::start().await;
     server.push(Reply::stream(&text_message("Hello, wörld")).split_every(1));
     let mut stream = within(client(&server).messages().stream(&request()))
@@ -248,6 +248,7 @@ async fn stream_yields_typed_events_in_order_without_pings() {
         names,
         [
             "message_start",
+            "ping",
             "content_block_start",
             "content_block_delta",
             "content_block_stop",
@@ -325,4 +326,48 @@ fn the_api_key_never_shows_in_debug_output() {
     assert!(!shown.contains("SECRET"), "{shown}");
     let builder = coditect_claude::Client::builder().api_key(KEY);
     assert!(!format!("{builder:?}").contains("SECRET"));
+}
+
+/// Collects everything a tracing subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_api_key_never_shows_in_logs_or_errors() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = StandIn::start().await;
+    server.push(Reply::error(529, "overloaded_error", "Overloaded"));
+    server.push(Reply::error(
+        401,
+        "authentication_error",
+        "invalid x-api-key",
+    ));
+    let err = within(client(&server).messages().create(&request()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), coditect_claude::ErrorKind::Authentication);
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("retrying"), "the retry was logged: {logs}");
+    for shown in [logs, err.to_string(), format!("{err:?}")] {
+        assert!(!shown.contains("SECRET"), "{shown}");
+    }
+    // The key did go out, in its header.
+    assert_eq!(server.requests()[0].header("x-api-key"), Some(KEY));
 }
