@@ -530,6 +530,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn output_tokens_used_are_paid_back_before_the_next_request() {
+        let g = Arc::new(RateGovernor::new(GovernorConfig {
+            output_tokens_per_minute: Some(600), // 10 per second
+            ..GovernorConfig::default()
+        }));
+        let p = g.acquire("t", 0).await;
+        // 700 used: 100 in debt, 10 s to get back to 0, plus 1 token to go.
+        p.record_usage(&Usage {
+            output_tokens: 700,
+            ..Usage::default()
+        });
+        drop(p);
+        let start = Instant::now();
+        let _p = tokio::time::timeout(Duration::from_secs(60), g.acquire("t", 0))
+            .await
+            .unwrap();
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(10_100) && waited < Duration::from_millis(10_300),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn input_estimates_are_paced_and_corrected() {
+        let g = Arc::new(RateGovernor::new(GovernorConfig {
+            input_tokens_per_minute: Some(6000), // 100 per second
+            ..GovernorConfig::default()
+        }));
+        let p = g.acquire("t", 6000).await; // the whole bucket
+        // It really used only 1000: 5000 come back.
+        p.record_usage(&Usage {
+            input_tokens: 1000,
+            ..Usage::default()
+        });
+        drop(p);
+        let start = Instant::now();
+        let _p = tokio::time::timeout(Duration::from_secs(60), g.acquire("t", 5000))
+            .await
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_millis(10));
+        let _q = tokio::time::timeout(Duration::from_secs(60), g.acquire("t", 1000))
+            .await
+            .unwrap();
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_millis(10_100),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_429_blocks_everyone_for_its_retry_after() {
         let g = Arc::new(RateGovernor::default());
         g.rate_limited(Some(Duration::from_secs(5)));

@@ -148,13 +148,11 @@ impl MessageAccumulator {
                 if *index != message.content.len() {
                     return Err(protocol(format!("block {index} started out of order")));
                 }
-                let mut block = content_block.clone();
-                if let ContentBlock::ToolUse { input, .. } = &mut block {
+                if let ContentBlock::ToolUse { .. } = content_block {
                     // The start carries `{}`; the real input comes in fragments.
-                    *input = serde_json::Value::Null;
                     self.partial_json.insert(*index, String::new());
                 }
-                message.content.push(block);
+                message.content.push(content_block.clone());
                 self.open.push(true);
             }
             StreamEvent::ContentBlockDelta { index, delta } => {
@@ -225,14 +223,13 @@ impl MessageAccumulator {
                 if let (Some(ContentBlock::ToolUse { input, .. }), Some(json)) =
                     (message.content.get_mut(*index), json)
                 {
-                    *input = if json.trim().is_empty() {
-                        serde_json::Value::Object(Default::default())
-                    } else {
-                        serde_json::from_str(&json).map_err(|e| Error::Decode {
+                    // No fragments: the input the start carried stands.
+                    if !json.trim().is_empty() {
+                        *input = serde_json::from_str(&json).map_err(|e| Error::Decode {
                             what: "tool input",
                             message: format!("{e}; got: {json}"),
-                        })?
-                    };
+                        })?;
+                    }
                 }
             }
             StreamEvent::MessageDelta { delta, usage } => {

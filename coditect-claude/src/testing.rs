@@ -279,6 +279,31 @@ impl StandIn {
         self.url.clone()
     }
 
+    /// A client for this server: key `sk-test`, no connection pooling (see
+    /// [`http_client`]), retries without jitter so delays are exact.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: the configuration is valid.
+    #[allow(clippy::expect_used)]
+    pub fn client(&self) -> crate::Client {
+        self.client_builder()
+            .build()
+            .expect("valid stand-in client")
+    }
+
+    /// The builder behind [`client`](Self::client), to adjust before building.
+    pub fn client_builder(&self) -> crate::ClientBuilder {
+        crate::Client::builder()
+            .api_key("sk-test")
+            .base_url(self.url())
+            .http_client(http_client())
+            .retry(crate::RetryPolicy {
+                jitter: false,
+                ..crate::RetryPolicy::default()
+            })
+    }
+
     /// Scripts the next reply (replies are used in order).
     pub fn push(&self, reply: Reply) {
         lock(&self.shared).replies.push_back(reply);

@@ -137,15 +137,10 @@ async fn tool_use_round_trip() {
     assert_eq!((id, name), ("toolu_01", "get_weather"));
     assert_eq!(input["city"], "Zürich");
 
-    let next = request()
-        .message(MessageParam {
-            role: Role::Assistant,
-            content: first.content.clone(),
-        })
-        .message(MessageParam {
-            role: Role::User,
-            content: vec![ContentBlock::tool_result(id, "18°C, sunny", false)],
-        });
+    let next = request().message(first.to_param()).message(MessageParam {
+        role: Role::User,
+        content: vec![ContentBlock::tool_result(id, "18°C, sunny", false)],
+    });
     let second = within(client.messages().create(&next)).await.unwrap();
     assert_eq!(second.text(), "Sunny.");
 

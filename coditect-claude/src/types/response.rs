@@ -117,6 +117,20 @@ impl Message {
             .collect()
     }
 
+    /// This answer as the assistant turn of the next request, leaving out block types
+    /// this crate does not know (they cannot be sent back faithfully).
+    pub fn to_param(&self) -> super::MessageParam {
+        super::MessageParam {
+            role: Role::Assistant,
+            content: self
+                .content
+                .iter()
+                .filter(|b| !matches!(b, ContentBlock::Unknown))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The tool calls, as `(id, name, input)`.
     pub fn tool_uses(&self) -> impl Iterator<Item = (&str, &str, &serde_json::Value)> {
         self.content.iter().filter_map(|b| match b {
