@@ -118,7 +118,9 @@ impl SseParser {
         mut on_event: impl FnMut(&str, &str),
     ) -> Result<(), SseError> {
         let mut rest = chunk;
-        if self.after_cr {
+        // A `\r` ended the previous chunk: a `\n` opening this one is part of it (an
+        // empty chunk decides nothing).
+        if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
             if let Some((b'\n', tail)) = rest.split_first() {
                 rest = tail;
@@ -135,7 +137,11 @@ impl SseParser {
             whole.extend_from_slice(head);
             let result = std::str::from_utf8(&whole)
                 .map_err(|_| SseError::InvalidUtf8)
-                .and_then(|line| self.line(line, &mut on_event));
+                .and_then(|line| {
+                    let mut held = Held::default();
+                    self.line(line, &mut held, &mut on_event)?;
+                    self.keep(held)
+                });
             // Keep the allocation for the next cut line.
             whole.clear();
             self.partial = whole;
@@ -160,6 +166,8 @@ impl SseParser {
         // decides whether this chunk needs the slower two-byte search.
         let has_cr = memchr::memchr(b'\r', text.as_bytes()).is_some();
         let mut text = text;
+        // Fields of the event being read, borrowed from this chunk until it ends.
+        let mut held = Held::default();
         loop {
             let found = if has_cr {
                 memchr::memchr2(b'\n', b'\r', text.as_bytes())
@@ -169,7 +177,7 @@ impl SseParser {
             let Some(end) = found else { break };
             // Line endings are ASCII, so these are character boundaries.
             let (line, tail) = text.split_at(end);
-            self.line(line, &mut on_event)?;
+            self.line(line, &mut held, &mut on_event)?;
             let skip = match tail.as_bytes() {
                 [b'\r', b'\n', ..] => 2,
                 [b'\r'] => {
@@ -180,6 +188,7 @@ impl SseParser {
             };
             text = tail.get(skip..).unwrap_or_default();
         }
+        self.keep(held)?;
         if !text.is_empty() || !cut.is_empty() {
             self.partial.extend_from_slice(text.as_bytes());
             self.partial.extend_from_slice(cut);
@@ -223,16 +232,35 @@ impl SseParser {
         self.has_data = false;
     }
 
-    fn line(&mut self, line: &str, on_event: &mut impl FnMut(&str, &str)) -> Result<(), SseError> {
+    /// Copies the fields still borrowed from a chunk into the parser's own buffers.
+    fn keep(&mut self, held: Held<'_>) -> Result<(), SseError> {
+        if let Some(event) = held.event {
+            self.event.clear();
+            self.event.push_str(event);
+        }
+        if let Some(data) = held.data {
+            self.data.push_str(data);
+            self.check_size()?;
+        }
+        Ok(())
+    }
+
+    fn line<'a>(
+        &mut self,
+        line: &'a str,
+        held: &mut Held<'a>,
+        on_event: &mut impl FnMut(&str, &str),
+    ) -> Result<(), SseError> {
         if line.is_empty() {
             if self.has_data {
-                let event = if self.event.is_empty() {
-                    "message"
-                } else {
-                    self.event.as_str()
+                let event = match held.event {
+                    Some(e) => e,
+                    None if self.event.is_empty() => "message",
+                    None => self.event.as_str(),
                 };
-                on_event(event, &self.data);
+                on_event(event, held.data.unwrap_or(&self.data));
             }
+            *held = Held::default();
             self.reset_event();
             return Ok(());
         }
@@ -250,23 +278,35 @@ impl SseParser {
         };
         let value = value.strip_prefix(' ').unwrap_or(value);
         match field {
-            "data" => {
-                if self.has_data {
-                    self.data.push('\n');
-                }
-                self.data.push_str(value);
+            "data" if !self.has_data => {
+                // Most events have one data line: borrow it rather than copy it.
+                held.data = Some(value);
                 self.has_data = true;
+            }
+            "data" => {
+                if let Some(first) = held.data.take() {
+                    self.data.push_str(first);
+                }
+                self.data.push('\n');
+                self.data.push_str(value);
                 self.check_size()?;
             }
             "event" => {
+                held.event = Some(value);
                 self.event.clear();
-                self.event.push_str(value);
             }
             // `id`, `retry` and unknown fields do not matter to this API.
             _ => {}
         }
         Ok(())
     }
+}
+
+/// Fields of the current event borrowed from the chunk being parsed.
+#[derive(Default)]
+struct Held<'a> {
+    event: Option<&'a str>,
+    data: Option<&'a str>,
 }
 
 #[cfg(test)]
@@ -306,6 +346,33 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn every_two_way_split_gives_the_same_events() {
+        let text = "event: a\r\ndata: x\ndata: ü\r\rid: 1\n: c\n\ndata:\n\nevent: e\rdata: {\"k\": \"日本\"}\n\n".as_bytes();
+        let whole = parse_all(&[text]).unwrap();
+        assert_eq!(whole.len(), 3);
+        assert_eq!(
+            whole[0],
+            SseEvent {
+                event: "a".into(),
+                data: "x\nü".into()
+            }
+        );
+        assert_eq!(
+            whole[1],
+            SseEvent {
+                event: "message".into(),
+                data: String::new()
+            }
+        );
+        for i in 0..=text.len() {
+            for j in i..=text.len() {
+                let parts = [&text[..i], &text[i..j], &text[j..]];
+                assert_eq!(parse_all(&parts).unwrap(), whole, "split at {i}, {j}");
+            }
+        }
     }
 
     #[test]
