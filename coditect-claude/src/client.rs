@@ -236,7 +236,7 @@ impl Client {
         } else {
             (timeouts.request, TimeoutKind::Request)
         };
-        let deadline = Instant::now() + limit;
+        let deadline = deadline_after(limit);
         let mut req = self
             .inner
             .http
@@ -305,6 +305,13 @@ impl Client {
         let value = serde_json::from_slice(&bytes).map_err(|e| Error::decode(what, e))?;
         Ok((value, sent.meta, sent.permit))
     }
+}
+
+/// `now + limit`, saturating for absurdly long limits instead of panicking.
+pub(crate) fn deadline_after(limit: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(limit)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 fn transport_failure(e: reqwest::Error, kind: TimeoutKind) -> Failure {

@@ -102,7 +102,8 @@ impl Bucket {
             return Duration::from_secs(60);
         }
         // Round up a little so the sleeper wakes to a bucket that really has room.
-        Duration::from_secs_f64(missing / rate + 0.001)
+        // Usage figures come from outside: never panic on an absurd one.
+        Duration::try_from_secs_f64(missing / rate + 0.001).unwrap_or(Duration::from_secs(60))
     }
 
     /// Learns a new limit and takes the API's view of what is left, minus requests
@@ -347,7 +348,11 @@ impl RateGovernor {
     /// Blocks every tenant for `retry_after` (one second if the API did not say): a
     /// 429 means the learned limits were not enough.
     pub fn rate_limited(&self, retry_after: Option<Duration>) {
-        let until = Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
+        // The header is outside input: cap it as the retry loop does.
+        let wait = retry_after
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(60));
+        let until = Instant::now() + wait;
         let mut st = self.lock();
         st.blocked_until = Some(st.blocked_until.map_or(until, |u| u.max(until)));
         if let Some(b) = st.requests.as_mut() {
@@ -392,7 +397,7 @@ impl GovernorPermit {
         let now = Instant::now();
         {
             let mut st = self.governor.lock();
-            let input = (usage.input_tokens + usage.cache_creation_input_tokens) as f64;
+            let input = usage.input_tokens as f64 + usage.cache_creation_input_tokens as f64;
             if let Some(b) = st.input.as_mut() {
                 b.refill(now);
                 b.level -= input - self.estimated_input_tokens as f64;

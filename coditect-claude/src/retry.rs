@@ -66,7 +66,7 @@ impl RetryPolicy {
         } else {
             1.0
         };
-        Duration::from_secs_f64((secs * factor).max(0.0))
+        Duration::try_from_secs_f64((secs * factor).max(0.0)).unwrap_or(self.max_backoff)
     }
 
     /// The delay before retry number `retry`: the API's own when it asked for 0–60 s.

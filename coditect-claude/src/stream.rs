@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
+use crate::client::deadline_after;
 use crate::error::{ApiError, ApiErrorType, Error, Result, TimeoutKind};
 use crate::governor::GovernorPermit;
 use crate::rate_limits::{RateLimits, ResponseMeta};
@@ -308,7 +309,8 @@ pub struct MessageStream {
     /// Decoded events not yet yielded (`None`: an unknown type, skipped).
     pending: VecDeque<Result<Option<StreamEvent>>>,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Created at the first poll, so that building a stream needs no runtime.
+    timer: Option<Pin<Box<Sleep>>>,
     acc: MessageAccumulator,
     meta: ResponseMeta,
     permit: Option<GovernorPermit>,
@@ -350,7 +352,7 @@ impl MessageStream {
             parser: SseParser::new(),
             pending: VecDeque::new(),
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
             acc: MessageAccumulator::new(),
             meta: ResponseMeta::default(),
             permit: None,
@@ -431,7 +433,9 @@ impl Stream for MessageStream {
             }
             match this.body.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    this.timer.as_mut().reset(Instant::now() + this.idle);
+                    if let Some(timer) = this.timer.as_mut() {
+                        timer.as_mut().reset(deadline_after(this.idle));
+                    }
                     let pending = &mut this.pending;
                     if let Err(e) = this
                         .parser
@@ -446,7 +450,11 @@ impl Stream for MessageStream {
                     this.body_done = true;
                 }
                 Poll::Pending => {
-                    if this.timer.as_mut().poll(cx).is_ready() {
+                    let idle = this.idle;
+                    let timer = this.timer.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep_until(deadline_after(idle)))
+                    });
+                    if timer.as_mut().poll(cx).is_ready() {
                         return this.fail(Error::Timeout(TimeoutKind::StreamIdle));
                     }
                     return Poll::Pending;
