@@ -3,13 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, Message};
+use crate::budget::{Budget, Usage};
 use crate::envelope::{CallChain, Deadline, Destination, TraceContext};
+use crate::envelope::{Failure, FailureKind};
 use crate::error::RequestError;
 use crate::id::{AgentId, AgentKind, MessageId, RunId, TenantId, Topic};
+use crate::orchestrator::{Signal, StepId};
 use crate::runtime::call::{Node, Origin, RequestOptions};
 use crate::runtime::directory::Directory;
 use crate::transport::SendError;
@@ -33,20 +36,9 @@ pub struct AgentContext {
     pub(crate) chain: CallChain,
     pub(crate) trace: TraceContext,
     pub(crate) reply_to: Option<crate::id::NodeId>,
+    pub(crate) step: Option<StepId>,
+    pub(crate) budget: Option<Arc<Budget>>,
     pub(crate) cancel: CancellationToken,
-}
-
-/// A progress event an agent reports through [`AgentContext::emit`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AgentEvent {
-    /// The run the agent works for.
-    pub run: Option<RunId>,
-    /// The agent reporting.
-    pub agent: AgentId,
-    /// The message it is handling.
-    pub message: MessageId,
-    /// What it reports.
-    pub data: serde_json::Value,
 }
 
 impl AgentContext {
@@ -61,6 +53,25 @@ impl AgentContext {
                 trace_id: self.trace.trace_id,
                 parent_span: self.message.as_u128() as u64,
             },
+            step: self.step.clone(),
+            parent: Some(self.message),
+            budget: self.budget.clone(),
+            attempt: 0,
+        }
+    }
+
+    /// The plan step this work belongs to, if it runs for an orchestrated run.
+    pub fn step(&self) -> Option<&StepId> {
+        self.step.as_ref()
+    }
+
+    /// What remains of the run's limits (delegation depth, fan-out, tokens,
+    /// cost) when this message was sent. Outside a run: the default limits.
+    pub fn budget(&self) -> &Budget {
+        static DEFAULT: std::sync::OnceLock<Budget> = std::sync::OnceLock::new();
+        match &self.budget {
+            Some(b) => b,
+            None => DEFAULT.get_or_init(Budget::default),
         }
     }
 
@@ -194,16 +205,30 @@ impl AgentContext {
     }
 
     /// Hands a subtask to an agent that offers `capability` and awaits its
-    /// result. It counts as one more delegation level.
+    /// result. It counts as one more delegation level, is bounded by the run's
+    /// depth limit, carries the run's remaining budget, is cancelled with this
+    /// handler, and appears in the run's trace under this message.
     ///
     /// # Errors
     /// [`RequestError::NoSuchAgent`] if no registered agent offers the
-    /// capability; otherwise as [`request`](Self::request).
+    /// capability; a [`FailureKind::Policy`](crate::FailureKind::Policy)
+    /// failure if the depth limit is reached; otherwise as
+    /// [`request`](Self::request).
     pub async fn delegate<R: Message>(
         &self,
         capability: &str,
         message: impl Message,
     ) -> Result<R, RequestError> {
+        let max = self.budget().max_depth;
+        if self.depth >= max {
+            return Err(RequestError::Failed(Failure::new(
+                FailureKind::Policy,
+                format!(
+                    "max delegation depth {max} reached: {} at depth {} cannot delegate {capability:?}",
+                    self.me, self.depth
+                ),
+            )));
+        }
         let kind = self.resolve_capability(capability)?;
         let options = RequestOptions {
             delegation: true,
@@ -212,41 +237,88 @@ impl AgentContext {
         self.request_with(kind, message, options).await
     }
 
+    /// Hands several subtasks to agents at once and gathers every result, in
+    /// order (parallel hand-off). The number at once is bounded by the run's
+    /// fan-out limit.
+    ///
+    /// # Errors
+    /// A [`FailureKind::Policy`](crate::FailureKind::Policy) failure if there
+    /// are more subtasks than the fan-out limit allows; otherwise each result
+    /// is that subtask's own.
+    pub async fn delegate_all<R: Message, M: Message>(
+        &self,
+        subtasks: impl IntoIterator<Item = (String, M)>,
+    ) -> Result<Vec<Result<R, RequestError>>, RequestError> {
+        let subtasks: Vec<(String, M)> = subtasks.into_iter().collect();
+        let max = self.budget().max_fanout as usize;
+        if subtasks.len() > max {
+            return Err(RequestError::Failed(Failure::new(
+                FailureKind::Policy,
+                format!(
+                    "fan-out of {} subtasks from {} exceeds the limit of {max}",
+                    subtasks.len(),
+                    self.me
+                ),
+            )));
+        }
+        Ok(futures::future::join_all(
+            subtasks
+                .into_iter()
+                .map(|(cap, m)| async move { self.delegate::<R>(&cap, m).await }),
+        )
+        .await)
+    }
+
+    /// Reports tokens and money spent (by a model call, say). It counts
+    /// against the run's budgets; the orchestrator ends the run when one is
+    /// spent.
+    ///
+    /// # Errors
+    /// [`SendError`] if the transport fails.
+    pub async fn report_usage(&self, usage: Usage) -> Result<(), SendError> {
+        let Some(run) = self.run else {
+            return Ok(());
+        };
+        let signal = Signal::Usage {
+            message: self.message,
+            step: self.step.clone(),
+            agent: self.me.clone(),
+            usage,
+        };
+        self.publish(&Topic::for_run(run), signal).await
+    }
+
     fn resolve_capability(&self, capability: &str) -> Result<AgentKind, RequestError> {
         if let Some(kind) = self.directory.kind_for(capability) {
             return Ok(kind);
         }
         match AgentKind::new(capability) {
             Ok(kind) => Ok(kind),
-            Err(_) => Err(RequestError::Failed(crate::envelope::Failure::new(
-                crate::envelope::FailureKind::NoSuchAgent,
+            Err(_) => Err(RequestError::Failed(Failure::new(
+                FailureKind::NoSuchAgent,
                 format!("no agent offers capability {capability:?}"),
             ))),
         }
     }
 
-    /// Reports progress. The event goes to the run's event topic
-    /// (`run.<run id>`), where the orchestrator and any listener see it; outside
-    /// a run it is only traced.
+    /// Reports progress. It reaches the run's event stream (as a step
+    /// progress event) through the run's topic; outside a run it is only traced.
     ///
     /// # Errors
     /// [`SendError`] if the transport fails.
     pub async fn emit(&self, data: impl Serialize) -> Result<(), SendError> {
         let data = serde_json::to_value(data).unwrap_or(serde_json::Value::Null);
-        tracing::debug!(agent = %self.me, message = %self.message, %data, "agent event");
+        tracing::debug!(agent = %self.me, message = %self.message, %data, "agent progress");
         let Some(run) = self.run else {
             return Ok(());
         };
-        let event = AgentEvent {
-            run: Some(run),
-            agent: self.me.clone(),
+        let signal = Signal::Progress {
             message: self.message,
+            step: self.step.clone(),
+            agent: self.me.clone(),
             data,
         };
-        let Ok(topic) = Topic::new(format!("run.{run}")) else {
-            return Ok(());
-        };
-        self.publish(&topic, event).await
+        self.publish(&Topic::for_run(run), signal).await
     }
 
     /// The default request timeout of the runtime.

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::body::Body;
+use crate::budget::Budget;
 use crate::id::{AgentId, AgentKind, MessageId, NodeId, RunId, TenantId, Topic};
+use crate::orchestrator::StepId;
 
 /// Where a message goes.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -367,6 +369,12 @@ pub struct Envelope {
     pub trace: TraceContext,
     /// The agents waiting on this request, each on the next.
     pub chain: CallChain,
+    /// The plan step this message works for, within its run.
+    pub step: Option<StepId>,
+    /// The message whose handler sent this one (the parent in a run's trace).
+    pub parent: Option<MessageId>,
+    /// What remains of the run's limits.
+    pub budget: Option<Arc<Budget>>,
     /// What it carries.
     pub payload: Payload,
 }
@@ -387,6 +395,9 @@ impl Envelope {
             attempt: 1,
             trace: TraceContext::default(),
             chain: CallChain::new(),
+            step: None,
+            parent: None,
+            budget: None,
             payload,
         }
     }
@@ -413,6 +424,9 @@ impl Envelope {
             attempt: 1,
             trace: TraceContext::default(),
             chain: CallChain::new(),
+            step: None,
+            parent: None,
+            budget: None,
             payload: Payload::Reply(result),
         };
         // A reply has the id of its request: one answer per request, which is

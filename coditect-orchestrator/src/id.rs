@@ -282,6 +282,12 @@ impl Topic {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The topic of a run's signals, `run.<run id>`. A UUID's text is ASCII
+    /// hex digits and `-`, so it needs no validation.
+    pub(crate) fn for_run(run: RunId) -> Self {
+        Self(Arc::from(format!("run.{run}")))
+    }
 }
 
 impl fmt::Display for Topic {

@@ -44,10 +44,12 @@
 
 mod agent;
 mod body;
+mod budget;
 mod context;
 mod envelope;
 mod error;
 mod id;
+pub mod orchestrator;
 pub mod runtime;
 pub mod transport;
 
@@ -56,7 +58,8 @@ pub mod testing;
 
 pub use agent::{Agent, AgentCard, AgentError, AgentErrorKind};
 pub use body::{Body, BodyError, Message};
-pub use context::{AgentContext, AgentEvent};
+pub use budget::{Budget, Usage};
+pub use context::AgentContext;
 pub use envelope::{
     CallChain, Deadline, Destination, Envelope, Failure, FailureKind, Payload, TraceContext,
 };
@@ -65,6 +68,7 @@ pub use id::{
     AgentId, AgentKey, AgentKind, IdError, IdErrorReason, MAX_NAME_LEN, MessageId, NodeId, RunId,
     TenantId, Topic,
 };
+pub use orchestrator::{Orchestrator, Plan, Step, StepInput, TaskSpec};
 pub use runtime::{KindBuilder, RequestOptions, Runtime, RuntimeBuilder, ShutdownReport};
 pub use transport::{
     Acker, Delivery, InMemoryTransport, Inbox, Route, RouteTarget, SendError, SendErrorKind,

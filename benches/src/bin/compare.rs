@@ -72,4 +72,7 @@ fn main() {
     if wanted("virtual_agents") {
         emit(runtime::virtual_agents(mode));
     }
+    if wanted("sse_parse") {
+        emit(coditect_benches::sse::run(mode));
+    }
 }

@@ -21,8 +21,10 @@ use tracing::Instrument;
 use crate::agent::DynAgent;
 use crate::body::Body;
 use crate::context::AgentContext;
-use crate::envelope::{Envelope, Failure, FailureKind, Payload};
+use crate::envelope::{Destination, Envelope, Failure, FailureKind, Payload};
 use crate::id::{AgentId, MessageId};
+use crate::id::{RunId, Topic};
+use crate::orchestrator::Signal;
 use crate::runtime::RuntimeInner;
 use crate::runtime::deadlines::Expiry;
 use crate::runtime::kind::KindHost;
@@ -155,6 +157,20 @@ async fn finish(rt: &RuntimeInner, env: &Envelope, acker: Acker, result: Result<
     }
 }
 
+/// Tells the run's orchestrator what this runtime does with one of its
+/// messages (best effort: a lost signal only thins the trace).
+async fn signal(rt: &RuntimeInner, env: &Envelope, run: RunId, signal: Signal) {
+    let mut out = Envelope::new(
+        env.tenant.clone(),
+        Destination::Topic(Topic::for_run(run)),
+        Payload::Message(Body::new(signal)),
+    );
+    out.run = Some(run);
+    if let Err(e) = rt.node.transport.as_ref().send(out).await {
+        tracing::debug!(error = %e, %run, "run signal not sent");
+    }
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -233,8 +249,25 @@ async fn handle_one(
         chain: envelope.chain.clone(),
         trace: envelope.trace,
         reply_to: envelope.reply_to.clone(),
+        step: envelope.step.clone(),
+        budget: envelope.budget.clone(),
         cancel: token.clone(),
     };
+    if let Some(run) = envelope.run {
+        signal(
+            rt,
+            &envelope,
+            run,
+            Signal::Started {
+                message: envelope.id,
+                parent: envelope.parent,
+                step: envelope.step.clone(),
+                agent: id.clone(),
+                depth: envelope.depth,
+            },
+        )
+        .await;
+    }
     let span = tracing::debug_span!(
         "coditect.handle",
         agent = %id,
@@ -246,7 +279,21 @@ async fn handle_one(
         .instrument(span)
         .await;
     drop(ctx);
-    finish(rt, &envelope, acker, result.map_err(|f| f.at(id))).await;
+    let result = result.map_err(|f| if f.agent.is_none() { f.at(id) } else { f });
+    if let Some(run) = envelope.run {
+        let failure = result.as_ref().err().cloned();
+        signal(
+            rt,
+            &envelope,
+            run,
+            Signal::Finished {
+                message: envelope.id,
+                failure,
+            },
+        )
+        .await;
+    }
+    finish(rt, &envelope, acker, result).await;
     keep.then_some(agent)
 }
 

@@ -39,6 +39,11 @@ pub(crate) struct Origin {
     pub(crate) chain: CallChain,
     pub(crate) deadline: Option<Deadline>,
     pub(crate) trace: TraceContext,
+    pub(crate) step: Option<crate::orchestrator::StepId>,
+    /// The message whose handler is sending.
+    pub(crate) parent: Option<crate::id::MessageId>,
+    pub(crate) budget: Option<Arc<crate::budget::Budget>>,
+    pub(crate) attempt: u32,
 }
 
 /// Options of one request.
@@ -50,6 +55,8 @@ pub struct RequestOptions {
     pub timeout: Option<Duration>,
     /// Count this request as one more delegation level.
     pub delegation: bool,
+    /// The id to give the request (a fresh one if none).
+    pub(crate) id: Option<crate::id::MessageId>,
 }
 
 impl RequestOptions {
@@ -107,6 +114,12 @@ impl Node {
         env.depth = origin.depth;
         env.deadline = origin.deadline;
         env.trace = origin.trace;
+        env.step = origin.step.clone();
+        env.parent = origin.parent;
+        env.budget = origin.budget.clone();
+        if origin.attempt > 0 {
+            env.attempt = origin.attempt;
+        }
         env
     }
 
@@ -148,6 +161,9 @@ impl Node {
         env.deadline = Some(deadline);
         env.reply_to = Some(self.id.clone());
         env.chain = chain;
+        if let Some(id) = options.id {
+            env.id = id;
+        }
         if options.delegation {
             env.depth = origin.depth.saturating_add(1);
         }

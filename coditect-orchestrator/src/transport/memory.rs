@@ -195,6 +195,9 @@ fn copy_for_fanout(env: &mut Envelope) -> Option<Envelope> {
     copy.attempt = env.attempt;
     copy.trace = env.trace;
     copy.chain = env.chain.clone();
+    copy.step = env.step.clone();
+    copy.parent = env.parent;
+    copy.budget = env.budget.clone();
     Some(copy)
 }
 

@@ -1,0 +1,190 @@
+//! What happens in a run: the events the orchestrator records (the source of
+//! truth of a run's state) and the signals participants send it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::budget::Usage;
+use crate::envelope::Failure;
+use crate::id::{AgentId, MessageId, RunId};
+use crate::orchestrator::plan::{Plan, StepId};
+use crate::orchestrator::state::RunStatus;
+use crate::orchestrator::task::TaskSpec;
+
+/// One thing that happened to a run. A run's state is the fold of its events
+/// ([`RunState::apply`](crate::orchestrator::RunState::apply)).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RunEvent {
+    /// The run began.
+    RunStarted {
+        /// The task.
+        task: TaskSpec,
+    },
+    /// The planner made (or revised) the plan.
+    PlanMade {
+        /// 0 for the first plan, then 1, 2… for each revision.
+        revision: u32,
+        /// The plan.
+        plan: Plan,
+    },
+    /// A step was sent to an agent.
+    StepDispatched {
+        /// The step.
+        step: StepId,
+        /// Which attempt (1 for the first).
+        attempt: u32,
+        /// The message carrying it.
+        message: MessageId,
+        /// Where it went (an agent id or a kind).
+        to: String,
+    },
+    /// An agent began work on a step.
+    StepStarted {
+        /// The step.
+        step: StepId,
+        /// The message it handles.
+        message: MessageId,
+        /// The agent.
+        agent: AgentId,
+    },
+    /// An agent working on a step reported progress.
+    StepProgress {
+        /// The step, if the agent works for one.
+        step: Option<StepId>,
+        /// The agent.
+        agent: AgentId,
+        /// What it reported.
+        data: serde_json::Value,
+    },
+    /// A step finished with a result.
+    StepSucceeded {
+        /// The step.
+        step: StepId,
+        /// The attempt that succeeded.
+        attempt: u32,
+        /// The result.
+        output: serde_json::Value,
+    },
+    /// An attempt at a step failed.
+    StepFailed {
+        /// The step.
+        step: StepId,
+        /// The attempt that failed.
+        attempt: u32,
+        /// Why.
+        failure: Failure,
+        /// Whether it will be tried again.
+        will_retry: bool,
+    },
+    /// A step is scheduled to be tried again.
+    StepRetried {
+        /// The step.
+        step: StepId,
+        /// The attempt about to be made.
+        attempt: u32,
+        /// The wait before it, in milliseconds.
+        backoff_ms: u64,
+    },
+    /// An agent handed a subtask to another agent.
+    Delegated {
+        /// The step the work belongs to.
+        step: Option<StepId>,
+        /// The message whose handler delegated.
+        parent: MessageId,
+        /// The message carrying the subtask.
+        message: MessageId,
+        /// The agent that took it.
+        agent: AgentId,
+        /// Its delegation depth.
+        depth: u16,
+    },
+    /// A delegated subtask finished.
+    DelegationFinished {
+        /// The message carrying the subtask.
+        message: MessageId,
+        /// Why it failed, if it did.
+        failure: Option<Failure>,
+    },
+    /// Usage was spent somewhere in the run.
+    UsageReported {
+        /// The step it counts for.
+        step: Option<StepId>,
+        /// The agent that spent it.
+        agent: AgentId,
+        /// What was spent.
+        usage: Usage,
+    },
+    /// The run ended.
+    RunFinished {
+        /// How.
+        status: RunStatus,
+        /// The result, if it succeeded.
+        output: Option<serde_json::Value>,
+        /// What went wrong, if it did not.
+        error: Option<String>,
+    },
+}
+
+/// An event with its place in the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunEventRecord {
+    /// The run.
+    pub run: RunId,
+    /// Its position in the run's event sequence, from 0.
+    pub seq: u64,
+    /// Milliseconds since the run started.
+    pub at_ms: u64,
+    /// What happened.
+    pub event: RunEvent,
+}
+
+/// What runtimes and agents tell the orchestrator about a run, published on the
+/// run's topic (`run.<run id>`) over whatever transport carries the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "signal", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Signal {
+    /// A runtime began handling a message of the run.
+    Started {
+        /// The message.
+        message: MessageId,
+        /// The message whose handler sent it (none: the orchestrator did).
+        parent: Option<MessageId>,
+        /// The step it works for.
+        step: Option<StepId>,
+        /// The agent handling it.
+        agent: AgentId,
+        /// Its delegation depth.
+        depth: u16,
+    },
+    /// A runtime finished handling a message of the run.
+    Finished {
+        /// The message.
+        message: MessageId,
+        /// Why it failed, if it did.
+        failure: Option<Failure>,
+    },
+    /// An agent reported progress.
+    Progress {
+        /// The message it handles.
+        message: MessageId,
+        /// The step it works for.
+        step: Option<StepId>,
+        /// The agent.
+        agent: AgentId,
+        /// What it reported.
+        data: serde_json::Value,
+    },
+    /// An agent spent tokens or money.
+    Usage {
+        /// The message it handles.
+        message: MessageId,
+        /// The step it works for.
+        step: Option<StepId>,
+        /// The agent.
+        agent: AgentId,
+        /// What it spent.
+        usage: Usage,
+    },
+}

@@ -1,0 +1,413 @@
+//! A run's state: one plain, serializable value, changed only by applying its
+//! events in order.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::budget::Usage;
+use crate::envelope::Failure;
+use crate::id::{AgentId, MessageId, RunId};
+use crate::orchestrator::event::{RunEvent, RunEventRecord};
+use crate::orchestrator::plan::{Plan, StepId};
+use crate::orchestrator::task::TaskSpec;
+
+/// Where a run stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Not started.
+    #[default]
+    Pending,
+    /// Working.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished without one.
+    Failed,
+    /// Cancelled by its caller.
+    Cancelled,
+}
+
+/// Where a step stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Waiting for its dependencies (or for a retry).
+    #[default]
+    Pending,
+    /// Sent to an agent.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+}
+
+/// One step's state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    /// Where it stands.
+    pub status: StepStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The message of the latest attempt.
+    pub message: Option<MessageId>,
+    /// The agent that took the latest attempt.
+    pub agent: Option<AgentId>,
+    /// The result, once it succeeded.
+    pub output: Option<serde_json::Value>,
+    /// The latest failure.
+    pub failure: Option<Failure>,
+    /// Usage spent on it (its subtasks included).
+    pub usage: Usage,
+}
+
+/// One message of a run in its trace: who handled it and who asked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceEntry {
+    /// The message whose handler sent this one (none: the orchestrator).
+    pub parent: Option<MessageId>,
+    /// The step it belongs to.
+    pub step: Option<StepId>,
+    /// The agent that handled it.
+    pub agent: Option<AgentId>,
+    /// Whether it finished, and how.
+    pub outcome: Option<Result<(), Failure>>,
+    /// Order of arrival in the trace.
+    pub order: u64,
+}
+
+/// A node of the trace tree: a message, its handler, and what it caused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceNode {
+    /// The message.
+    pub message: MessageId,
+    /// The step it belongs to.
+    pub step: Option<StepId>,
+    /// The agent that handled it.
+    pub agent: Option<AgentId>,
+    /// Whether it succeeded (none: still open).
+    pub ok: Option<bool>,
+    /// The messages its handler sent and waited for, in order.
+    pub children: Vec<TraceNode>,
+}
+
+impl TraceNode {
+    /// The agents of this node and its descendants, depth first, as
+    /// `kind/key` strings (handy in tests and logs).
+    pub fn agents(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.walk(&mut out);
+        out
+    }
+
+    fn walk(&self, out: &mut Vec<String>) {
+        out.push(
+            self.agent
+                .as_ref()
+                .map_or("?".to_owned(), ToString::to_string),
+        );
+        for c in &self.children {
+            c.walk(out);
+        }
+    }
+}
+
+/// Everything known about a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// The run.
+    pub run: Option<RunId>,
+    /// The task.
+    pub task: Option<TaskSpec>,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// The plan and every revision of it, the current one last.
+    pub plans: Vec<Plan>,
+    /// Each step of the current plan (and finished steps of earlier ones).
+    pub steps: BTreeMap<StepId, StepState>,
+    /// Usage over the whole run.
+    pub usage: Usage,
+    /// Units of work done: step attempts dispatched plus subtasks delegated.
+    pub units: usize,
+    /// Every message of the run, by id.
+    pub trace: BTreeMap<MessageId, TraceEntry>,
+    /// The result, once the run succeeded.
+    pub output: Option<serde_json::Value>,
+    /// What went wrong, if it failed.
+    pub error: Option<String>,
+    /// Events applied so far.
+    pub events: u64,
+}
+
+impl RunState {
+    /// The state of a run before its first event.
+    pub fn new(run: RunId) -> Self {
+        Self {
+            run: Some(run),
+            ..Self::default()
+        }
+    }
+
+    /// The current plan.
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plans.last()
+    }
+
+    /// Applies one event. Applying a step's success twice records it once.
+    pub fn apply(&mut self, record: &RunEventRecord) {
+        self.events += 1;
+        match &record.event {
+            RunEvent::RunStarted { task } => {
+                self.task = Some(task.clone());
+                self.status = RunStatus::Running;
+            }
+            RunEvent::PlanMade { plan, .. } => {
+                // Finished steps keep their results; everything else follows
+                // the new plan.
+                self.steps.retain(|_, s| s.status == StepStatus::Succeeded);
+                for step in &plan.steps {
+                    self.steps.entry(step.id.clone()).or_default();
+                }
+                self.plans.push(plan.clone());
+            }
+            RunEvent::StepDispatched {
+                step,
+                attempt,
+                message,
+                ..
+            } => {
+                self.units += 1;
+                let s = self.steps.entry(step.clone()).or_default();
+                if s.status != StepStatus::Succeeded {
+                    s.status = StepStatus::Running;
+                    s.attempts = *attempt;
+                    s.message = Some(*message);
+                }
+                self.trace.insert(
+                    *message,
+                    TraceEntry {
+                        parent: None,
+                        step: Some(step.clone()),
+                        agent: None,
+                        outcome: None,
+                        order: self.events,
+                    },
+                );
+            }
+            RunEvent::StepStarted {
+                step,
+                message,
+                agent,
+            } => {
+                if let Some(s) = self.steps.get_mut(step)
+                    && s.message == Some(*message)
+                {
+                    s.agent = Some(agent.clone());
+                }
+                if let Some(t) = self.trace.get_mut(message) {
+                    t.agent = Some(agent.clone());
+                }
+            }
+            RunEvent::StepProgress { .. } => {}
+            RunEvent::StepSucceeded { step, output, .. } => {
+                let s = self.steps.entry(step.clone()).or_default();
+                if s.status != StepStatus::Succeeded {
+                    s.status = StepStatus::Succeeded;
+                    s.output = Some(output.clone());
+                    s.failure = None;
+                    if let Some(m) = s.message
+                        && let Some(t) = self.trace.get_mut(&m)
+                    {
+                        t.outcome = Some(Ok(()));
+                    }
+                }
+            }
+            RunEvent::StepFailed {
+                step,
+                failure,
+                will_retry,
+                ..
+            } => {
+                let s = self.steps.entry(step.clone()).or_default();
+                if s.status != StepStatus::Succeeded {
+                    s.failure = Some(failure.clone());
+                    s.status = if *will_retry {
+                        StepStatus::Pending
+                    } else {
+                        StepStatus::Failed
+                    };
+                    if let Some(m) = s.message
+                        && let Some(t) = self.trace.get_mut(&m)
+                    {
+                        t.outcome = Some(Err(failure.clone()));
+                    }
+                }
+            }
+            RunEvent::StepRetried { step, .. } => {
+                if let Some(s) = self.steps.get_mut(step)
+                    && s.status != StepStatus::Succeeded
+                {
+                    s.status = StepStatus::Pending;
+                }
+            }
+            RunEvent::Delegated {
+                step,
+                parent,
+                message,
+                agent,
+                ..
+            } => {
+                self.units += 1;
+                self.trace.insert(
+                    *message,
+                    TraceEntry {
+                        parent: Some(*parent),
+                        step: step.clone(),
+                        agent: Some(agent.clone()),
+                        outcome: None,
+                        order: self.events,
+                    },
+                );
+            }
+            RunEvent::DelegationFinished { message, failure } => {
+                if let Some(t) = self.trace.get_mut(message) {
+                    t.outcome = Some(match failure {
+                        Some(f) => Err(f.clone()),
+                        None => Ok(()),
+                    });
+                }
+            }
+            RunEvent::UsageReported { step, usage, .. } => {
+                self.usage += *usage;
+                if let Some(step) = step
+                    && let Some(s) = self.steps.get_mut(step)
+                {
+                    s.usage += *usage;
+                }
+            }
+            RunEvent::RunFinished {
+                status,
+                output,
+                error,
+            } => {
+                self.status = *status;
+                self.output = output.clone();
+                self.error = error.clone();
+            }
+        }
+    }
+
+    /// The results of the steps that succeeded.
+    pub fn outputs(&self) -> BTreeMap<StepId, serde_json::Value> {
+        self.steps
+            .iter()
+            .filter_map(|(id, s)| s.output.clone().map(|o| (id.clone(), o)))
+            .collect()
+    }
+
+    /// The trace as a tree: one root per step message, in dispatch order, and
+    /// under each the subtasks its handler delegated, in order.
+    pub fn trace_tree(&self) -> Vec<TraceNode> {
+        let mut children: BTreeMap<MessageId, Vec<(u64, MessageId)>> = BTreeMap::new();
+        let mut roots: Vec<(u64, MessageId)> = Vec::new();
+        for (id, e) in &self.trace {
+            match e.parent {
+                Some(p) if self.trace.contains_key(&p) => {
+                    children.entry(p).or_default().push((e.order, *id));
+                }
+                _ => roots.push((e.order, *id)),
+            }
+        }
+        roots.sort();
+        for v in children.values_mut() {
+            v.sort();
+        }
+        // Iterative build (a deep delegation chain must not overflow the stack).
+        fn build(
+            root: MessageId,
+            state: &RunState,
+            children: &BTreeMap<MessageId, Vec<(u64, MessageId)>>,
+        ) -> TraceNode {
+            let node_of = |id: MessageId| {
+                let e = state.trace.get(&id);
+                TraceNode {
+                    message: id,
+                    step: e.and_then(|e| e.step.clone()),
+                    agent: e.and_then(|e| e.agent.clone()),
+                    ok: e.and_then(|e| e.outcome.as_ref().map(Result::is_ok)),
+                    children: Vec::new(),
+                }
+            };
+            // Post-order with an explicit stack.
+            let mut stack: Vec<(TraceNode, usize)> = vec![(node_of(root), 0)];
+            let mut finished = None;
+            while let Some((node, next)) = stack.last_mut() {
+                let kids = children.get(&node.message).map_or(&[][..], Vec::as_slice);
+                if let Some(&(_, kid)) = kids.get(*next) {
+                    *next += 1;
+                    stack.push((node_of(kid), 0));
+                    continue;
+                }
+                if let Some((done, _)) = stack.pop() {
+                    match stack.last_mut() {
+                        Some((parent, _)) => parent.children.push(done),
+                        None => finished = Some(done),
+                    }
+                }
+            }
+            finished.unwrap_or_else(|| node_of(root))
+        }
+        roots
+            .into_iter()
+            .map(|(_, id)| build(id, self, &children))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orchestrator::plan::{Step, StepInput};
+
+    fn rec(seq: u64, event: RunEvent) -> RunEventRecord {
+        RunEventRecord {
+            run: RunId::new(),
+            seq,
+            at_ms: 0,
+            event,
+        }
+    }
+
+    #[test]
+    fn a_step_succeeds_once_even_if_told_twice() {
+        let mut st = RunState::new(RunId::new());
+        st.apply(&rec(
+            0,
+            RunEvent::PlanMade {
+                revision: 0,
+                plan: Plan::new([Step::new("a", "x", StepInput::Goal)]),
+            },
+        ));
+        let ok = |v: i32| RunEvent::StepSucceeded {
+            step: "a".into(),
+            attempt: 1,
+            output: serde_json::json!(v),
+        };
+        st.apply(&rec(1, ok(1)));
+        st.apply(&rec(2, ok(2)));
+        assert_eq!(st.outputs()[&StepId::new("a")], serde_json::json!(1));
+        // A late failure does not undo a success.
+        st.apply(&rec(
+            3,
+            RunEvent::StepFailed {
+                step: "a".into(),
+                attempt: 2,
+                failure: Failure::new(crate::envelope::FailureKind::Timeout, "late"),
+                will_retry: false,
+            },
+        ));
+        assert_eq!(st.steps[&StepId::new("a")].status, StepStatus::Succeeded);
+    }
+}
