@@ -353,7 +353,8 @@ pub async fn deadline_times_out_across_runtimes(bus: &dyn Bus) {
     .await
     .expect("a request past its deadline hung")
     .unwrap_err();
-    assert!(matches!(err, RequestError::Timeout { .. }), "{err}");
+    // The caller's deadline or the worker's (the same instant) may fire first.
+    assert_eq!(err.kind(), FailureKind::Timeout, "{err}");
     let _ = Destination::Kind(AgentKind::new("slow").unwrap());
     shutdown(&[worker, caller]).await;
 }

@@ -22,9 +22,13 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::body::Body;
+use crate::budget::Budget;
 use crate::envelope::{CallChain, Deadline, Destination, Envelope, Failure, Payload, TraceContext};
 use crate::id::{AgentId, AgentKind, MessageId, NodeId, RunId, TenantId};
+use crate::orchestrator::StepId;
 
 /// The root token of every coditect subject.
 pub const PREFIX: &str = "coditect";
@@ -63,6 +67,12 @@ struct Meta {
     failure: Option<Failure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cancel: Option<MessageId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step: Option<StepId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parent: Option<MessageId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    budget: Option<Arc<Budget>>,
 }
 
 fn one() -> u32 {
@@ -155,6 +165,9 @@ pub(crate) fn encode(env: &Envelope) -> Result<(HeaderMap, Bytes), WireError> {
         p,
         failure,
         cancel,
+        step: env.step.clone(),
+        parent: env.parent,
+        budget: env.budget.clone(),
     };
     let json = serde_json::to_string(&meta).map_err(|e| WireError::Encode(e.to_string()))?;
     let mut headers = HeaderMap::new();
@@ -232,6 +245,9 @@ pub(crate) fn decode(
         attempt: meta.attempt.max(1),
         trace,
         chain: meta.chain,
+        step: meta.step,
+        parent: meta.parent,
+        budget: meta.budget,
         payload,
     })
 }
