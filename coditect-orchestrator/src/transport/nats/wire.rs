@@ -139,7 +139,25 @@ pub(crate) fn subject_tenant(subject: &str) -> Option<&str> {
 }
 
 /// Encodes an envelope: headers and payload.
-pub(crate) fn encode(env: &Envelope) -> Result<(HeaderMap, Bytes), WireError> {
+///
+/// ```
+/// use coditect_orchestrator::transport::nats::wire;
+/// use coditect_orchestrator::{AgentKind, Body, Destination, Envelope, Payload, TenantId};
+/// let env = Envelope::new(
+///     TenantId::default(),
+///     Destination::Kind(AgentKind::new("echo")?),
+///     Payload::Message(Body::new("hi")),
+/// );
+/// let (headers, payload) = wire::encode(&env)?;
+/// assert_eq!(&payload[..], b"\"hi\"");
+/// let back = wire::decode(Some(&headers), payload, Some("default"), 1 << 20)?;
+/// assert_eq!(back.id, env.id);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`WireError::Encode`] if the body cannot be encoded.
+pub fn encode(env: &Envelope) -> Result<(HeaderMap, Bytes), WireError> {
     let (p, body, failure, cancel) = match &env.payload {
         Payload::Message(b) => ('m', Some(b), None, None),
         Payload::Reply(Ok(b)) => ('r', Some(b), None, None),
@@ -192,7 +210,12 @@ pub(crate) fn encoded_len(headers: &HeaderMap, payload: &Bytes) -> usize {
 
 /// Decodes a message off the wire. `subject_tenant` is the tenant token of
 /// the subject it arrived on: an envelope may not claim another tenant.
-pub(crate) fn decode(
+/// `limit` is the largest payload taken.
+///
+/// # Errors
+/// [`WireError`] for anything that is not a valid coditect envelope: it never
+/// panics on input.
+pub fn decode(
     headers: Option<&HeaderMap>,
     payload: Bytes,
     subject_tenant: Option<&str>,
