@@ -241,7 +241,7 @@ pub async fn topic_fans_out_across_runtimes(bus: &dyn Bus) {
     while got.len() < 2 {
         let (who, n) = timeout(STEP, rx.recv())
             .await
-            .expect("a topic subscriber never got the message")
+            .unwrap_or_else(|_| panic!("a topic subscriber never got the message; got {got:?}"))
             .unwrap();
         assert_eq!(n, 7);
         got.insert(who);
@@ -354,7 +354,7 @@ pub async fn deadline_times_out_across_runtimes(bus: &dyn Bus) {
     .expect("a request past its deadline hung")
     .unwrap_err();
     // The caller's deadline or the worker's (the same instant) may fire first.
-    assert_eq!(err.kind(), FailureKind::Timeout, "{err}");
+    assert_eq!(err.kind(), FailureKind::Timeout, "{err:?}");
     let _ = Destination::Kind(AgentKind::new("slow").unwrap());
     shutdown(&[worker, caller]).await;
 }

@@ -118,6 +118,7 @@ pub struct NatsMetrics {
 #[derive(Default)]
 struct Counters {
     disconnects: AtomicU64,
+    /// Reconnects (connects after a loss).
     connects: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
@@ -159,7 +160,11 @@ impl Shared {
         use async_nats::Event as E;
         match event {
             E::Connected => {
-                if self.counters.connects.fetch_add(1, Ordering::Relaxed) > 0 {
+                // Only a connect after a loss counts as a reconnect.
+                if self.counters.disconnects.load(Ordering::Relaxed)
+                    > self.counters.connects.load(Ordering::Relaxed)
+                {
+                    self.counters.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("nats connection re-established");
                 }
                 self.emit(NatsEvent::Connected);
@@ -385,7 +390,6 @@ impl NatsTransport {
             closed: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
         });
-        shared.counters.connects.store(1, Ordering::Relaxed);
         if let Ok(mut s) = slot.lock() {
             *s = Some(Arc::downgrade(&shared));
         }
@@ -403,7 +407,7 @@ impl NatsTransport {
         let c = &self.shared.counters;
         NatsMetrics {
             disconnects: c.disconnects.load(Ordering::Relaxed),
-            reconnects: c.connects.load(Ordering::Relaxed).saturating_sub(1),
+            reconnects: c.connects.load(Ordering::Relaxed),
             sent: c.sent.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
@@ -439,12 +443,26 @@ impl NatsTransport {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.client.flush()).await;
     }
 
+    /// One round trip through the server: a request to a fresh subject in
+    /// this connection's own inbox, which nobody answers (the server sends
+    /// back "no responders"). The server handles a connection's operations
+    /// in order, so everything sent before it has been processed after it.
+    /// (`Client::flush` only writes the socket.)
+    async fn round_trip(&self) {
+        let client = &self.shared.client;
+        let subject = client.new_inbox();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.request(subject, Bytes::new()),
+        )
+        .await;
+    }
+
     async fn wait_for_refusal(&self, subject: &str) -> Result<(), TransportError> {
         let wait = self.shared.options.permission_check;
         if wait.is_zero() {
             return Ok(());
         }
-        let _ = tokio::time::timeout(wait, self.shared.client.flush()).await;
         let until = Instant::now() + wait;
         loop {
             let changed = self.shared.denied_changed.notified();
@@ -475,12 +493,9 @@ impl NatsTransport {
             None => client.subscribe(subject.clone()).await,
         }
         .map_err(|e| TransportError::new(TransportErrorKind::Connection, e.to_string()))?;
-        // Once flushed, the server has the subscription: a message published
-        // after attach returns reaches it.
-        client
-            .flush()
-            .await
-            .map_err(|e| TransportError::new(TransportErrorKind::Connection, e.to_string()))?;
+        // After a round trip the server has the subscription: a message
+        // published (from any connection) after attach returns reaches it.
+        self.round_trip().await;
         self.wait_for_refusal(&subject).await?;
         let shared = self.shared.clone();
         tokio::spawn(pump_core(shared, sub, inbox, reply_node, token));

@@ -146,7 +146,7 @@ pub(crate) fn subject_tenant(subject: &str) -> Option<&str> {
 /// let env = Envelope::new(
 ///     TenantId::default(),
 ///     Destination::Kind(AgentKind::new("echo")?),
-///     Payload::Message(Body::new("hi")),
+///     Payload::Message(Body::new("hi".to_string())),
 /// );
 /// let (headers, payload) = wire::encode(&env)?;
 /// assert_eq!(&payload[..], b"\"hi\"");
