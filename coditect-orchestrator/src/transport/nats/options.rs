@@ -152,6 +152,7 @@ pub struct NatsOptions {
     pub(crate) durable: DurableOptions,
     pub(crate) max_message_size: Option<usize>,
     pub(crate) permission_check: Duration,
+    retain_order: bool,
 }
 
 impl NatsOptions {
@@ -172,6 +173,7 @@ impl NatsOptions {
             durable: DurableOptions::default(),
             max_message_size: None,
             permission_check: Duration::ZERO,
+            retain_order: false,
         }
     }
 
@@ -246,6 +248,13 @@ impl NatsOptions {
     pub fn reconnect(mut self, max_delay: Duration, max_attempts: Option<usize>) -> Self {
         self.reconnect_max_delay = max_delay;
         self.max_reconnects = max_attempts;
+        self
+    }
+
+    /// Tries the servers in the order given instead of shuffling them (the
+    /// default spreads clients over a cluster).
+    pub fn retain_servers_order(mut self, retain: bool) -> Self {
+        self.retain_order = retain;
         self
     }
 
@@ -328,6 +337,9 @@ impl NatsOptions {
         }
         if self.tls_required {
             o = o.require_tls(true);
+        }
+        if self.retain_order {
+            o = o.retain_servers_order();
         }
         if let Some(name) = &self.name {
             o = o.name(name);
