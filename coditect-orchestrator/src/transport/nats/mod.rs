@@ -42,7 +42,7 @@ pub mod options;
 pub mod wire;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -135,10 +135,12 @@ pub(crate) struct Shared {
     events: broadcast::Sender<NatsEvent>,
     counters: Counters,
     denied: Mutex<HashSet<String>>,
+    any_denied: AtomicBool,
     denied_changed: Notify,
     reply_routes: Mutex<HashSet<(TenantId, String)>>,
     pub(crate) streams: jetstream::Streams,
     closed: AtomicBool,
+    limit: AtomicUsize,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -147,19 +149,28 @@ impl Shared {
         let _ = self.events.send(event);
     }
 
-    /// The largest message this transport sends or takes.
+    /// The largest message this transport sends or takes: cached, since
+    /// reading the server info clones it.
     pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    fn refresh_limit(&self) {
         let server = self.client.server_info().max_payload;
         let server = if server == 0 { 1024 * 1024 } else { server };
-        self.options
+        let limit = self
+            .options
             .max_message_size
-            .map_or(server, |m| m.min(server))
+            .map_or(server, |m| m.min(server));
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     fn on_event(&self, event: async_nats::Event) {
         use async_nats::Event as E;
         match event {
             E::Connected => {
+                // The server may be another one now, with another max_payload.
+                self.refresh_limit();
                 // Only a connect after a loss counts as a reconnect.
                 if self.counters.disconnects.load(Ordering::Relaxed)
                     > self.counters.connects.load(Ordering::Relaxed)
@@ -191,6 +202,7 @@ impl Shared {
                 if let Ok(mut d) = self.denied.lock() {
                     d.insert(subject.clone());
                 }
+                self.any_denied.store(true, Ordering::Relaxed);
                 self.denied_changed.notify_waiters();
                 self.emit(NatsEvent::PermissionDenied {
                     operation: operation.to_owned(),
@@ -210,6 +222,9 @@ impl Shared {
     }
 
     fn is_denied(&self, subject: &str) -> bool {
+        if !self.any_denied.load(Ordering::Relaxed) {
+            return false;
+        }
         self.denied
             .lock()
             .map(|d| d.iter().any(|p| subject_matches(p, subject)))
@@ -384,12 +399,15 @@ impl NatsTransport {
             events,
             counters: Counters::default(),
             denied: Mutex::new(HashSet::new()),
+            any_denied: AtomicBool::new(false),
             denied_changed: Notify::new(),
             reply_routes: Mutex::new(HashSet::new()),
             streams: jetstream::Streams::default(),
             closed: AtomicBool::new(false),
+            limit: AtomicUsize::new(0),
             shutdown: CancellationToken::new(),
         });
+        shared.refresh_limit();
         if let Ok(mut s) = slot.lock() {
             *s = Some(Arc::downgrade(&shared));
         }
