@@ -145,12 +145,22 @@ pub(crate) async fn attach_kind(
     token: CancellationToken,
 ) -> Result<(), TransportError> {
     shared.streams.ensure(shared, tenant).await?;
-    let consumer = consumer(shared, tenant, kind).await?;
+    let spec = Spec::kind(shared, tenant, kind);
+    let consumer = consumer(shared, tenant, &spec).await?;
     tokio::spawn(pump_tasks(
         shared.clone(),
         tenant.clone(),
-        kind.clone(),
+        spec,
         consumer,
+        inbox.clone(),
+        token.clone(),
+    ));
+    let leases = Leases::open(shared, tenant).await?;
+    tokio::spawn(own_partitions(
+        shared.clone(),
+        tenant.clone(),
+        kind.clone(),
+        leases,
         inbox,
         token,
     ));
@@ -182,10 +192,47 @@ pub(crate) async fn attach_kind(
     Ok(())
 }
 
+/// Which durable consumer a pump pulls from.
+#[derive(Clone)]
+struct Spec {
+    /// The consumer's durable name.
+    name: String,
+    /// Its filter subject.
+    filter: String,
+    /// Its MaxAckPending (1 keeps a partition's messages strictly in order).
+    max_ack_pending: i64,
+    /// The kind whose consumer this is (for the has-consumer cache).
+    kind_consumer: Option<AgentKind>,
+    /// The kind whose messages it holds.
+    kind: AgentKind,
+}
+
+impl Spec {
+    fn kind(shared: &Shared, tenant: &TenantId, kind: &AgentKind) -> Self {
+        Self {
+            name: kind.to_string(),
+            filter: wire::task_subject(tenant, kind),
+            max_ack_pending: shared.options.durable.max_ack_pending,
+            kind_consumer: Some(kind.clone()),
+            kind: kind.clone(),
+        }
+    }
+
+    fn partition(tenant: &TenantId, kind: &AgentKind, p: u32) -> Self {
+        Self {
+            name: format!("{kind}-p{p}"),
+            filter: wire::partition_subject(tenant, kind, p),
+            max_ack_pending: 1,
+            kind_consumer: None,
+            kind: kind.clone(),
+        }
+    }
+}
+
 async fn consumer(
     shared: &Shared,
     tenant: &TenantId,
-    kind: &AgentKind,
+    spec: &Spec,
 ) -> Result<PullConsumer, TransportError> {
     let d = &shared.options.durable;
     let stream = shared
@@ -194,20 +241,22 @@ async fn consumer(
         .await
         .map_err(|e| js_err("task stream", e))?;
     let config = pull::Config {
-        durable_name: Some(kind.to_string()),
-        filter_subject: wire::task_subject(tenant, kind),
+        durable_name: Some(spec.name.clone()),
+        filter_subject: spec.filter.clone(),
         ack_policy: AckPolicy::Explicit,
         ack_wait: d.ack_wait,
         max_deliver: d.max_deliver,
-        max_ack_pending: d.max_ack_pending,
+        max_ack_pending: spec.max_ack_pending,
         num_replicas: d.replicas,
         ..Default::default()
     };
     let c = stream
-        .get_or_create_consumer(kind.as_str(), config)
+        .get_or_create_consumer(&spec.name, config)
         .await
         .map_err(|e| js_err("cannot set up the task consumer", e))?;
-    if let Ok(mut cs) = shared.streams.consumers.lock() {
+    if let Some(kind) = &spec.kind_consumer
+        && let Ok(mut cs) = shared.streams.consumers.lock()
+    {
         cs.insert((tenant.clone(), kind.clone()), Instant::now());
     }
     Ok(c)
@@ -218,12 +267,13 @@ async fn consumer(
 async fn pump_tasks(
     shared: Arc<Shared>,
     tenant: TenantId,
-    kind: AgentKind,
+    spec: Spec,
     mut consumer: PullConsumer,
     inbox: Arc<dyn Inbox>,
     token: CancellationToken,
 ) {
     let d = shared.options.durable.clone();
+    let kind = spec.name.clone();
     let mut backoff = Duration::from_millis(50);
     'outer: loop {
         let stream = consumer
@@ -243,7 +293,7 @@ async fn pump_tasks(
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 // The consumer may be gone (server restarted without it).
-                if let Ok(c) = self::consumer(&shared, &tenant, &kind).await {
+                if let Ok(c) = self::consumer(&shared, &tenant, &spec).await {
                     consumer = c;
                 }
                 continue;
@@ -299,7 +349,7 @@ async fn pump_tasks(
                     shared
                         .dead_letter(DeadLetter {
                             tenant: Some(tenant.as_str()),
-                            kind: Some(kind.as_str()),
+                            kind: Some(spec.kind.as_str()),
                             found_on: &msg.subject,
                             reason: &format!("malformed task: {e}"),
                             headers: msg.headers.as_ref(),
@@ -444,4 +494,125 @@ async fn watch_max_deliveries(
         }
     }
     let _ = sub.unsubscribe().await;
+}
+
+/// How many partitions the ids of one kind are spread over. Each partition is
+/// a durable consumer with MaxAckPending 1, pulled only by the worker holding
+/// its lease.
+pub(crate) const PARTITIONS: u32 = 16;
+
+/// The partition of an id's key: FNV-1a, stable across processes and builds.
+pub(crate) fn partition_of(key: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % PARTITIONS
+}
+
+/// The KV bucket of a tenant's partition leases.
+pub(crate) fn lease_bucket(tenant: &TenantId) -> String {
+    format!("CODITECT_LEASES_{tenant}")
+}
+
+/// A tenant's lease bucket: one key per partition, expiring after the lease
+/// time unless its holder refreshes it.
+struct Leases {
+    kv: async_nats::jetstream::kv::Store,
+    ttl: Duration,
+}
+
+impl Leases {
+    async fn open(shared: &Shared, tenant: &TenantId) -> Result<Self, TransportError> {
+        let d = &shared.options.durable;
+        let ttl = d.lease_ttl;
+        let bucket = lease_bucket(tenant);
+        let kv = match shared.js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            Err(_) => shared
+                .js
+                .create_key_value(async_nats::jetstream::kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    max_age: ttl,
+                    num_replicas: d.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| js_err("cannot set up the lease bucket", e))?,
+        };
+        Ok(Self { kv, ttl })
+    }
+}
+
+/// Takes, keeps and pulls the partitions of `kind` whose leases are free.
+///
+/// A lease is a KV key (`<kind>.p<n>`) created by its holder, refreshed with
+/// a revision check every third of the lease time, and gone when its holder
+/// stops refreshing it (the bucket's max age). Only the holder pulls the
+/// partition, whose consumer hands out one message at a time: an id's
+/// messages are handled in order by one activation in one worker; when that
+/// worker dies, the lease runs out, another worker takes the partition, and
+/// the unacked message comes back to it first.
+async fn own_partitions(
+    shared: Arc<Shared>,
+    tenant: TenantId,
+    kind: AgentKind,
+    leases: Leases,
+    inbox: Arc<dyn Inbox>,
+    token: CancellationToken,
+) {
+    let me = bytes::Bytes::from(crate::id::MessageId::new().to_string());
+    let mut owned: HashMap<u32, (u64, CancellationToken)> = HashMap::new();
+    let mut tick = tokio::time::interval(leases.ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for p in 0..PARTITIONS {
+            let key = format!("{kind}.p{p}");
+            if let Some((rev, pull)) = owned.get_mut(&p) {
+                match leases.kv.update(&key, me.clone(), *rev).await {
+                    Ok(r) => *rev = r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %kind, partition = p, "lease lost; stop pulling");
+                        pull.cancel();
+                        owned.remove(&p);
+                    }
+                }
+                continue;
+            }
+            let Ok(rev) = leases.kv.create(&key, me.clone()).await else {
+                continue;
+            };
+            let spec = Spec::partition(&tenant, &kind, p);
+            match consumer(&shared, &tenant, &spec).await {
+                Ok(c) => {
+                    let pull = token.child_token();
+                    tokio::spawn(pump_tasks(
+                        shared.clone(),
+                        tenant.clone(),
+                        spec,
+                        c,
+                        inbox.clone(),
+                        pull.clone(),
+                    ));
+                    tracing::debug!(%kind, partition = p, "lease taken");
+                    owned.insert(p, (rev, pull));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %kind, partition = p, "partition consumer not set up");
+                    let _ = leases.kv.delete(&key).await;
+                }
+            }
+        }
+    }
+    // Hand the partitions over at once instead of after the lease time.
+    for (p, (_, pull)) in owned {
+        pull.cancel();
+        let _ = leases.kv.delete(format!("{kind}.p{p}")).await;
+    }
 }

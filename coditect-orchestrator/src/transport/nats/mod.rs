@@ -13,7 +13,12 @@
 //!   (the server's max-deliveries advisory), and so is anything that cannot be
 //!   decoded. Publishes carry `Nats-Msg-Id` so a retried publish is stored
 //!   once. [`KindDelivery::AtMostOnce`] sends them over a core NATS queue group.
-//! - **Messages to one id** and **topics** use core NATS (at most once).
+//! - **Messages to one id** go, when durable, to one of 16 partitions of
+//!   their kind (by a stable hash of the key), each a durable consumer that
+//!   hands out one message at a time and is pulled only by the worker holding
+//!   the partition's lease (see below). With [`KindDelivery::AtMostOnce`]
+//!   they use core NATS.
+//! - **Topics** use core NATS (at most once).
 //! - **Replies** go to `coditect.<tenant>.reply.<node>.<request>`; a request
 //!   to a subject nobody listens on comes back at once as "no such agent"
 //!   (the server's no-responders status on that reply subject).
@@ -30,11 +35,21 @@
 //! ## Single activation across processes
 //!
 //! Within one worker an id has at most one activation (the runtime's
-//! promise). Across workers, messages to an id are load-balanced by a queue
-//! group over the workers hosting its kind, so an id with *state* that must
-//! live in exactly one process should be hosted by one worker per kind (or
-//! addressed through its kind's durable path). A lease-based placement is not
-//! implemented yet.
+//! promise). Across workers, an id's partition is pulled only by the worker
+//! holding its lease: a key `<kind>.p<n>` in the KV bucket
+//! `CODITECT_LEASES_<tenant>`, created by its holder (create fails if it
+//! exists), refreshed with a revision check every third of
+//! [`DurableOptions::lease_ttl`], and expired by the bucket's max age when its
+//! holder stops refreshing it. The partition's consumer has MaxAckPending 1,
+//! so an id's messages are handled one at a time, in order, by one activation
+//! in one worker. When that worker dies its lease runs out, another worker
+//! takes the partition, and the message that was in flight comes back first
+//! (at least once: handlers must be idempotent by message id). A worker that
+//! shuts down hands its leases over at once. The promise holds as long as a
+//! live holder refreshes within the lease time; a holder stalled longer than
+//! that can overlap with its successor until it notices the lost lease.
+//! With [`KindDelivery::AtMostOnce`] messages to an id go to a core queue
+//! group and this promise holds within one worker only.
 
 pub mod error;
 mod jetstream;
@@ -636,8 +651,15 @@ impl Transport for NatsTransport {
         }
         let durable = shared.options.kind_delivery == KindDelivery::Durable
             && matches!(envelope.payload, Payload::Message(_))
-            && matches!(envelope.to, Destination::Kind(_));
-        let mut subject = wire::subject(&envelope.tenant, &envelope.to, durable);
+            && matches!(envelope.to, Destination::Kind(_) | Destination::Agent(_));
+        let mut subject = match (&envelope.to, durable) {
+            (Destination::Agent(id), true) => wire::partition_subject(
+                &envelope.tenant,
+                id.kind(),
+                jetstream::partition_of(id.key().as_str()),
+            ),
+            (to, _) => wire::subject(&envelope.tenant, to, durable),
+        };
         if let Destination::Reply(_) = &envelope.to {
             let id = envelope.correlation.unwrap_or(envelope.id);
             subject = format!("{subject}.{id}");
@@ -669,13 +691,15 @@ impl Transport for NatsTransport {
             return Err(SendError::new(SendErrorKind::TooLarge, envelope, msg));
         }
         if durable {
-            let Destination::Kind(kind) = &envelope.to else {
-                return Err(SendError::new(
-                    SendErrorKind::Other,
-                    envelope,
-                    "unreachable",
-                ));
+            let kind = match &envelope.to {
+                Destination::Kind(k) => k.clone(),
+                Destination::Agent(id) => id.kind().clone(),
+                _ => {
+                    let msg = "only messages to a kind or an id are durable";
+                    return Err(SendError::new(SendErrorKind::Other, envelope, msg));
+                }
             };
+            let kind = &kind;
             match shared
                 .streams
                 .has_consumer(shared, &envelope.tenant, kind)

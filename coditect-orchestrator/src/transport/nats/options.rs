@@ -44,6 +44,9 @@ pub struct DurableOptions {
     pub duplicate_window: Duration,
     /// How many tasks one pull asks for.
     pub batch: usize,
+    /// How long a worker's hold on a partition of ids lasts without renewal:
+    /// how long an id's messages wait after its worker died.
+    pub lease_ttl: Duration,
 }
 
 impl Default for DurableOptions {
@@ -57,6 +60,7 @@ impl Default for DurableOptions {
             max_tasks: 1_000_000,
             duplicate_window: Duration::from_secs(120),
             batch: 64,
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -102,6 +106,12 @@ impl DurableOptions {
     #[must_use]
     pub fn duplicate_window(mut self, d: Duration) -> Self {
         self.duplicate_window = d;
+        self
+    }
+    /// Sets [`DurableOptions::lease_ttl`].
+    #[must_use]
+    pub fn lease_ttl(mut self, d: Duration) -> Self {
+        self.lease_ttl = d.max(Duration::from_millis(300));
         self
     }
     /// Sets [`DurableOptions::batch`].

@@ -13,7 +13,8 @@
 //! |---|---|
 //! | kind, at most once | `coditect.<tenant>.kind.<kind>` (queue group `<kind>`) |
 //! | kind, durable task | `coditect.<tenant>.task.<kind>` (work-queue stream) |
-//! | one id | `coditect.<tenant>.agent.<kind>.<key>` |
+//! | one id, durable | `coditect.<tenant>.task.<kind>.p<partition>` (one of 16, by key) |
+//! | one id, at most once | `coditect.<tenant>.agent.<kind>.<key>` |
 //! | topic | `coditect.<tenant>.topic.<topic>` |
 //! | replies of a node | `coditect.<tenant>.reply.<node>.<request id>` |
 //! | dead letters | `coditect.<tenant>.dead.<kind>` |
@@ -124,6 +125,11 @@ pub(crate) fn subject(tenant: &TenantId, to: &Destination, durable_kind: bool) -
 /// The durable task subject of a kind.
 pub(crate) fn task_subject(tenant: &TenantId, kind: &AgentKind) -> String {
     format!("{PREFIX}.{tenant}.task.{kind}")
+}
+
+/// The durable subject of the partition holding an id's messages.
+pub(crate) fn partition_subject(tenant: &TenantId, kind: &AgentKind, p: u32) -> String {
+    format!("{PREFIX}.{tenant}.task.{kind}.p{p}")
 }
 
 /// The dead-letter subject of a kind (or `_` when unknown).
