@@ -99,10 +99,16 @@ pub async fn worker_process_main() {
 /// Starts a worker process (this test binary running `entry`) and waits
 /// until it is ready.
 pub async fn spawn_worker_process(entry: &str, urls: &[String], work_ms: u64) -> Child {
+    spawn_process(entry, "CODITECT_NATS_WORKER", urls, work_ms).await
+}
+
+/// Starts this test binary running `entry` with `var` set to the server URLs,
+/// and waits until it prints `READY`.
+pub async fn spawn_process(entry: &str, var: &str, urls: &[String], work_ms: u64) -> Child {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args([entry, "--exact", "--nocapture", "--test-threads=1"])
-        .env("CODITECT_NATS_WORKER", urls.join(","))
+        .env(var, urls.join(","))
         .env("CODITECT_NATS_WORK_MS", work_ms.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
