@@ -528,20 +528,32 @@ impl Leases {
         let d = &shared.options.durable;
         let ttl = d.lease_ttl;
         let bucket = lease_bucket(tenant);
-        let kv = match shared.js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => shared
-                .js
-                .create_key_value(async_nats::jetstream::kv::Config {
-                    bucket: bucket.clone(),
-                    history: 1,
-                    max_age: ttl,
-                    num_replicas: d.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| js_err("cannot set up the lease bucket", e))?,
-        };
+        // The bucket's stream is made here rather than by `create_key_value`,
+        // which reads the account info in a shape nats-server 2.9 does not
+        // answer with. This is the layout of a KV bucket (one value per key,
+        // no history) with a max age: the lease time.
+        shared
+            .js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age: ttl,
+                discard: DiscardPolicy::New,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                storage: StorageType::File,
+                num_replicas: d.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err("cannot set up the lease bucket", e))?;
+        let kv = shared
+            .js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| js_err("cannot open the lease bucket", e))?;
         Ok(Self { kv, ttl })
     }
 }
