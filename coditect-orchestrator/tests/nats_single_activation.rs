@@ -176,3 +176,54 @@ async fn one_id_stays_ordered_and_single_across_a_worker_kill() {
     assert_eq!(pids[0], killed);
     sender.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Asks the next id on its path, or answers.
+struct Hop;
+impl Agent for Hop {
+    type Input = Vec<String>;
+    type Output = String;
+    async fn handle(
+        &mut self,
+        mut path: Vec<String>,
+        ctx: &AgentContext,
+    ) -> Result<String, AgentError> {
+        if path.is_empty() {
+            return Ok(format!("end at {}", ctx.id()));
+        }
+        let next: AgentId = path.remove(0).parse().unwrap();
+        Ok(ctx.request(next, path).await?)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_asking_another_id_of_its_partition_does_not_wait_behind_itself() {
+    use coditect_orchestrator::transport::nats::partition_of;
+    let server = NatsServer::start().expect("start nats-server");
+    let urls = vec![server.url()];
+    let worker = Runtime::builder(connect(&urls, fast_durable()).await)
+        .build()
+        .await
+        .unwrap();
+    worker.register("hop", |_| Hop).await.unwrap();
+    let caller = Runtime::builder(connect(&urls, fast_durable()).await)
+        .build()
+        .await
+        .unwrap();
+    let other = (1..1000)
+        .map(|i| format!("k{i}"))
+        .find(|k| partition_of(k) == partition_of("k0"))
+        .unwrap();
+    let r: String = timeout(
+        T,
+        caller.request(
+            AgentId::new("hop", "k0").unwrap(),
+            vec![format!("hop/{other}")],
+        ),
+    )
+    .await
+    .expect("an id waited behind itself")
+    .unwrap();
+    assert_eq!(r, format!("end at hop/{other}"));
+    worker.shutdown(Duration::from_secs(2)).await;
+    caller.shutdown(Duration::from_secs(2)).await;
+}

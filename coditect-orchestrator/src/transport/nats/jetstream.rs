@@ -45,12 +45,49 @@ pub(crate) struct Streams {
     ready: Mutex<HashSet<TenantId>>,
     consumers: Mutex<HashMap<(TenantId, AgentKind), Instant>>,
     advisories: Mutex<HashSet<TenantId>>,
+    /// Partitions this transport holds the lease of, with the inbox that
+    /// takes their messages.
+    local: Mutex<HashMap<(TenantId, AgentKind, u32), Arc<dyn Inbox>>>,
 }
 
 /// How long a positive "this kind has a consumer" answer is trusted.
 const CONSUMER_CACHE: Duration = Duration::from_secs(5);
 
 impl Streams {
+    fn set_local(
+        &self,
+        tenant: &TenantId,
+        kind: &AgentKind,
+        p: u32,
+        inbox: Option<Arc<dyn Inbox>>,
+    ) {
+        if let Ok(mut l) = self.local.lock() {
+            let key = (tenant.clone(), kind.clone(), p);
+            match inbox {
+                Some(i) => {
+                    l.insert(key, i);
+                }
+                None => {
+                    l.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The local inbox of an id's partition, if this transport holds it.
+    pub(crate) fn local(
+        &self,
+        tenant: &TenantId,
+        kind: &AgentKind,
+        p: u32,
+    ) -> Option<Arc<dyn Inbox>> {
+        let l = self.local.lock().ok()?;
+        if l.is_empty() {
+            return None;
+        }
+        l.get(&(tenant.clone(), kind.clone(), p)).cloned()
+    }
+
     /// Creates the tenant's task and dead-letter streams if they are missing.
     pub(crate) async fn ensure(
         &self,
@@ -499,10 +536,10 @@ async fn watch_max_deliveries(
 /// How many partitions the ids of one kind are spread over. Each partition is
 /// a durable consumer with MaxAckPending 1, pulled only by the worker holding
 /// its lease.
-pub(crate) const PARTITIONS: u32 = 16;
+pub const PARTITIONS: u32 = 16;
 
 /// The partition of an id's key: FNV-1a, stable across processes and builds.
-pub(crate) fn partition_of(key: &str) -> u32 {
+pub fn partition_of(key: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in key.bytes() {
         h ^= u32::from(b);
@@ -593,6 +630,7 @@ async fn own_partitions(
                         tracing::warn!(error = %e, %kind, partition = p, "lease lost; stop pulling");
                         pull.cancel();
                         owned.remove(&p);
+                        shared.streams.set_local(&tenant, &kind, p, None);
                     }
                 }
                 continue;
@@ -614,6 +652,9 @@ async fn own_partitions(
                     ));
                     tracing::debug!(%kind, partition = p, "lease taken");
                     owned.insert(p, (rev, pull));
+                    shared
+                        .streams
+                        .set_local(&tenant, &kind, p, Some(inbox.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, %kind, partition = p, "partition consumer not set up");
@@ -625,6 +666,7 @@ async fn own_partitions(
     // Hand the partitions over at once instead of after the lease time.
     for (p, (_, pull)) in owned {
         pull.cancel();
+        shared.streams.set_local(&tenant, &kind, p, None);
         let _ = leases.kv.delete(format!("{kind}.p{p}")).await;
     }
 }

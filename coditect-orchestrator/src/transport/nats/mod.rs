@@ -45,7 +45,9 @@
 //! in one worker. When that worker dies its lease runs out, another worker
 //! takes the partition, and the message that was in flight comes back first
 //! (at least once: handlers must be idempotent by message id). A worker that
-//! shuts down hands its leases over at once. The promise holds as long as a
+//! shuts down hands its leases over at once. A message to an id whose
+//! partition this very process holds is handed over in process, so an id
+//! that asks another id of its own partition does not wait behind itself. The promise holds as long as a
 //! live holder refreshes within the lease time; a holder stalled longer than
 //! that can overlap with its successor until it notices the lost lease.
 //! With [`KindDelivery::AtMostOnce`] messages to an id go to a core queue
@@ -76,6 +78,7 @@ use crate::transport::{
 };
 
 pub use error::{NatsError, NatsErrorKind};
+pub use jetstream::{PARTITIONS, partition_of};
 pub use options::{DurableOptions, KindDelivery, NatsOptions};
 pub use wire::WireError;
 
@@ -689,6 +692,22 @@ impl Transport for NatsTransport {
                 "message of {size} bytes exceeds the limit of {limit} bytes (server max_payload or max_message_size)"
             );
             return Err(SendError::new(SendErrorKind::TooLarge, envelope, msg));
+        }
+        if durable
+            && let Destination::Agent(id) = &envelope.to
+            && let Some(inbox) = shared.streams.local(
+                &envelope.tenant,
+                id.kind(),
+                jetstream::partition_of(id.key().as_str()),
+            )
+        {
+            // This process holds the id's partition: hand the message over
+            // here. Going through the partition's queue would put it behind
+            // the message being handled now — which may be the very handler
+            // waiting on it (an id asking another id of its partition).
+            return deliver(&*inbox, Delivery::new(envelope))
+                .await
+                .map_err(|r| SendError::refused(*r));
         }
         if durable {
             let kind = match &envelope.to {
