@@ -47,8 +47,11 @@ pub(crate) struct Streams {
     advisories: Mutex<HashSet<TenantId>>,
     /// Partitions this transport holds the lease of, with the inbox that
     /// takes their messages.
-    local: Mutex<HashMap<(TenantId, AgentKind, u32), Arc<dyn Inbox>>>,
+    local: Mutex<HashMap<PartitionKey, Arc<dyn Inbox>>>,
 }
+
+/// A tenant's partition of a kind.
+type PartitionKey = (TenantId, AgentKind, u32);
 
 /// How long a positive "this kind has a consumer" answer is trusted.
 const CONSUMER_CACHE: Duration = Duration::from_secs(5);
