@@ -6,6 +6,7 @@
 //! noisy machine.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod orchestrate;
 pub mod report;
 pub mod runtime;
 pub mod sse;

@@ -18,7 +18,7 @@ mod router;
 mod state;
 mod task;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +37,8 @@ pub use state::{RunState, RunStatus, StepState, StepStatus, TraceEntry, TraceNod
 pub use task::{RunError, RunErrorKind, RunOutcome, TaskSpec};
 
 use crate::agent::AgentCard;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use crate::body::Body;
 use crate::budget::Budget;
 use crate::envelope::{Deadline, Destination, Failure, Payload};
@@ -113,7 +115,7 @@ impl Orchestrator {
                 planner,
                 router: Arc::new(LeastLoaded),
                 extra_cards: Vec::new(),
-                load: Mutex::new(HashMap::new()),
+                load: Mutex::new(HashMap::default()),
             }),
         }
     }
@@ -137,7 +139,7 @@ impl Orchestrator {
             planner: self.inner.planner.clone(),
             router: self.inner.router.clone(),
             extra_cards: self.inner.extra_cards.clone(),
-            load: Mutex::new(HashMap::new()),
+            load: Mutex::new(HashMap::default()),
         };
         f(&mut inner);
         Self {
@@ -303,6 +305,8 @@ struct Driver {
     dependents: HashMap<StepId, Vec<StepId>>,
     ready: VecDeque<StepId>,
     in_flight: HashMap<StepId, u32>,
+    /// Where each step of the current plan is in it.
+    index: HashMap<StepId, usize>,
     replans: u32,
     revision: u32,
 }
@@ -330,10 +334,11 @@ impl Driver {
             state: RunState::new(run),
             seq: 0,
             started: Instant::now(),
-            waiting_on: HashMap::new(),
-            dependents: HashMap::new(),
+            waiting_on: HashMap::default(),
+            dependents: HashMap::default(),
             ready: VecDeque::new(),
-            in_flight: HashMap::new(),
+            in_flight: HashMap::default(),
+            index: HashMap::default(),
             replans: 0,
             revision: 0,
         }
@@ -503,6 +508,12 @@ impl Driver {
         self.waiting_on.clear();
         self.dependents.clear();
         self.ready.clear();
+        self.index = plan
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
         let done = |st: &RunState, id: &StepId| {
             st.steps
                 .get(id)
@@ -526,6 +537,12 @@ impl Driver {
                 self.waiting_on.insert(step.id.clone(), n);
             }
         }
+    }
+
+    /// A step of the current plan.
+    fn planned(&self, id: &StepId) -> Option<&Step> {
+        let i = *self.index.get(id)?;
+        self.state.plan()?.steps.get(i)
     }
 
     fn load_of(&self, kind: &AgentKind) -> usize {
@@ -554,7 +571,7 @@ impl Driver {
         attempt: u32,
         run_deadline: Option<Instant>,
     ) -> Option<Pin<Box<dyn std::future::Future<Output = Completion> + Send>>> {
-        let step = self.state.plan()?.step(id)?.clone();
+        let step = self.planned(id)?.clone();
         let (dest, kind) = match &step.target {
             StepTarget::Agent(a) => (Destination::Agent(a.clone()), Some(a.kind().clone())),
             StepTarget::Capability(c) => {
@@ -643,7 +660,7 @@ impl Driver {
     ) -> Result<(), Stop> {
         match done {
             Completion::RetryDue { step, attempt } => {
-                if self.state.plan().and_then(|p| p.step(&step)).is_none() {
+                if self.planned(&step).is_none() {
                     return Ok(());
                 }
                 match self.dispatch(&step, attempt, deadline) {
@@ -678,7 +695,7 @@ impl Driver {
                     return Ok(());
                 }
                 self.in_flight.remove(&step);
-                let still_planned = self.state.plan().and_then(|p| p.step(&step)).is_some();
+                let still_planned = self.planned(&step).is_some();
                 match result {
                     Ok(body) => {
                         let output = body.to_json_value().unwrap_or(serde_json::Value::Null);

@@ -138,7 +138,8 @@ impl InMemoryTransport {
                 .kinds
                 .get(kind)
                 .and_then(|subs| self.pick_least_loaded(subs))),
-            Destination::Topic(topic) => match routes.topics.get(topic) {
+            Destination::Topic(topic) => match routes.topics.get(topic).map(Vec::as_slice) {
+                Some([one]) => Targets::One(one.inbox.clone()),
                 Some(subs) if !subs.is_empty() => {
                     Targets::Many(subs.iter().map(|s| s.inbox.clone()).collect())
                 }

@@ -364,6 +364,21 @@ impl Inbox for ChannelInbox {
         })
     }
 
+    fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.0.try_send(delivery) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(d)) => Err(TryDeliver::Wait(d)),
+            Err(TrySendError::Closed(d)) => Err(TryDeliver::Refused(Box::new(Refused {
+                delivery: d,
+                reason: Failure::new(
+                    crate::envelope::FailureKind::ShuttingDown,
+                    "subscriber stream dropped",
+                ),
+            }))),
+        }
+    }
+
     fn load(&self) -> usize {
         self.0.max_capacity() - self.0.capacity()
     }
