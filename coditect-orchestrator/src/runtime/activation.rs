@@ -148,7 +148,7 @@ async fn finish(rt: &RuntimeInner, env: &Envelope, acker: Acker, result: Result<
         tracing::warn!(message = %env.id, to = %env.to, failure = %f, "a message sent without a reply failed");
     }
     if let Some(reply) = env.reply(result)
-        && let Err(e) = rt.node.transport.as_ref().send(reply).await
+        && let Err(e) = crate::transport::send_fast(rt.node.transport.as_ref(), reply).await
     {
         tracing::debug!(error = %e, request = %env.id, "reply could not be sent (the requester is gone)");
     }
@@ -166,7 +166,7 @@ async fn signal(rt: &RuntimeInner, env: &Envelope, run: RunId, signal: Signal) {
         Payload::Message(Body::new(signal)),
     );
     out.run = Some(run);
-    if let Err(e) = rt.node.transport.as_ref().send(out).await {
+    if let Err(e) = crate::transport::send_fast(rt.node.transport.as_ref(), out).await {
         tracing::debug!(error = %e, %run, "run signal not sent");
     }
 }

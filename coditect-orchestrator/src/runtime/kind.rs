@@ -350,7 +350,7 @@ impl Inbox for KindHost {
             Ok(Target::Done) => return Ok(()),
             Ok(Target::Cycle(failure)) => {
                 if let Some(reply) = delivery.envelope.reply(Err(failure)) {
-                    let _ = rt.node.transport.as_ref().send(reply).await;
+                    let _ = crate::transport::send_fast(rt.node.transport.as_ref(), reply).await;
                 }
                 let _ = delivery.acker.ack().await;
                 return Ok(());
