@@ -206,26 +206,28 @@ fn copy_for_fanout(env: &mut Envelope) -> Option<Envelope> {
 impl Transport for InMemoryTransport {
     fn try_send(&self, envelope: Envelope) -> Result<(), TrySend> {
         if self.inner.closed.load(Ordering::Relaxed) {
-            return Err(TrySend::Failed(SendError::new(
+            return Err(TrySend::Failed(Box::new(SendError::new(
                 SendErrorKind::Closed,
                 envelope,
                 "transport closed",
-            )));
+            ))));
         }
         match self.resolve(&envelope.tenant, &envelope.to) {
             Targets::One(inbox) => match inbox.try_deliver(Delivery::new(envelope)) {
                 Ok(()) => Ok(()),
-                Err(TryDeliver::Refused(r)) => Err(TrySend::Failed(SendError::refused(*r))),
+                Err(TryDeliver::Refused(r)) => {
+                    Err(TrySend::Failed(Box::new(SendError::refused(*r))))
+                }
                 Err(TryDeliver::Wait(d)) => Err(TrySend::Wait(d.envelope)),
             },
             Targets::None if matches!(envelope.to, Destination::Topic(_)) => Ok(()),
             Targets::None => {
                 let msg = format!("no agent is registered for {}", envelope.to);
-                Err(TrySend::Failed(SendError::new(
+                Err(TrySend::Failed(Box::new(SendError::new(
                     SendErrorKind::NoRoute,
                     envelope,
                     msg,
-                )))
+                ))))
             }
             Targets::Many(_) => Err(TrySend::Wait(Box::new(envelope))),
         }

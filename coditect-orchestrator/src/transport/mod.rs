@@ -346,7 +346,7 @@ pub enum TrySend {
     /// Sending would have to wait: use [`Transport::send`] with this envelope.
     Wait(Box<Envelope>),
     /// Sending failed.
-    Failed(SendError),
+    Failed(Box<SendError>),
 }
 
 /// Sends through the fast path when it can, the async one otherwise.
@@ -356,7 +356,7 @@ pub(crate) async fn send_fast(
 ) -> Result<(), SendError> {
     match transport.try_send(envelope) {
         Ok(()) => Ok(()),
-        Err(TrySend::Failed(e)) => Err(e),
+        Err(TrySend::Failed(e)) => Err(*e),
         Err(TrySend::Wait(env)) => transport.send(*env).await,
     }
 }
