@@ -107,8 +107,9 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
                     Some((d, agent, st.queue.len() + 1 >= host.mailbox))
                 }
                 None => {
-                    // Give the buffer back: an idle agent holds no memory for it.
-                    if st.queue.capacity() > 0 {
+                    // A small buffer (a delivery is three words) stays for the
+                    // next message; one grown by a burst is given back.
+                    if st.queue.capacity() > 8 {
                         st.queue = VecDeque::new();
                     }
                     if host.idle_timeout.is_some() {
