@@ -27,6 +27,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use event::{RunEvent, RunEventRecord, Signal};
 pub use plan::{Plan, PlanError, Step, StepId, StepInput, StepTarget};
@@ -178,12 +179,16 @@ impl Orchestrator {
         let inner = self.inner.clone();
         let cards = self.all_cards();
         let token = cancel.clone();
-        tokio::spawn(async move {
-            let result = Driver::new(inner, run, task, cards, token, events)
-                .drive()
-                .await;
-            let _ = done_tx.send(result);
-        });
+        let span = tracing::info_span!("coditect.run", run = %run, tenant = %task.tenant, goal = %task.goal);
+        tokio::spawn(
+            async move {
+                let result = Driver::new(inner, run, task, cards, token, events)
+                    .drive()
+                    .await;
+                let _ = done_tx.send(result);
+            }
+            .instrument(span),
+        );
         RunHandle {
             run,
             events: Some(rx),
@@ -377,9 +382,6 @@ impl Driver {
     }
 
     async fn drive(mut self) -> Result<RunOutcome, RunError> {
-        let span = tracing::info_span!("coditect.run", run = %self.run, tenant = %self.task.tenant);
-        let _enter = span.enter();
-        drop(_enter);
         self.record(RunEvent::RunStarted {
             task: self.task.clone(),
         });
