@@ -63,8 +63,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("no .md documents in {}", folder.display()).into());
     }
     let names: Vec<String> = library.docs.keys().cloned().collect();
-    println!("documents in {}: {}", folder.display(), names.join(", "));
-
     let brains = match std::env::var("ANTHROPIC_API_KEY") {
         Ok(key) if !key.trim().is_empty() => claude()?,
         _ => {
@@ -75,6 +73,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             scripted(&names)
         }
     };
+    println!("documents in {}: {}", folder.display(), names.join(", "));
 
     let runtime = Runtime::builder(InMemoryTransport::new()).build().await?;
     let reader = LlmAgent::builder_shared(brains.reader)
