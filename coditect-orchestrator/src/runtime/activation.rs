@@ -148,7 +148,13 @@ async fn finish(rt: &RuntimeInner, env: &Envelope, acker: Acker, result: Result<
     {
         tracing::warn!(message = %env.id, to = %env.to, failure = %f, "a message sent without a reply failed");
     }
-    if let Some(reply) = env.reply(result)
+    if env.reply_to.as_ref() == Some(&rt.node.id) {
+        // The requester waits in this very process: hand it the answer
+        // directly instead of routing a reply envelope back to ourselves.
+        if !rt.node.pending.complete(&env.id, result) {
+            tracing::debug!(request = %env.id, "reply for a request that is no longer waiting; dropped");
+        }
+    } else if let Some(reply) = env.reply(result)
         && let Err(e) = crate::transport::send_fast(rt.node.transport.as_ref(), reply).await
     {
         tracing::debug!(error = %e, request = %env.id, "reply could not be sent (the requester is gone)");
