@@ -292,7 +292,14 @@ impl LlmAgent {
                         .await;
                     }
                 }
-                let outcomes = cfg.toolbox.run(calls, ctx).await;
+                let outcomes = match ctx {
+                    // Tools (a delegation, say) stop when the caller gives up.
+                    Some(c) => tokio::select! {
+                        o = cfg.toolbox.run(calls, ctx) => o,
+                        () = c.cancelled() => return Err(cancelled("the caller gave up; the tool calls were abandoned")),
+                    },
+                    None => cfg.toolbox.run(calls, None).await,
+                };
                 if let Some(c) = ctx {
                     for o in &outcomes {
                         let (ok, text) = match &o.result {
@@ -395,14 +402,16 @@ impl LlmAgent {
         let result = match ctx {
             Some(c) => tokio::select! {
                 r = call => r,
-                () = c.cancelled() => {
-                    return Err(AgentError::with_kind(AgentErrorKind::Cancelled, "the caller gave up; the model call was abandoned"));
-                }
+                () = c.cancelled() => return Err(cancelled("the caller gave up; the model call was abandoned")),
             },
             None => call.await,
         };
         result.map_err(model_error)
     }
+}
+
+fn cancelled(message: &str) -> AgentError {
+    AgentError::with_kind(AgentErrorKind::Cancelled, message)
 }
 
 /// A model error as an agent error: transient when worth retrying.

@@ -265,3 +265,71 @@ async fn delegations_in_one_turn_are_bounded_by_the_fan_out_limit() {
         results[2]
     );
 }
+
+/// Waits forever; tells the test when its call is dropped.
+struct Hang(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
+
+struct SignalOnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for SignalOnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl coditect_agents::Tool for Hang {
+    type Args = serde_json::Map<String, serde_json::Value>;
+    type Output = String;
+    fn name(&self) -> String {
+        "hang".into()
+    }
+    fn description(&self) -> String {
+        "Never returns.".into()
+    }
+    async fn call(
+        &self,
+        _: Self::Args,
+        _: coditect_agents::ToolContext<'_>,
+    ) -> Result<String, coditect_agents::ToolError> {
+        let _guard = SignalOnDrop(self.0.lock().unwrap().take());
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_run_abandons_the_agents_tool_calls() {
+    let rt = runtime().await;
+    let (tx, dropped) = tokio::sync::oneshot::channel();
+    let model = ScriptedModel::new().then(ScriptedReply::tool_call("hang", json!({})));
+    register(
+        &rt,
+        "waiter",
+        LlmAgent::builder(model)
+            .tool(Hang(std::sync::Mutex::new(Some(tx))))
+            .build(),
+    )
+    .await;
+    let mut handle = one_step(&rt, "waiter").start(TaskSpec::new("wait"));
+    let mut events = handle.events();
+    // Cancel once the tool call is under way.
+    within(async {
+        while let Some(e) = events.next().await {
+            if let coditect_orchestrator::orchestrator::RunEvent::StepProgress { data, .. } =
+                &e.event
+                && matches!(
+                    AgentProgress::from_value(data),
+                    Some(AgentProgress::ToolCall { .. })
+                )
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    handle.cancel();
+    let err = within(handle.outcome()).await.unwrap_err();
+    assert!(matches!(err.kind, RunErrorKind::Cancelled), "{err}");
+    within(dropped).await.unwrap();
+}
