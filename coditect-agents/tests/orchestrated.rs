@@ -333,3 +333,49 @@ async fn cancelling_a_run_abandons_the_agents_tool_calls() {
     assert!(matches!(err.kind, RunErrorKind::Cancelled), "{err}");
     within(dropped).await.unwrap();
 }
+
+#[tokio::test]
+async fn priced_usage_counts_against_the_cost_budget() {
+    let rt = runtime().await;
+    let model = ScriptedModel::new().when(
+        |_| true,
+        ScriptedReply::tool_call("add", json!({"a": 1, "b": 1})).usage(usage(1_000, 100)),
+    );
+    // $1 per thousand input tokens, $10 per thousand output tokens: $2 a turn.
+    let pricing: coditect_agents::Pricing =
+        std::sync::Arc::new(|model: &str, u: &coditect_agents::model::Usage| {
+            assert_eq!(model, coditect_agents::SCRIPTED_MODEL_NAME);
+            u.input_tokens as f64 / 1000.0 + u.output_tokens as f64 / 100.0
+        });
+    register(
+        &rt,
+        "spender",
+        LlmAgent::builder(model.clone())
+            .tool(Add)
+            .pricing(pricing)
+            .max_iterations(50)
+            .build(),
+    )
+    .await;
+    let task = TaskSpec::new("spend").policy(RunPolicy {
+        max_cost_usd: Some(5.0),
+        ..RunPolicy::default()
+    });
+    let err = within(one_step(&rt, "spender").run(task))
+        .await
+        .unwrap_err();
+    match &err.kind {
+        RunErrorKind::CostBudget { used, limit } => assert!(*used > 5.0 && *limit == 5.0),
+        RunErrorKind::StepFailed { failure, .. } => {
+            assert_eq!(failure.kind, FailureKind::Policy, "{err}");
+            assert!(failure.message.contains("cost budget"), "{err}");
+        }
+        other => panic!("not a budget stop: {other:?}"),
+    }
+    // $2 a turn: the third turn crosses $5, and no fourth is made.
+    assert_eq!(model.requests().len(), 3);
+    // The priced usage reached the run's own accounting (at least the first two
+    // turns; the third's report may race the step's failure).
+    let cost = err.state.usage.cost_usd;
+    assert!((4.0 - 1e-9..=6.0 + 1e-9).contains(&cost), "{cost}");
+}
