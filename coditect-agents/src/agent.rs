@@ -27,6 +27,7 @@ use std::sync::Arc;
 use coditect_orchestrator::{Agent, AgentContext, AgentError, AgentErrorKind};
 use futures::StreamExt;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::delegate::DelegateTool;
 use crate::model::{
@@ -253,7 +254,22 @@ impl LlmAgent {
                 temperature: cfg.temperature,
                 stop_sequences: Vec::new(),
             };
-            let response = self.call_model(request, ctx).await?;
+            let span = tracing::info_span!(
+                "coditect.model",
+                gen_ai.operation.name = "chat",
+                gen_ai.response.model = tracing::field::Empty,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                agent = ctx.map(|c| c.id().to_string()),
+                iteration,
+            );
+            let response = self
+                .call_model(request, ctx)
+                .instrument(span.clone())
+                .await?;
+            span.record("gen_ai.response.model", response.model.as_str());
+            span.record("gen_ai.usage.input_tokens", response.usage.input_tokens);
+            span.record("gen_ai.usage.output_tokens", response.usage.output_tokens);
             usage.add(&response.usage);
             let turn_cost = cfg
                 .pricing
