@@ -297,8 +297,8 @@ fn first_line(text: &str, max: usize) -> String {
 
 fn summary(outcome: &RunOutcome, streamed: bool) {
     // The answer was streamed above as the last step wrote it, unless that
-    // step's agent does not stream.
-    if !streamed {
+    // step's agent does not stream or the plan ends in several steps.
+    if !streamed || !outcome.output.is_string() {
         let answer = match outcome.output.as_str() {
             Some(s) => s.to_owned(),
             None => outcome.output.to_string(),

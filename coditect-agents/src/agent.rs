@@ -27,6 +27,7 @@ use std::sync::Arc;
 use coditect_orchestrator::{Agent, AgentContext, AgentError, AgentErrorKind};
 use futures::StreamExt;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::delegate::DelegateTool;
 use crate::model::{
@@ -253,7 +254,22 @@ impl LlmAgent {
                 temperature: cfg.temperature,
                 stop_sequences: Vec::new(),
             };
-            let response = self.call_model(request, ctx).await?;
+            let span = tracing::info_span!(
+                "coditect.model",
+                gen_ai.operation.name = "chat",
+                gen_ai.response.model = tracing::field::Empty,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                agent = ctx.map(|c| c.id().to_string()),
+                iteration,
+            );
+            let response = self
+                .call_model(request, ctx)
+                .instrument(span.clone())
+                .await?;
+            span.record("gen_ai.response.model", response.model.as_str());
+            span.record("gen_ai.usage.input_tokens", response.usage.input_tokens);
+            span.record("gen_ai.usage.output_tokens", response.usage.output_tokens);
             usage.add(&response.usage);
             let turn_cost = cfg
                 .pricing
@@ -292,7 +308,14 @@ impl LlmAgent {
                         .await;
                     }
                 }
-                let outcomes = cfg.toolbox.run(calls, ctx).await;
+                let outcomes = match ctx {
+                    // Tools (a delegation, say) stop when the caller gives up.
+                    Some(c) => tokio::select! {
+                        o = cfg.toolbox.run(calls, ctx) => o,
+                        () = c.cancelled() => return Err(cancelled("the caller gave up; the tool calls were abandoned")),
+                    },
+                    None => cfg.toolbox.run(calls, None).await,
+                };
                 if let Some(c) = ctx {
                     for o in &outcomes {
                         let (ok, text) = match &o.result {
@@ -395,14 +418,16 @@ impl LlmAgent {
         let result = match ctx {
             Some(c) => tokio::select! {
                 r = call => r,
-                () = c.cancelled() => {
-                    return Err(AgentError::with_kind(AgentErrorKind::Cancelled, "the caller gave up; the model call was abandoned"));
-                }
+                () = c.cancelled() => return Err(cancelled("the caller gave up; the model call was abandoned")),
             },
             None => call.await,
         };
         result.map_err(model_error)
     }
+}
+
+fn cancelled(message: &str) -> AgentError {
+    AgentError::with_kind(AgentErrorKind::Cancelled, message)
 }
 
 /// A model error as an agent error: transient when worth retrying.

@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use coditect_orchestrator::AgentContext;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::model::{ContentBlock, ToolDefinition};
 use crate::tool::{DynTool, ToolContext, ToolError, ToolErrorKind};
@@ -242,11 +243,10 @@ impl Toolbox {
             Some(a) => ToolContext::new(a, &call.id),
             None => ToolContext::detached(&call.id),
         };
-        let span = tracing::debug_span!("coditect.tool", tool = %call.name, call = %call.id);
-        let _guard = span.enter();
-        drop(_guard);
+        let span = tracing::debug_span!("coditect.tool", gen_ai.tool.name = %call.name, gen_ai.tool.call.id = %call.id);
         let limit = tool.timeout().unwrap_or(self.timeout);
-        match tokio::time::timeout(limit, tool.call_json(call.input.clone(), ctx)).await {
+        let call_fut = tool.call_json(call.input.clone(), ctx).instrument(span);
+        match tokio::time::timeout(limit, call_fut).await {
             Ok(result) => result,
             Err(_) => Err(ToolError::new(
                 ToolErrorKind::Timeout,

@@ -13,19 +13,23 @@ use serde_json::json;
 use support::{Add, one_step, progress, runtime, usage, within};
 
 async fn register(rt: &Runtime, kind: &str, agent: LlmAgent) {
-    rt.kind(kind)
-        .register(move |_| agent.clone())
+    within(rt.kind(kind).register(move |_| agent.clone()))
         .await
         .unwrap();
 }
 
 #[tokio::test]
 async fn progress_streams_and_usage_is_counted_in_the_run() {
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     let model = ScriptedModel::new()
         .then(ScriptedReply::tool_call("add", json!({"a": 20, "b": 22})).usage(usage(100, 10)))
         .then(ScriptedReply::text("The answer is 42.").usage(usage(130, 7)));
-    register(&rt, "math", LlmAgent::builder(model).tool(Add).build()).await;
+    within(register(
+        &rt,
+        "math",
+        LlmAgent::builder(model).tool(Add).build(),
+    ))
+    .await;
 
     let mut handle = one_step(&rt, "math").start(TaskSpec::new("20 + 22?"));
     let events = handle.events();
@@ -68,7 +72,7 @@ async fn progress_streams_and_usage_is_counted_in_the_run() {
 
 #[tokio::test]
 async fn a_token_budget_ends_a_run_whose_agent_keeps_spending() {
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     let model = ScriptedModel::new().when(
         |_| true,
         ScriptedReply::tool_call("add", json!({"a": 1, "b": 1})).usage(usage(10, 5)),
@@ -153,16 +157,21 @@ async fn delegation_team(
     } else {
         LlmAgent::builder(helper.clone()).delegate_to("other", "Not deep.")
     };
-    register(rt, "helper", helper_agent.build()).await;
-    register(rt, "deep", LlmAgent::builder(deep.clone()).build()).await;
+    within(register(rt, "helper", helper_agent.build())).await;
+    within(register(
+        rt,
+        "deep",
+        LlmAgent::builder(deep.clone()).build(),
+    ))
+    .await;
     (lead, helper, deep)
 }
 
 #[tokio::test]
 async fn delegation_goes_through_the_runtime_and_is_depth_bounded() {
     // Depth 2 allowed: lead (0) -> helper (1) -> deep (2).
-    let rt = runtime().await;
-    let (_, _, deep) = delegation_team(&rt, true).await;
+    let rt = within(runtime()).await;
+    let (_, _, deep) = within(delegation_team(&rt, true)).await;
     let task = TaskSpec::new("go").policy(RunPolicy {
         max_depth: 2,
         ..RunPolicy::default()
@@ -182,8 +191,8 @@ async fn delegation_goes_through_the_runtime_and_is_depth_bounded() {
 
     // Depth 1: the helper's own delegation is refused by policy, and the
     // refusal reaches the helper's model as a tool error.
-    let rt = runtime().await;
-    let (_, helper, deep) = delegation_team(&rt, true).await;
+    let rt = within(runtime()).await;
+    let (_, helper, deep) = within(delegation_team(&rt, true)).await;
     let task = TaskSpec::new("go").policy(RunPolicy {
         max_depth: 1,
         ..RunPolicy::default()
@@ -209,8 +218,8 @@ async fn delegation_goes_through_the_runtime_and_is_depth_bounded() {
 
 #[tokio::test]
 async fn an_agent_can_only_delegate_to_the_capabilities_it_was_allowed() {
-    let rt = runtime().await;
-    let (_, helper, deep) = delegation_team(&rt, false).await;
+    let rt = within(runtime()).await;
+    let (_, helper, deep) = within(delegation_team(&rt, false)).await;
     let outcome = within(one_step(&rt, "lead").run(TaskSpec::new("go")))
         .await
         .unwrap();
@@ -231,7 +240,7 @@ async fn an_agent_can_only_delegate_to_the_capabilities_it_was_allowed() {
 
 #[tokio::test]
 async fn delegations_in_one_turn_are_bounded_by_the_fan_out_limit() {
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     let boss = ScriptedModel::new()
         .then(ScriptedReply::tool_calls((0..3).map(|i| {
             (
@@ -249,7 +258,12 @@ async fn delegations_in_one_turn_are_bounded_by_the_fan_out_limit() {
             .build(),
     )
     .await;
-    register(&rt, "worker", LlmAgent::builder(worker.clone()).build()).await;
+    within(register(
+        &rt,
+        "worker",
+        LlmAgent::builder(worker.clone()).build(),
+    ))
+    .await;
     let task = TaskSpec::new("go").policy(RunPolicy {
         max_fanout: 2,
         ..RunPolicy::default()
@@ -264,4 +278,118 @@ async fn delegations_in_one_turn_are_bounded_by_the_fan_out_limit() {
         "{:?}",
         results[2]
     );
+}
+
+/// Waits forever; tells the test when its call is dropped.
+struct Hang(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
+
+struct SignalOnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for SignalOnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl coditect_agents::Tool for Hang {
+    type Args = serde_json::Map<String, serde_json::Value>;
+    type Output = String;
+    fn name(&self) -> String {
+        "hang".into()
+    }
+    fn description(&self) -> String {
+        "Never returns.".into()
+    }
+    async fn call(
+        &self,
+        _: Self::Args,
+        _: coditect_agents::ToolContext<'_>,
+    ) -> Result<String, coditect_agents::ToolError> {
+        let _guard = SignalOnDrop(self.0.lock().unwrap().take());
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_run_abandons_the_agents_tool_calls() {
+    let rt = within(runtime()).await;
+    let (tx, dropped) = tokio::sync::oneshot::channel();
+    let model = ScriptedModel::new().then(ScriptedReply::tool_call("hang", json!({})));
+    register(
+        &rt,
+        "waiter",
+        LlmAgent::builder(model)
+            .tool(Hang(std::sync::Mutex::new(Some(tx))))
+            .build(),
+    )
+    .await;
+    let mut handle = one_step(&rt, "waiter").start(TaskSpec::new("wait"));
+    let mut events = handle.events();
+    // Cancel once the tool call is under way.
+    within(async {
+        while let Some(e) = events.next().await {
+            if let coditect_orchestrator::orchestrator::RunEvent::StepProgress { data, .. } =
+                &e.event
+                && matches!(
+                    AgentProgress::from_value(data),
+                    Some(AgentProgress::ToolCall { .. })
+                )
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    handle.cancel();
+    let err = within(handle.outcome()).await.unwrap_err();
+    assert!(matches!(err.kind, RunErrorKind::Cancelled), "{err}");
+    within(dropped).await.unwrap();
+}
+
+#[tokio::test]
+async fn priced_usage_counts_against_the_cost_budget() {
+    let rt = within(runtime()).await;
+    let model = ScriptedModel::new().when(
+        |_| true,
+        ScriptedReply::tool_call("add", json!({"a": 1, "b": 1})).usage(usage(1_000, 100)),
+    );
+    // $1 per thousand input tokens, $10 per thousand output tokens: $2 a turn.
+    let pricing: coditect_agents::Pricing =
+        std::sync::Arc::new(|model: &str, u: &coditect_agents::model::Usage| {
+            assert_eq!(model, coditect_agents::SCRIPTED_MODEL_NAME);
+            u.input_tokens as f64 / 1000.0 + u.output_tokens as f64 / 100.0
+        });
+    register(
+        &rt,
+        "spender",
+        LlmAgent::builder(model.clone())
+            .tool(Add)
+            .pricing(pricing)
+            .max_iterations(50)
+            .build(),
+    )
+    .await;
+    let task = TaskSpec::new("spend").policy(RunPolicy {
+        max_cost_usd: Some(5.0),
+        ..RunPolicy::default()
+    });
+    let err = within(one_step(&rt, "spender").run(task))
+        .await
+        .unwrap_err();
+    match &err.kind {
+        RunErrorKind::CostBudget { used, limit } => assert!(*used > 5.0 && *limit == 5.0),
+        RunErrorKind::StepFailed { failure, .. } => {
+            assert_eq!(failure.kind, FailureKind::Policy, "{err}");
+            assert!(failure.message.contains("cost budget"), "{err}");
+        }
+        other => panic!("not a budget stop: {other:?}"),
+    }
+    // $2 a turn: the third turn crosses $5, and no fourth is made.
+    assert_eq!(model.requests().len(), 3);
+    // The priced usage reached the run's own accounting (at least the first two
+    // turns; the third's report may race the step's failure).
+    let cost = err.state.usage.cost_usd;
+    assert!((4.0 - 1e-9..=6.0 + 1e-9).contains(&cost), "{cost}");
 }

@@ -16,11 +16,13 @@ use support::{one_step, progress, runtime, within};
 
 async fn specialist(rt: &Runtime, cap: &str, model: ScriptedModel) {
     let agent = LlmAgent::builder(model).build();
-    rt.kind(cap)
-        .capability(cap)
-        .register(move |_| agent.clone())
-        .await
-        .unwrap();
+    within(
+        rt.kind(cap)
+            .capability(cap)
+            .register(move |_| agent.clone()),
+    )
+    .await
+    .unwrap();
 }
 
 fn echo(prefix: &'static str) -> ScriptedModel {
@@ -32,11 +34,11 @@ fn echo(prefix: &'static str) -> ScriptedModel {
 
 #[tokio::test]
 async fn the_router_sends_the_input_to_the_one_route_the_model_picks() {
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     let billing = echo("billing");
     let tech = echo("tech");
-    specialist(&rt, "billing", billing.clone()).await;
-    specialist(&rt, "tech", tech.clone()).await;
+    within(specialist(&rt, "billing", billing.clone())).await;
+    within(specialist(&rt, "tech", tech.clone())).await;
     let chooser = ScriptedModel::new()
         // A route it does not have is sent back for repair.
         .then(ScriptedReply::tool_call(
@@ -50,11 +52,13 @@ async fn the_router_sends_the_input_to_the_one_route_the_model_picks() {
     let router = Route::new(chooser.clone())
         .route("billing", "Invoices and payments.")
         .route("tech", "Technical problems.");
-    rt.kind("router")
-        .capability("support")
-        .register(move |_| router.clone())
-        .await
-        .unwrap();
+    within(
+        rt.kind("router")
+            .capability("support")
+            .register(move |_| router.clone()),
+    )
+    .await
+    .unwrap();
 
     let mut handle = one_step(&rt, "support").start(TaskSpec::new("I was charged twice"));
     let events = handle.events();
@@ -74,24 +78,22 @@ async fn the_router_sends_the_input_to_the_one_route_the_model_picks() {
 
 #[tokio::test]
 async fn sectioning_runs_the_sections_at_once_and_aggregates() {
-    let rt = runtime().await;
-    specialist(&rt, "security", echo("sec")).await;
-    specialist(&rt, "style", echo("style")).await;
+    let rt = within(runtime()).await;
+    within(specialist(&rt, "security", echo("sec"))).await;
+    within(specialist(&rt, "style", echo("style"))).await;
     let merge = ScriptedModel::new().respond(
         |_| true,
         |r| ScriptedReply::text(format!("merged {}", r.last_user_text().len())),
     );
-    specialist(&rt, "merge", merge.clone()).await;
+    within(specialist(&rt, "merge", merge.clone())).await;
     let review = Sectioning::new()
         .section("security", "security", "Check security.")
         .section("style", "style", "Check style.");
     let reviewed = review.clone().aggregate("merge");
-    rt.kind("review")
-        .register(move |_| review.clone())
+    within(rt.kind("review").register(move |_| review.clone()))
         .await
         .unwrap();
-    rt.kind("review_merged")
-        .register(move |_| reviewed.clone())
+    within(rt.kind("review_merged").register(move |_| reviewed.clone()))
         .await
         .unwrap();
 
@@ -117,16 +119,15 @@ async fn sectioning_runs_the_sections_at_once_and_aggregates() {
 
 #[tokio::test]
 async fn voting_takes_the_majority_of_independent_voters() {
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     // Three voters share one script; whatever order they ask in, two say yes.
     let judge = ScriptedModel::new()
         .then(ScriptedReply::text("Yes"))
         .then(ScriptedReply::text("no"))
         .then(ScriptedReply::text("yes "));
-    specialist(&rt, "judge", judge.clone()).await;
+    within(specialist(&rt, "judge", judge.clone())).await;
     let vote = Voting::new().voters("judge", 3);
-    rt.kind("vote")
-        .register(move |_| vote.clone())
+    within(rt.kind("vote").register(move |_| vote.clone()))
         .await
         .unwrap();
     let outcome = within(one_step(&rt, "vote").run(TaskSpec::new("Is this vulnerable?")))
@@ -143,11 +144,11 @@ async fn voting_takes_the_majority_of_independent_voters() {
 
 #[tokio::test]
 async fn the_evaluator_sends_drafts_back_until_one_passes() {
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     let writer = ScriptedModel::new()
         .then(ScriptedReply::text("Rust is fast."))
         .then(ScriptedReply::text("Rust is fast and memory-safe."));
-    specialist(&rt, "write", writer.clone()).await;
+    within(specialist(&rt, "write", writer.clone())).await;
     let judge = ScriptedModel::new()
         // Passed by the model but under the pass score: still sent back.
         .then(ScriptedReply::tool_call(
@@ -159,17 +160,21 @@ async fn the_evaluator_sends_drafts_back_until_one_passes() {
             json!({"passed": true, "score": 9, "feedback": ""}),
         ));
     let critic = Critic::new(judge.clone(), "Accurate and complete.").pass_score(8);
-    rt.kind("critic")
-        .capability("review")
-        .register(move |_| critic.clone())
-        .await
-        .unwrap();
+    within(
+        rt.kind("critic")
+            .capability("review")
+            .register(move |_| critic.clone()),
+    )
+    .await
+    .unwrap();
     let looped = EvaluatorOptimizer::new("write", "review").max_rounds(3);
-    rt.kind("editor")
-        .capability("edit")
-        .register(move |_| looped.clone())
-        .await
-        .unwrap();
+    within(
+        rt.kind("editor")
+            .capability("edit")
+            .register(move |_| looped.clone()),
+    )
+    .await
+    .unwrap();
 
     let outcome = within(one_step(&rt, "edit").run(TaskSpec::new("One line on Rust.")))
         .await
@@ -193,7 +198,7 @@ async fn the_evaluator_sends_drafts_back_until_one_passes() {
 
 #[tokio::test]
 async fn the_evaluator_stops_at_its_round_limit() {
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     specialist(
         &rt,
         "write",
@@ -208,17 +213,21 @@ async fn the_evaluator_stops_at_its_round_limit() {
         ),
     );
     let critic = Critic::new(judge.clone(), "Be great.");
-    rt.kind("critic")
-        .capability("review")
-        .register(move |_| critic.clone())
-        .await
-        .unwrap();
+    within(
+        rt.kind("critic")
+            .capability("review")
+            .register(move |_| critic.clone()),
+    )
+    .await
+    .unwrap();
     let looped = EvaluatorOptimizer::new("write", "review").max_rounds(2);
-    rt.kind("editor")
-        .capability("edit")
-        .register(move |_| looped.clone())
-        .await
-        .unwrap();
+    within(
+        rt.kind("editor")
+            .capability("edit")
+            .register(move |_| looped.clone()),
+    )
+    .await
+    .unwrap();
     let outcome = within(one_step(&rt, "edit").run(TaskSpec::new("x")))
         .await
         .unwrap();

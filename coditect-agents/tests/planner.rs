@@ -22,12 +22,14 @@ async fn team(rt: &Runtime) {
             move |r| ScriptedReply::text(format!("{reply} from [{}]", r.last_user_text())),
         ))
         .build();
-        rt.kind(kind)
-            .description(format!("Does {cap}."))
-            .capability(cap)
-            .register(move |_| agent.clone())
-            .await
-            .unwrap();
+        within(
+            rt.kind(kind)
+                .description(format!("Does {cap}."))
+                .capability(cap)
+                .register(move |_| agent.clone()),
+        )
+        .await
+        .unwrap();
     }
 }
 
@@ -44,8 +46,8 @@ fn good_plan() -> Value {
 
 #[tokio::test]
 async fn the_planner_sees_the_cards_and_its_plan_runs() {
-    let rt = runtime().await;
-    team(&rt).await;
+    let rt = within(runtime()).await;
+    within(team(&rt)).await;
     let model = ScriptedModel::new().then(submit(good_plan()));
     let outcome = within(
         Orchestrator::new(rt.clone(), LlmPlanner::new(model.clone()))
@@ -71,8 +73,8 @@ async fn the_planner_sees_the_cards_and_its_plan_runs() {
 
 #[tokio::test]
 async fn invalid_plans_go_back_with_the_validation_error_until_one_is_valid() {
-    let rt = runtime().await;
-    team(&rt).await;
+    let rt = within(runtime()).await;
+    within(team(&rt)).await;
     let model = ScriptedModel::new()
         .then(ScriptedReply::text("Sure! First research, then write."))
         .then(submit(json!({"steps": [
@@ -117,8 +119,8 @@ async fn invalid_plans_go_back_with_the_validation_error_until_one_is_valid() {
 
 #[tokio::test]
 async fn the_planner_gives_up_clearly_after_its_repairs() {
-    let rt = runtime().await;
-    team(&rt).await;
+    let rt = within(runtime()).await;
+    within(team(&rt)).await;
     let model = ScriptedModel::new().when(
         |_| true,
         submit(json!({"steps": [{"id": "a", "target": {"capability": "fly"}, "input": "goal"}]})),
@@ -150,14 +152,16 @@ impl Agent for Broken {
 
 #[tokio::test]
 async fn a_failed_step_is_replanned_through_the_same_planner() {
-    let rt = runtime().await;
-    team(&rt).await;
-    rt.kind("archive")
-        .description("Looks things up in the archive.")
-        .capability("lookup")
-        .register(|_| Broken)
-        .await
-        .unwrap();
+    let rt = within(runtime()).await;
+    within(team(&rt)).await;
+    within(
+        rt.kind("archive")
+            .description("Looks things up in the archive.")
+            .capability("lookup")
+            .register(|_| Broken),
+    )
+    .await
+    .unwrap();
     let model = ScriptedModel::new()
         .then(submit(json!({"steps": [
             {"id": "lookup", "target": {"capability": "lookup"}, "input": "goal"},

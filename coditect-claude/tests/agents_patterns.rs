@@ -31,11 +31,13 @@ async fn runtime() -> Runtime {
 }
 
 async fn register<A: Agent + Clone + Sync>(rt: &Runtime, kind: &str, capability: &str, agent: A) {
-    rt.kind(kind)
-        .capability(capability)
-        .register(move |_| agent.clone())
-        .await
-        .unwrap();
+    within(
+        rt.kind(kind)
+            .capability(capability)
+            .register(move |_| agent.clone()),
+    )
+    .await
+    .unwrap();
 }
 
 fn one_step(rt: &Runtime, capability: &str) -> Orchestrator {
@@ -79,7 +81,7 @@ impl Tool for Shout {
 
 #[tokio::test]
 async fn an_llm_agent_streams_through_claude_with_a_tool_and_reports_usage() {
-    let server = StandIn::start().await;
+    let server = within(StandIn::start()).await;
     // The first call's arguments do not fit the tool; Claude is told and retries.
     server.push(Reply::stream(&tool_use_message(
         "toolu_1",
@@ -92,7 +94,7 @@ async fn an_llm_agent_streams_through_claude_with_a_tool_and_reports_usage() {
         json!({"word": "hi"}),
     )));
     server.push(Reply::stream(&text_message("He said HI.")));
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     register(
         &rt,
         "shouter",
@@ -130,7 +132,7 @@ async fn an_llm_agent_streams_through_claude_with_a_tool_and_reports_usage() {
 
 #[tokio::test]
 async fn the_llm_planner_plans_through_claude_and_repairs_an_invalid_plan() {
-    let server = StandIn::start().await;
+    let server = within(StandIn::start()).await;
     server.push(Reply::message(&tool_use_message(
         "toolu_p1",
         "submit_plan",
@@ -142,7 +144,7 @@ async fn the_llm_planner_plans_through_claude_and_repairs_an_invalid_plan() {
         json!({"steps": [{"id": "a", "target": {"capability": "shout"}, "input": "goal"}]}),
     )));
     server.push(Reply::stream(&text_message("done")));
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     register(
         &rt,
         "shouter",
@@ -170,14 +172,14 @@ async fn the_llm_planner_plans_through_claude_and_repairs_an_invalid_plan() {
 
 #[tokio::test]
 async fn the_router_picks_a_route_through_claude() {
-    let server = StandIn::start().await;
+    let server = within(StandIn::start()).await;
     server.push(Reply::message(&tool_use_message(
         "toolu_r",
         "choose_route",
         json!({"route": "tech", "reason": "a crash"}),
     )));
     server.push(Reply::stream(&text_message("Restart it.")));
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     register(
         &rt,
         "tech",
@@ -195,7 +197,7 @@ async fn the_router_picks_a_route_through_claude() {
     let router = Route::new(claude(&server))
         .route("tech", "Technical problems.")
         .route("billing", "Invoices.");
-    register(&rt, "router", "support", router).await;
+    within(register(&rt, "router", "support", router)).await;
     let outcome = within(one_step(&rt, "support").run(TaskSpec::new("it crashed")))
         .await
         .unwrap();
@@ -214,11 +216,11 @@ async fn the_router_picks_a_route_through_claude() {
 #[tokio::test]
 async fn sectioning_and_voting_fan_out_to_claude_backed_agents() {
     // One server per section, since the sections call at the same time.
-    let security = StandIn::start().await;
+    let security = within(StandIn::start()).await;
     security.push(Reply::stream(&text_message("no issues")));
-    let style = StandIn::start().await;
+    let style = within(StandIn::start()).await;
     style.push(Reply::stream(&text_message("rename x")));
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     register(
         &rt,
         "sec",
@@ -236,7 +238,7 @@ async fn sectioning_and_voting_fan_out_to_claude_backed_agents() {
     let sections = Sectioning::new()
         .section("security", "security", "Review for security.")
         .section("style", "style", "Review for style.");
-    register(&rt, "review", "review", sections).await;
+    within(register(&rt, "review", "review", sections)).await;
     let outcome = within(one_step(&rt, "review").run(TaskSpec::new("let x = 1;")))
         .await
         .unwrap();
@@ -248,7 +250,7 @@ async fn sectioning_and_voting_fan_out_to_claude_backed_agents() {
     assert_eq!(asked, "Review for security.\n\nlet x = 1;");
 
     // Three voters on one server: whatever order they are answered in, two agree.
-    let judges = StandIn::start().await;
+    let judges = within(StandIn::start()).await;
     for answer in ["yes", "no", "yes"] {
         judges.push(Reply::stream(&text_message(answer)));
     }
@@ -259,7 +261,13 @@ async fn sectioning_and_voting_fan_out_to_claude_backed_agents() {
         LlmAgent::builder(claude(&judges)).build(),
     )
     .await;
-    register(&rt, "vote", "vote", Voting::new().voters("judge", 3)).await;
+    within(register(
+        &rt,
+        "vote",
+        "vote",
+        Voting::new().voters("judge", 3),
+    ))
+    .await;
     let outcome = within(one_step(&rt, "vote").run(TaskSpec::new("vulnerable?")))
         .await
         .unwrap();
@@ -273,7 +281,7 @@ async fn sectioning_and_voting_fan_out_to_claude_backed_agents() {
 
 #[tokio::test]
 async fn the_evaluator_optimizer_loops_through_claude() {
-    let server = StandIn::start().await;
+    let server = within(StandIn::start()).await;
     server.push(Reply::stream(&text_message("Draft one.")));
     server.push(Reply::message(&tool_use_message(
         "toolu_v1",
@@ -286,7 +294,7 @@ async fn the_evaluator_optimizer_loops_through_claude() {
         "submit_verdict",
         json!({"passed": true, "score": 9, "feedback": ""}),
     )));
-    let rt = runtime().await;
+    let rt = within(runtime()).await;
     register(
         &rt,
         "writer",

@@ -19,8 +19,7 @@ pub async fn within<F: Future>(f: F) -> F::Output {
 }
 
 pub async fn runtime() -> Runtime {
-    Runtime::builder(InMemoryTransport::new())
-        .build()
+    within(Runtime::builder(InMemoryTransport::new()).build())
         .await
         .unwrap()
 }
