@@ -121,8 +121,9 @@ impl LlmPlanner {
         self
     }
 
-    /// Tokens the planner has used so far. Planning happens before any step
-    /// runs, outside any agent, so this usage is not part of a run's usage.
+    /// Tokens the planner has used so far, over every run it planned. Each
+    /// run also counts its own planning usage (reported through the
+    /// [`PlanningContext`]) against its budget.
     pub fn usage(&self) -> Usage {
         self.usage.lock().map(|u| *u).unwrap_or_default()
     }
@@ -131,8 +132,9 @@ impl LlmPlanner {
         &self,
         prompt: String,
         task: &TaskSpec,
-        cards: &[AgentCard],
+        ctx: &PlanningContext,
     ) -> Result<Plan, PlanError> {
+        let cards = &ctx.cards;
         let mut system = SYSTEM.to_owned();
         if let Some(extra) = &self.instructions {
             system.push_str("\n\n");
@@ -154,6 +156,16 @@ impl LlmPlanner {
         if let Ok(mut u) = self.usage.lock() {
             u.add(&spent);
         }
+        // Planning counts against the run's token budget like any agent's
+        // model calls.
+        ctx.report_usage(coditect_orchestrator::Usage::new(
+            spent
+                .input_tokens
+                .saturating_add(spent.cache_creation_input_tokens)
+                .saturating_add(spent.cache_read_input_tokens),
+            spent.output_tokens,
+            0.0,
+        ));
         match result {
             Ok(s) => Ok(s.value),
             Err(StructuredError::GaveUp {
@@ -213,7 +225,7 @@ fn describe_task(task: &TaskSpec) -> String {
 impl Planner for LlmPlanner {
     async fn plan(&self, task: &TaskSpec, ctx: &PlanningContext) -> Result<Plan, PlanError> {
         let prompt = format!("{}\n{}", describe_team(&ctx.cards), describe_task(task));
-        self.ask(prompt, task, &ctx.cards).await
+        self.ask(prompt, task, ctx).await
     }
 
     async fn replan(
@@ -254,6 +266,6 @@ impl Planner for LlmPlanner {
             "Step {} failed for good: {}\nSubmit a revised plan for the remaining work that avoids this failure.",
             failure.step, failure.failure
         ));
-        self.ask(prompt, task, &ctx.cards).await.map(Some)
+        self.ask(prompt, task, ctx).await.map(Some)
     }
 }

@@ -1089,3 +1089,53 @@ async fn usage_spent_by_a_delegated_agent_counts_against_the_run() {
     // The usage is attributed to the step that caused it.
     assert_eq!(err.state.steps[&"s".into()].usage.total_tokens(), 1200);
 }
+
+/// A planner that spends tokens on every plan it makes.
+struct CostlyPlanner(Usage);
+#[async_trait::async_trait]
+impl coditect_orchestrator::orchestrator::Planner for CostlyPlanner {
+    async fn plan(
+        &self,
+        _task: &TaskSpec,
+        ctx: &coditect_orchestrator::orchestrator::PlanningContext,
+    ) -> Result<Plan, PlanError> {
+        ctx.report_usage(self.0);
+        Ok(Plan::new([Step::new("s", "inc", StepInput::literal(1u64))]))
+    }
+}
+
+#[tokio::test]
+async fn planning_counts_against_the_run() {
+    let rt = runtime().await;
+    rt.kind("inc").register(|_| Inc).await.unwrap();
+    let out = timeout(
+        T,
+        Orchestrator::new(rt.clone(), CostlyPlanner(Usage::new(100, 20, 0.0)))
+            .run(TaskSpec::new("x")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.usage, Usage::new(100, 20, 0.0));
+    let policy = RunPolicy {
+        max_tokens: Some(50),
+        ..RunPolicy::default()
+    };
+    let mut handle = Orchestrator::new(rt, CostlyPlanner(Usage::new(100, 20, 0.0)))
+        .start(TaskSpec::new("x").policy(policy));
+    let events = handle.events();
+    let err = timeout(T, handle.outcome()).await.unwrap().unwrap_err();
+    assert_eq!(
+        err.kind,
+        RunErrorKind::TokenBudget {
+            used: 120,
+            limit: 50
+        }
+    );
+    let events: Vec<_> = events.collect().await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.event, RunEvent::StepDispatched { .. }))
+    );
+}

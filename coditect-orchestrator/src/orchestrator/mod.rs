@@ -44,7 +44,7 @@ use crate::body::Body;
 use crate::budget::Budget;
 use crate::envelope::{Deadline, Destination, Failure, Payload};
 use crate::error::RequestError;
-use crate::id::{AgentKind, MessageId, RunId, Topic};
+use crate::id::{AgentId, AgentKind, MessageId, RunId, Topic};
 use crate::runtime::Runtime;
 use crate::runtime::call::{Origin, RequestOptions};
 use crate::transport::{Route, TransportExt};
@@ -414,7 +414,11 @@ impl Driver {
             }
         };
         let ctx = PlanningContext::new(self.cards.clone());
-        let plan = match self.inner.planner.plan(&self.task, &ctx).await {
+        let planned = self.inner.planner.plan(&self.task, &ctx).await;
+        if let Some(Stop::Fail(kind, msg)) = self.planning_spent(&ctx) {
+            return self.fail(kind, msg);
+        }
+        let plan = match planned {
             Ok(p) => p,
             Err(e) => {
                 let msg = format!("no plan: {e}");
@@ -794,12 +798,15 @@ impl Driver {
                 step: step.clone(),
                 failure: failure.clone(),
             };
-            match self
+            let replanned = self
                 .inner
                 .planner
                 .replan(&self.task, &self.state, &sf, &ctx)
-                .await
-            {
+                .await;
+            if let Some(stop) = self.planning_spent(&ctx) {
+                return Err(stop);
+            }
+            match replanned {
                 Ok(Some(plan)) => {
                     if let Err(e) = plan.validate(&self.cards, self.task.policy.max_steps) {
                         return Err(Stop::Fail(
@@ -907,36 +914,57 @@ impl Driver {
                 step, agent, usage, ..
             } => {
                 self.record(RunEvent::UsageReported { step, agent, usage });
-                let used = self.state.usage;
-                if let Some(limit) = self.task.policy.max_tokens
-                    && used.total_tokens() > limit
-                {
-                    return Some(Stop::Fail(
-                        RunErrorKind::TokenBudget {
-                            used: used.total_tokens(),
-                            limit,
-                        },
-                        format!(
-                            "the run used {} tokens; its budget is {limit}",
-                            used.total_tokens()
-                        ),
-                    ));
-                }
-                if let Some(limit) = self.task.policy.max_cost_usd
-                    && used.cost_usd > limit
-                {
-                    return Some(Stop::Fail(
-                        RunErrorKind::CostBudget {
-                            used: used.cost_usd,
-                            limit,
-                        },
-                        format!(
-                            "the run cost ${:.4}; its budget is ${limit:.4}",
-                            used.cost_usd
-                        ),
-                    ));
-                }
+                return self.check_budgets();
             }
+        }
+        None
+    }
+
+    /// Records what planning cost, if anything, and checks the budgets.
+    fn planning_spent(&mut self, ctx: &PlanningContext) -> Option<Stop> {
+        let usage = ctx.take_usage();
+        if usage.is_zero() {
+            return None;
+        }
+        let agent = AgentId::new("planner", "orchestrator").ok()?;
+        self.record(RunEvent::UsageReported {
+            step: None,
+            agent,
+            usage,
+        });
+        self.check_budgets()
+    }
+
+    /// Ends the run if a token or cost budget is spent.
+    fn check_budgets(&self) -> Option<Stop> {
+        let used = self.state.usage;
+        if let Some(limit) = self.task.policy.max_tokens
+            && used.total_tokens() > limit
+        {
+            return Some(Stop::Fail(
+                RunErrorKind::TokenBudget {
+                    used: used.total_tokens(),
+                    limit,
+                },
+                format!(
+                    "the run used {} tokens; its budget is {limit}",
+                    used.total_tokens()
+                ),
+            ));
+        }
+        if let Some(limit) = self.task.policy.max_cost_usd
+            && used.cost_usd > limit
+        {
+            return Some(Stop::Fail(
+                RunErrorKind::CostBudget {
+                    used: used.cost_usd,
+                    limit,
+                },
+                format!(
+                    "the run cost ${:.4}; its budget is ${limit:.4}",
+                    used.cost_usd
+                ),
+            ));
         }
         None
     }
