@@ -1,6 +1,7 @@
 //! `orchestrate`: a 1,000-step plan of no-op agents, wide and chained, run by
 //! the orchestrator — against the same DAG driven by hand with a tokio
-//! `JoinSet` (spawn each ready step, collect, release its dependents).
+//! `JoinSet` (spawn each ready step, which asks a hand-written no-op agent over
+//! mpsc + oneshot; collect; release its dependents).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use coditect_orchestrator::orchestrator::{
     Orchestrator, Plan, StaticPlanner, Step, StepInput, TaskSpec,
 };
 use coditect_orchestrator::{Agent, AgentContext, AgentError, InMemoryTransport, Runtime};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::report::{Mode, Report, median, round2};
@@ -46,9 +48,23 @@ fn chained() -> Plan {
     Plan::new(steps)
 }
 
-/// The DAG by hand: each ready step is a task in a JoinSet doing the same
-/// no-op work; finishing one releases its dependents.
-async fn by_hand(deps: &[Vec<usize>]) -> usize {
+type Ask = (u64, oneshot::Sender<u64>);
+
+/// A hand-written no-op agent: a task answering on a channel.
+fn spawn_noop_agent() -> mpsc::Sender<Ask> {
+    let (tx, mut rx) = mpsc::channel::<Ask>(256);
+    tokio::spawn(async move {
+        while let Some((v, reply)) = rx.recv().await {
+            let _ = reply.send(std::hint::black_box(v) + 1);
+        }
+    });
+    tx
+}
+
+/// The DAG by hand: each ready step is a task in a JoinSet that asks a no-op
+/// agent (mpsc + oneshot, spread over 16 agents as coditect's kind is);
+/// finishing one releases its dependents.
+async fn by_hand(deps: &[Vec<usize>], agents: &[mpsc::Sender<Ask>]) -> usize {
     let n = deps.len();
     let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -59,9 +75,17 @@ async fn by_hand(deps: &[Vec<usize>]) -> usize {
     }
     let mut outputs: HashMap<usize, u64> = HashMap::with_capacity(n);
     let mut set = JoinSet::new();
+    let spawn = |set: &mut JoinSet<(usize, u64)>, i: usize| {
+        let agent = agents[i % agents.len()].clone();
+        set.spawn(async move {
+            let (tx, rx) = oneshot::channel();
+            let _ = agent.send((i as u64, tx)).await;
+            (i, rx.await.unwrap_or(0))
+        });
+    };
     for (i, w) in waiting.iter().enumerate() {
         if *w == 0 {
-            set.spawn(async move { (i, std::hint::black_box(1u64)) });
+            spawn(&mut set, i);
         }
     }
     while let Some(Ok((i, out))) = set.join_next().await {
@@ -69,7 +93,7 @@ async fn by_hand(deps: &[Vec<usize>]) -> usize {
         for &d in &dependents[i] {
             waiting[d] -= 1;
             if waiting[d] == 0 {
-                set.spawn(async move { (d, std::hint::black_box(1u64)) });
+                spawn(&mut set, d);
             }
         }
     }
@@ -96,11 +120,12 @@ async fn one(shape: &str, mode: Mode) -> Report {
         ),
     };
     let orch = Orchestrator::new(rt.clone(), StaticPlanner::new(plan));
+    let agents: Vec<mpsc::Sender<Ask>> = (0..16).map(|_| spawn_noop_agent()).collect();
     let mut ours = Vec::new();
     let mut base = Vec::new();
     // Warm-up.
     orch.run(TaskSpec::new("warm")).await.expect("run");
-    by_hand(&deps).await;
+    by_hand(&deps, &agents).await;
     for _ in 0..mode.rounds() {
         let start = Instant::now();
         let out = orch.run(TaskSpec::new("bench")).await.expect("run");
@@ -108,7 +133,7 @@ async fn one(shape: &str, mode: Mode) -> Report {
         assert_eq!(out.steps.len(), STEPS);
 
         let start = Instant::now();
-        assert_eq!(by_hand(&deps).await, STEPS);
+        assert_eq!(by_hand(&deps, &agents).await, STEPS);
         base.push(start.elapsed().as_nanos() as f64 / STEPS as f64);
     }
     rt.shutdown(Duration::from_secs(5)).await;
@@ -116,7 +141,7 @@ async fn one(shape: &str, mode: Mode) -> Report {
     let base = median(&mut base);
     Report::new(
         &format!("orchestrate_{shape}"),
-        "tokio JoinSet DAG by hand",
+        "tokio JoinSet DAG by hand, no-op agents on mpsc+oneshot",
         ours,
         base,
     )

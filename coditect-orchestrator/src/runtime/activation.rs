@@ -287,7 +287,9 @@ async fn handle_one(
         .await;
     drop(ctx);
     let result = result.map_err(|f| if f.agent.is_none() { f.at(id) } else { f });
-    if let Some(run) = envelope.run {
+    // A step's own message (no parent) is answered to the orchestrator by its
+    // reply; only delegated work needs a separate "finished" signal.
+    if let Some(run) = envelope.run.filter(|_| envelope.parent.is_some()) {
         let failure = result.as_ref().err().cloned();
         signal(
             rt,
