@@ -6,6 +6,8 @@
 //! noisy machine.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod orchestrate;
 pub mod report;
 pub mod runtime;

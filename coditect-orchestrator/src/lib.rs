@@ -53,6 +53,9 @@ pub mod orchestrator;
 pub mod runtime;
 pub mod transport;
 
+#[cfg(feature = "test-utils")]
+pub mod testing;
+
 pub use agent::{Agent, AgentCard, AgentError, AgentErrorKind};
 pub use body::{Body, BodyError, Message};
 pub use budget::{Budget, Usage};

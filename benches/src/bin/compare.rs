@@ -82,6 +82,15 @@ fn main() {
     if wanted("virtual_agents") {
         emit(runtime::virtual_agents(mode));
     }
+    #[cfg(feature = "nats")]
+    {
+        if wanted("nats_request_reply") {
+            emit(spawn(Box::pin(coditect_benches::nats::request_reply(mode))));
+        }
+        if wanted("nats_fanout") {
+            emit(spawn(Box::pin(coditect_benches::nats::fanout(mode))));
+        }
+    }
     if wanted("sse_parse") {
         emit(coditect_benches::sse::run(mode));
     }

@@ -10,6 +10,8 @@
 //! when that is handier.
 
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 
 use std::fmt;
 use std::pin::Pin;
@@ -25,6 +27,8 @@ use crate::envelope::{Envelope, Failure};
 use crate::id::{AgentId, AgentKind, NodeId, TenantId, Topic};
 
 pub use memory::InMemoryTransport;
+#[cfg(feature = "nats")]
+pub use nats::{NatsOptions, NatsTransport};
 
 /// What an inbox listens to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

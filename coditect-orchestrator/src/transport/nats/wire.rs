@@ -1,0 +1,346 @@
+//! Envelopes on the wire: subjects, headers and payload.
+//!
+//! A message's payload is the body's JSON bytes as they are (no second
+//! encoding); everything else about the envelope travels in the header
+//! `Coditect-Meta` as one compact JSON object, with the trace context also in
+//! the W3C `traceparent` header so other tools can follow it. Durable tasks
+//! carry `Nats-Msg-Id` = the envelope id, so a retried publish is stored once.
+//!
+//! Subjects (every name is validated to hold only `[A-Za-z0-9_-]`, so none can
+//! smuggle a `.`, `*` or `>` into a subject):
+//!
+//! | destination | subject |
+//! |---|---|
+//! | kind, at most once | `coditect.<tenant>.kind.<kind>` (queue group `<kind>`) |
+//! | kind, durable task | `coditect.<tenant>.task.<kind>` (work-queue stream) |
+//! | one id, durable | `coditect.<tenant>.task.<kind>.p<partition>` (one of 16, by key) |
+//! | one id, at most once | `coditect.<tenant>.agent.<kind>.<key>` |
+//! | topic | `coditect.<tenant>.topic.<topic>` |
+//! | replies of a node | `coditect.<tenant>.reply.<node>.<request id>` |
+//! | dead letters | `coditect.<tenant>.dead.<kind>` |
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use std::sync::Arc;
+
+use crate::body::Body;
+use crate::budget::Budget;
+use crate::envelope::{CallChain, Deadline, Destination, Envelope, Failure, Payload, TraceContext};
+use crate::id::{AgentId, AgentKind, MessageId, NodeId, RunId, TenantId};
+use crate::orchestrator::StepId;
+
+/// The root token of every coditect subject.
+pub const PREFIX: &str = "coditect";
+/// The header holding the envelope's metadata.
+pub const META_HEADER: &str = "Coditect-Meta";
+/// The header of a dead letter saying why it died.
+pub const DEAD_REASON_HEADER: &str = "Coditect-Dead-Reason";
+/// The header of a dead letter naming the subject it was found on.
+pub const DEAD_SUBJECT_HEADER: &str = "Coditect-Dead-Subject";
+
+/// Everything about an envelope but its body.
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    id: MessageId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<RunId>,
+    tenant: TenantId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<AgentId>,
+    to: Destination,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    correlation: Option<MessageId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<NodeId>,
+    #[serde(default)]
+    depth: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadline: Option<Deadline>,
+    #[serde(default = "one")]
+    attempt: u32,
+    #[serde(default, skip_serializing_if = "CallChain::is_empty")]
+    chain: CallChain,
+    /// `m` message, `r` reply, `c` cancel.
+    p: char,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failure: Option<Failure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cancel: Option<MessageId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step: Option<StepId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parent: Option<MessageId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    budget: Option<Arc<Budget>>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Why bytes off the wire are not an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The message has no `Coditect-Meta` header.
+    #[error("no Coditect-Meta header: not a coditect envelope")]
+    MissingMeta,
+    /// The metadata header is not valid.
+    #[error("malformed Coditect-Meta header: {0}")]
+    BadMeta(String),
+    /// The envelope names another tenant than its subject.
+    #[error("envelope tenant {envelope} does not match subject tenant {subject}")]
+    TenantMismatch {
+        /// The tenant in the envelope.
+        envelope: String,
+        /// The tenant in the subject.
+        subject: String,
+    },
+    /// Larger than this transport accepts.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The body could not be encoded.
+    #[error("cannot encode the body: {0}")]
+    Encode(String),
+}
+
+/// The subject of a destination.
+pub(crate) fn subject(tenant: &TenantId, to: &Destination, durable_kind: bool) -> String {
+    match to {
+        Destination::Agent(id) => format!("{PREFIX}.{tenant}.agent.{}.{}", id.kind(), id.key()),
+        Destination::Kind(k) if durable_kind => task_subject(tenant, k),
+        Destination::Kind(k) => format!("{PREFIX}.{tenant}.kind.{k}"),
+        Destination::Topic(t) => format!("{PREFIX}.{tenant}.topic.{t}"),
+        Destination::Reply(n) => format!("{PREFIX}.{tenant}.reply.{n}"),
+    }
+}
+
+/// The durable task subject of a kind.
+pub(crate) fn task_subject(tenant: &TenantId, kind: &AgentKind) -> String {
+    format!("{PREFIX}.{tenant}.task.{kind}")
+}
+
+/// The durable subject of the partition holding an id's messages.
+pub(crate) fn partition_subject(tenant: &TenantId, kind: &AgentKind, p: u32) -> String {
+    format!("{PREFIX}.{tenant}.task.{kind}.p{p}")
+}
+
+/// The dead-letter subject of a kind (or `_` when unknown).
+pub(crate) fn dead_subject(tenant: &TenantId, kind: Option<&str>) -> String {
+    format!("{PREFIX}.{tenant}.dead.{}", kind.unwrap_or("_"))
+}
+
+/// The tenant token of a coditect subject, if it is one.
+pub(crate) fn subject_tenant(subject: &str) -> Option<&str> {
+    let mut parts = subject.split('.');
+    (parts.next()? == PREFIX).then_some(())?;
+    parts.next()
+}
+
+/// Encodes an envelope: headers and payload.
+///
+/// ```
+/// use coditect_orchestrator::transport::nats::wire;
+/// use coditect_orchestrator::{AgentKind, Body, Destination, Envelope, Payload, TenantId};
+/// let env = Envelope::new(
+///     TenantId::default(),
+///     Destination::Kind(AgentKind::new("echo")?),
+///     Payload::Message(Body::new("hi".to_string())),
+/// );
+/// let (headers, payload) = wire::encode(&env)?;
+/// assert_eq!(&payload[..], b"\"hi\"");
+/// let back = wire::decode(Some(&headers), payload, Some("default"), 1 << 20)?;
+/// assert_eq!(back.id, env.id);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`WireError::Encode`] if the body cannot be encoded.
+pub fn encode(env: &Envelope) -> Result<(HeaderMap, Bytes), WireError> {
+    let (p, body, failure, cancel) = match &env.payload {
+        Payload::Message(b) => ('m', Some(b), None, None),
+        Payload::Reply(Ok(b)) => ('r', Some(b), None, None),
+        Payload::Reply(Err(f)) => ('r', None, Some(f.clone()), None),
+        Payload::Cancel(id) => ('c', None, None, Some(*id)),
+    };
+    let payload = match body {
+        Some(b) => b.encode().map_err(|e| WireError::Encode(e.to_string()))?,
+        None => Bytes::new(),
+    };
+    let meta = Meta {
+        id: env.id,
+        run: env.run,
+        tenant: env.tenant.clone(),
+        from: env.from.clone(),
+        to: env.to.clone(),
+        correlation: env.correlation,
+        reply_to: env.reply_to.clone(),
+        depth: env.depth,
+        deadline: env.deadline,
+        attempt: env.attempt,
+        chain: env.chain.clone(),
+        p,
+        failure,
+        cancel,
+        step: env.step.clone(),
+        parent: env.parent,
+        budget: env.budget.clone(),
+    };
+    let json = serde_json::to_string(&meta).map_err(|e| WireError::Encode(e.to_string()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(META_HEADER, json.as_str());
+    if !env.trace.is_empty() {
+        headers.insert("traceparent", env.trace.traceparent().as_str());
+    }
+    Ok((headers, payload))
+}
+
+/// The encoded size of headers and payload, as the server counts it (close
+/// enough: a few bytes of framing more or less).
+pub(crate) fn encoded_len(headers: &HeaderMap, payload: &Bytes) -> usize {
+    let mut n = payload.len() + 12;
+    for (k, vs) in headers.iter() {
+        for v in vs {
+            n += AsRef::<str>::as_ref(k).len() + v.as_str().len() + 4;
+        }
+    }
+    n
+}
+
+/// Decodes a message off the wire. `subject_tenant` is the tenant token of
+/// the subject it arrived on: an envelope may not claim another tenant.
+/// `limit` is the largest payload taken.
+///
+/// # Errors
+/// [`WireError`] for anything that is not a valid coditect envelope: it never
+/// panics on input.
+pub fn decode(
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+    subject_tenant: Option<&str>,
+    limit: usize,
+) -> Result<Envelope, WireError> {
+    if payload.len() > limit {
+        return Err(WireError::TooLarge {
+            size: payload.len(),
+            limit,
+        });
+    }
+    let meta = headers
+        .and_then(|h| h.get(META_HEADER))
+        .ok_or(WireError::MissingMeta)?;
+    let meta: Meta =
+        serde_json::from_str(meta.as_str()).map_err(|e| WireError::BadMeta(e.to_string()))?;
+    if let Some(t) = subject_tenant
+        && t != meta.tenant.as_str()
+    {
+        return Err(WireError::TenantMismatch {
+            envelope: meta.tenant.to_string(),
+            subject: t.to_owned(),
+        });
+    }
+    let payload = match (meta.p, meta.failure, meta.cancel) {
+        ('m', None, None) => Payload::Message(Body::from_json(payload)),
+        ('r', None, None) => Payload::Reply(Ok(Body::from_json(payload))),
+        ('r', Some(f), None) => Payload::Reply(Err(f)),
+        ('c', None, Some(id)) => Payload::Cancel(id),
+        (p, ..) => {
+            return Err(WireError::BadMeta(format!(
+                "payload kind {p:?} does not fit the fields given"
+            )));
+        }
+    };
+    let trace = headers
+        .and_then(|h| h.get("traceparent"))
+        .and_then(|v| TraceContext::from_traceparent(v.as_str()))
+        .unwrap_or_default();
+    Ok(Envelope {
+        id: meta.id,
+        run: meta.run,
+        tenant: meta.tenant,
+        from: meta.from,
+        to: meta.to,
+        correlation: meta.correlation,
+        reply_to: meta.reply_to,
+        depth: meta.depth,
+        deadline: meta.deadline,
+        attempt: meta.attempt.max(1),
+        trace,
+        chain: meta.chain,
+        step: meta.step,
+        parent: meta.parent,
+        budget: meta.budget,
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn tenant() -> TenantId {
+        TenantId::new("acme").unwrap()
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let id = AgentId::new("a", "b").unwrap();
+        let mut env = Envelope::new(
+            tenant(),
+            Destination::Agent(id.clone()),
+            Payload::Message(Body::new(vec![1, 2, 3])),
+        );
+        env.reply_to = Some(NodeId::new("n1").unwrap());
+        env.chain = CallChain::new().with(&id);
+        env.trace = TraceContext {
+            trace_id: 7,
+            parent_span: 9,
+        };
+        let (h, p) = encode(&env).unwrap();
+        let back = decode(Some(&h), p, Some("acme"), 1 << 20).unwrap();
+        assert_eq!(back.id, env.id);
+        assert_eq!(back.chain, env.chain);
+        assert_eq!(back.trace, env.trace);
+        assert_eq!(back.reply_to, env.reply_to);
+        let Payload::Message(b) = back.payload else {
+            panic!("not a message")
+        };
+        assert_eq!(b.take::<Vec<i32>>().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error() {
+        assert_eq!(
+            decode(None, Bytes::from_static(b"x"), None, 10).unwrap_err(),
+            WireError::MissingMeta
+        );
+        let mut h = HeaderMap::new();
+        h.insert(META_HEADER, "{nope");
+        assert!(matches!(
+            decode(Some(&h), Bytes::new(), None, 10),
+            Err(WireError::BadMeta(_))
+        ));
+        assert!(matches!(
+            decode(Some(&h), Bytes::from_static(b"0123456789ab"), None, 10),
+            Err(WireError::TooLarge { .. })
+        ));
+        let env = Envelope::new(
+            tenant(),
+            Destination::Kind(AgentKind::new("k").unwrap()),
+            Payload::Cancel(MessageId::new()),
+        );
+        let (h, p) = encode(&env).unwrap();
+        assert!(matches!(
+            decode(Some(&h), p, Some("other"), 10),
+            Err(WireError::TenantMismatch { .. })
+        ));
+    }
+}

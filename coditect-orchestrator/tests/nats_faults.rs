@@ -1,0 +1,462 @@
+//! Fault tests of the NATS transport against real nats-server processes: a
+//! worker killed mid-run, the server restarted mid-run, a slow consumer,
+//! duplicate tasks and results, malformed and oversized messages, and tasks
+//! that exhaust their deliveries. Each asserts nothing is lost and nothing is
+//! counted twice.
+#![cfg(all(feature = "nats", feature = "test-utils"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use coditect_orchestrator::testing::NatsServer;
+use coditect_orchestrator::transport::nats::wire;
+use coditect_orchestrator::transport::nats::{KindDelivery, NatsOptions, NatsTransport};
+use coditect_orchestrator::transport::{Refused, TryDeliver};
+use coditect_orchestrator::{
+    Agent, AgentContext, AgentError, AgentKind, Body, Delivery, Destination, Envelope, Failure,
+    FailureKind, Inbox, Payload, Route, Runtime, SendErrorKind, TenantId, Transport, TransportExt,
+};
+use common::*;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+/// Not a test: the body of the worker processes the fault tests start (this
+/// binary, re-executed with `CODITECT_NATS_WORKER` set). Without that
+/// variable it returns at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_process_entry() {
+    worker_process_main().await;
+}
+
+/// Polls `f` until it holds, for at most `limit`.
+async fn eventually(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_loses_nothing_and_counts_nothing_twice() {
+    let server = NatsServer::start().expect("start nats-server");
+    let urls = vec![server.url()];
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(spawn_worker_process("worker_process_entry", &urls, 5).await);
+    }
+    let rt = Runtime::builder(connect(&urls, fast_durable()).await)
+        .build()
+        .await
+        .unwrap();
+    let mut victim = workers.remove(0);
+    let result = run_steps(&rt, 1000, 200, || async {
+        // SIGKILL: no drain, no acks; its unacked tasks must come back.
+        victim.start_kill().unwrap();
+        let _ = timeout(T, victim.wait()).await;
+    })
+    .await;
+    assert!(
+        result.at_fault >= 200 && result.at_fault < 1000,
+        "the kill happened mid-run"
+    );
+    assert_complete(&result, 1000);
+    rt.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_mid_run_loses_nothing() {
+    let server = Arc::new(Mutex::new(NatsServer::start().expect("start nats-server")));
+    let urls = vec![server.lock().unwrap().url()];
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(worker(&urls, fast_durable(), Duration::from_millis(2)).await);
+    }
+    let transport = connect(&urls, fast_durable()).await;
+    let rt = Runtime::builder(transport.clone()).build().await.unwrap();
+    let s = server.clone();
+    let result = run_steps(&rt, 1000, 300, || async move {
+        // Same port, same store: JetStream keeps the stored tasks.
+        tokio::task::spawn_blocking(move || s.lock().unwrap().restart())
+            .await
+            .unwrap()
+            .expect("restart nats-server");
+    })
+    .await;
+    assert!(result.at_fault < 1000, "the restart happened mid-run");
+    assert_complete(&result, 1000);
+    assert!(
+        transport.metrics().disconnects >= 1,
+        "the disconnect was reported"
+    );
+    for w in workers {
+        w.shutdown(Duration::from_secs(2)).await;
+    }
+    rt.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Waits for a gate, then counts the task it got, by number.
+struct Gated {
+    gate: Arc<Semaphore>,
+    seen: Arc<Mutex<HashMap<u64, usize>>>,
+}
+impl Agent for Gated {
+    type Input = u64;
+    type Output = ();
+    async fn handle(&mut self, n: u64, _ctx: &AgentContext) -> Result<(), AgentError> {
+        self.gate.acquire().await.unwrap().forget();
+        *self.seen.lock().unwrap().entry(n).or_default() += 1;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_leaves_tasks_in_the_stream_and_memory_bounded() {
+    let server = NatsServer::start().expect("start nats-server");
+    let urls = vec![server.url()];
+    let durable = fast_durable().max_ack_pending(20).batch(10);
+    let worker = Runtime::builder(connect(&urls, durable.clone()).await)
+        .build()
+        .await
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let (g, s) = (gate.clone(), seen.clone());
+    worker
+        .kind("slow")
+        .instances(4)
+        .register(move |_| Gated {
+            gate: g.clone(),
+            seen: s.clone(),
+        })
+        .await
+        .unwrap();
+    let producer_t = connect(&urls, durable).await;
+    let producer = Runtime::builder(producer_t.clone()).build().await.unwrap();
+    let kind = AgentKind::new("slow").unwrap();
+    for i in 0..2000u64 {
+        timeout(T, producer.send(kind.clone(), i))
+            .await
+            .unwrap()
+            .expect("a task was refused or dropped");
+    }
+    let js = async_nats::jetstream::new(producer_t.client().clone());
+    let stream_name = NatsTransport::task_stream(&TenantId::default());
+    let mut stream = js.get_stream(&stream_name).await.unwrap();
+    let consumer_info = async |js: &async_nats::jetstream::Context| {
+        let mut c: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream(&stream_name)
+            .await
+            .unwrap()
+            .get_consumer("slow")
+            .await
+            .unwrap();
+        c.info().await.unwrap().clone()
+    };
+    // The worker holds at most max_ack_pending tasks; the stream holds the rest.
+    let info = consumer_info(&js).await;
+    assert!(
+        info.num_ack_pending <= 20,
+        "worker holds {} tasks",
+        info.num_ack_pending
+    );
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        2000,
+        "every task is stored"
+    );
+    gate.add_permits(10_000);
+    eventually(T, "every task was handled", async || {
+        seen.lock().unwrap().len() == 2000
+    })
+    .await;
+    eventually(T, "the stream is empty", async || {
+        stream
+            .info()
+            .await
+            .map(|i| i.state.messages == 0)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(
+        seen.lock().unwrap().values().all(|&c| c == 1),
+        "a task was handled twice"
+    );
+    worker.shutdown(Duration::from_secs(2)).await;
+    producer.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Counts what it handles.
+struct Counter(Arc<AtomicUsize>);
+impl Agent for Counter {
+    type Input = u64;
+    type Output = u64;
+    async fn handle(&mut self, n: u64, _ctx: &AgentContext) -> Result<u64, AgentError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+fn task(id: coditect_orchestrator::MessageId, n: u64) -> Envelope {
+    let mut env = Envelope::new(
+        TenantId::default(),
+        Destination::Kind(AgentKind::new("count").unwrap()),
+        Payload::Message(Body::new(n)),
+    );
+    env.id = id;
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_tasks_and_results_count_once() {
+    let server = NatsServer::start().expect("start nats-server");
+    let urls = vec![server.url()];
+    let worker = Runtime::builder(connect(&urls, fast_durable()).await)
+        .build()
+        .await
+        .unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    worker
+        .register("count", move |_| Counter(h.clone()))
+        .await
+        .unwrap();
+    // The same task published twice (a retried publish): stored once.
+    let t = connect(&urls, fast_durable()).await;
+    let id = coditect_orchestrator::MessageId::new();
+    t.send(task(id, 1)).await.unwrap();
+    t.send(task(id, 1)).await.unwrap();
+    t.send(task(coditect_orchestrator::MessageId::new(), 2))
+        .await
+        .unwrap();
+    eventually(T, "both distinct tasks were handled", async || {
+        handled.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    // A marker task after them: once it is handled, the duplicate had its chance.
+    t.send(task(coditect_orchestrator::MessageId::new(), 3))
+        .await
+        .unwrap();
+    eventually(T, "the marker was handled", async || {
+        handled.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        3,
+        "a duplicate task was handled"
+    );
+
+    // The same result delivered twice: the requester takes it once.
+    let fake_t = connect(&urls, fast_durable()).await;
+    let mut fake = fake_t
+        .subscribe(
+            Route::kind(TenantId::default(), AgentKind::new("twice").unwrap()),
+            4,
+        )
+        .await
+        .unwrap();
+    let requester = Runtime::builder(connect(&urls, fast_durable()).await)
+        .build()
+        .await
+        .unwrap();
+    let answering = tokio::spawn(async move {
+        let d = fake.next().await.unwrap();
+        let env = *d.envelope;
+        for _ in 0..2 {
+            let reply = env.reply(Ok(Body::new(42u64))).unwrap();
+            fake_t.send(reply).await.unwrap();
+        }
+        d.acker.ack().await.unwrap();
+        fake
+    });
+    let got: u64 = timeout(T, requester.request(AgentKind::new("twice").unwrap(), 0u64))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, 42);
+    let _fake = timeout(T, answering).await.unwrap().unwrap();
+    assert_eq!(requester.pending_requests(), 0);
+    worker.shutdown(Duration::from_secs(2)).await;
+    requester.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn dead_letters(
+    js: &async_nats::jetstream::Context,
+    n: usize,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let stream = js
+        .get_stream(NatsTransport::dead_letter_stream(&TenantId::default()))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for seq in 1..=n as u64 {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push(m);
+        }
+    }
+    out
+}
+
+fn reason(m: &async_nats::jetstream::message::StreamMessage) -> String {
+    m.headers
+        .get(wire::DEAD_REASON_HEADER)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_messages_are_dead_lettered_not_fatal() {
+    let server = NatsServer::builder()
+        .max_payload(64 * 1024)
+        .start()
+        .expect("start nats-server");
+    let urls = vec![server.url()];
+    let worker_t = NatsOptions::new(server.url())
+        .durable(fast_durable())
+        .max_message_size(8 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let worker = Runtime::builder(worker_t.clone()).build().await.unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    worker
+        .register("count", move |_| Counter(h.clone()))
+        .await
+        .unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(raw.clone());
+    // Garbage on the durable task subject, on an id subject, and a task whose
+    // envelope is fine but larger than this worker takes.
+    js.publish(
+        "coditect.default.task.count",
+        Bytes::from_static(b"\xff not an envelope"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    raw.publish("coditect.default.agent.count.x", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let big = task(coditect_orchestrator::MessageId::new(), 0);
+    let (headers, _) = wire::encode(&big).unwrap();
+    js.publish_with_headers(
+        "coditect.default.task.count",
+        headers,
+        Bytes::from(vec![b'1'; 20_000]),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let mut reasons = Vec::new();
+    eventually(T, "three dead letters", async || {
+        reasons = dead_letters(&js, 3).await.iter().map(reason).collect();
+        reasons.len() == 3
+    })
+    .await;
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("no Coditect-Meta header")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("exceeds the limit")),
+        "{reasons:?}"
+    );
+    assert_eq!(worker_t.metrics().dead_lettered, 3);
+
+    // The worker is still alive and takes good work.
+    let requester_t = connect(&urls, fast_durable()).await;
+    let requester = Runtime::builder(requester_t.clone()).build().await.unwrap();
+    let n: u64 = timeout(T, requester.request(AgentKind::new("count").unwrap(), 5u64))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 5);
+
+    // Sending more than the server's max_payload is refused before it is
+    // sent (the server would drop the whole connection), and the connection
+    // stays up.
+    let mut huge = task(coditect_orchestrator::MessageId::new(), 0);
+    huge.payload = Payload::Message(Body::new(vec![0u8; 100_000]));
+    let err = requester_t.send(huge).await.unwrap_err();
+    assert_eq!(err.kind(), SendErrorKind::TooLarge, "{err}");
+    assert!(err.into_envelope().is_some(), "the envelope comes back");
+    let n: u64 = timeout(T, requester.request(AgentKind::new("count").unwrap(), 6u64))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 6);
+    assert!(requester_t.is_connected());
+    worker.shutdown(Duration::from_secs(2)).await;
+    requester.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Refuses everything, as a worker that keeps failing would.
+struct Refusing;
+#[async_trait]
+impl Inbox for Refusing {
+    async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
+        Err(Box::new(Refused {
+            delivery,
+            reason: Failure::new(FailureKind::ShuttingDown, "refusing on purpose"),
+        }))
+    }
+    fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
+        Err(TryDeliver::Wait(delivery))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_exhausts_its_deliveries_is_dead_lettered_and_removed() {
+    let server = NatsServer::start().expect("start nats-server");
+    let durable = fast_durable().max_deliver(3);
+    let t = NatsOptions::new(server.url())
+        .durable(durable)
+        .connect()
+        .await
+        .unwrap();
+    let _sub = t
+        .attach(
+            Route::kind(TenantId::default(), AgentKind::new("count").unwrap()),
+            Arc::new(Refusing),
+        )
+        .await
+        .unwrap();
+    t.send(task(coditect_orchestrator::MessageId::new(), 9))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(t.client().clone());
+    let mut reasons = Vec::new();
+    eventually(T, "the task was dead-lettered", async || {
+        reasons = dead_letters(&js, 1).await.iter().map(reason).collect();
+        !reasons.is_empty()
+    })
+    .await;
+    assert!(reasons[0].contains("delivered 3 times"), "{reasons:?}");
+    let mut stream = js
+        .get_stream(NatsTransport::task_stream(&TenantId::default()))
+        .await
+        .unwrap();
+    eventually(T, "the task left the work queue", async || {
+        stream
+            .info()
+            .await
+            .map(|i| i.state.messages == 0)
+            .unwrap_or(false)
+    })
+    .await;
+    let _ = KindDelivery::Durable;
+}
