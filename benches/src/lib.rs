@@ -8,6 +8,7 @@
 
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod orchestrate;
 pub mod report;
 pub mod runtime;
 pub mod sse;

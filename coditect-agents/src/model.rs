@@ -243,6 +243,46 @@ impl CompletionRequest {
     }
 }
 
+impl CompletionRequest {
+    /// The text of the last user message (its text blocks, joined), or `""`.
+    pub fn last_user_text(&self) -> String {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| {
+                m.content
+                    .iter()
+                    .filter_map(|b| match b {
+                        ContentBlock::Text { text } => Some(text.as_str()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+
+    /// The tool results in the last message, if it is the caller's.
+    pub fn last_tool_results(&self) -> Vec<(&str, &str, bool)> {
+        match self.messages.last() {
+            Some(m) if m.role == Role::User => m
+                .content
+                .iter()
+                .filter_map(|b| match b {
+                    ContentBlock::ToolResult {
+                        tool_use_id,
+                        content,
+                        is_error,
+                    } => Some((tool_use_id.as_str(), content.as_str(), *is_error)),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Why the model stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

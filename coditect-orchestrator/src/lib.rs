@@ -75,5 +75,10 @@ pub use transport::{
     Subscription, Transport, TransportError, TransportErrorKind, TransportExt,
 };
 
+// The README's example is compiled and run as a doc test, so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 /// Re-exported so users name the same token type the runtime uses.
 pub use tokio_util::sync::CancellationToken;

@@ -1018,3 +1018,124 @@ async fn routing_picks_the_least_loaded_agent_offering_a_capability() {
     assert_eq!(seen["w1"], 10, "{seen:?}");
     assert_eq!(seen["w2"], 10, "{seen:?}");
 }
+
+/// Delegates its whole input to "deep".
+struct Middle;
+impl Agent for Middle {
+    type Input = serde_json::Value;
+    type Output = ();
+    async fn handle(&mut self, v: serde_json::Value, ctx: &AgentContext) -> Result<(), AgentError> {
+        Ok(ctx.delegate("deep", v).await?)
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_run_reaches_delegated_subtasks() {
+    let rt = runtime().await;
+    let (tx, mut tokens) = mpsc::unbounded_channel();
+    rt.kind("middle").register(|_| Middle).await.unwrap();
+    rt.kind("deep")
+        .register(move |_| Sleeper(tx.clone()))
+        .await
+        .unwrap();
+    let handle = Orchestrator::new(
+        rt,
+        StaticPlanner::new(Plan::new([Step::new("s", "middle", StepInput::Goal)])),
+    )
+    .start(TaskSpec::new("x"));
+    let deep = timeout(T, tokens.recv()).await.unwrap().unwrap();
+    handle.cancel();
+    let err = timeout(T, handle.outcome()).await.unwrap().unwrap_err();
+    assert_eq!(err.kind, RunErrorKind::Cancelled);
+    timeout(T, deep.cancelled())
+        .await
+        .expect("the delegated subtask was not cancelled");
+}
+
+#[tokio::test]
+async fn usage_spent_by_a_delegated_agent_counts_against_the_run() {
+    let rt = runtime().await;
+    rt.kind("delegator")
+        .register(|_| Delegator(2))
+        .await
+        .unwrap();
+    rt.kind("leaf")
+        .register(|_| Spender(Usage::new(300, 300, 0.0)))
+        .await
+        .unwrap();
+    let policy = RunPolicy {
+        max_tokens: Some(1000),
+        retry: RetryPolicy::none(),
+        ..RunPolicy::default()
+    };
+    let err = timeout(
+        T,
+        Orchestrator::new(
+            rt,
+            StaticPlanner::new(Plan::new([Step::new("s", "delegator", StepInput::Goal)])),
+        )
+        .run(TaskSpec::new("x").policy(policy)),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(
+        err.kind,
+        RunErrorKind::TokenBudget {
+            used: 1200,
+            limit: 1000
+        }
+    );
+    // The usage is attributed to the step that caused it.
+    assert_eq!(err.state.steps[&"s".into()].usage.total_tokens(), 1200);
+}
+
+/// A planner that spends tokens on every plan it makes.
+struct CostlyPlanner(Usage);
+#[async_trait::async_trait]
+impl coditect_orchestrator::orchestrator::Planner for CostlyPlanner {
+    async fn plan(
+        &self,
+        _task: &TaskSpec,
+        ctx: &coditect_orchestrator::orchestrator::PlanningContext,
+    ) -> Result<Plan, PlanError> {
+        ctx.report_usage(self.0);
+        Ok(Plan::new([Step::new("s", "inc", StepInput::literal(1u64))]))
+    }
+}
+
+#[tokio::test]
+async fn planning_counts_against_the_run() {
+    let rt = runtime().await;
+    rt.kind("inc").register(|_| Inc).await.unwrap();
+    let out = timeout(
+        T,
+        Orchestrator::new(rt.clone(), CostlyPlanner(Usage::new(100, 20, 0.0)))
+            .run(TaskSpec::new("x")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.usage, Usage::new(100, 20, 0.0));
+    let policy = RunPolicy {
+        max_tokens: Some(50),
+        ..RunPolicy::default()
+    };
+    let mut handle = Orchestrator::new(rt, CostlyPlanner(Usage::new(100, 20, 0.0)))
+        .start(TaskSpec::new("x").policy(policy));
+    let events = handle.events();
+    let err = timeout(T, handle.outcome()).await.unwrap().unwrap_err();
+    assert_eq!(
+        err.kind,
+        RunErrorKind::TokenBudget {
+            used: 120,
+            limit: 50
+        }
+    );
+    let events: Vec<_> = events.collect().await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.event, RunEvent::StepDispatched { .. }))
+    );
+}

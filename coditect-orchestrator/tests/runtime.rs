@@ -829,3 +829,43 @@ async fn agent_state_is_guarded_by_single_activation() {
     seen.sort_unstable();
     assert_eq!(seen, (1..=800).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn the_runtime_bounds_handlers_running_at_once() {
+    let rt = Runtime::builder(InMemoryTransport::new())
+        .max_concurrency(2)
+        .build()
+        .await
+        .unwrap();
+    let (tx, mut entered) = mpsc::unbounded_channel();
+    let permits = Arc::new(Semaphore::new(0));
+    let p = permits.clone();
+    rt.register("gate", move |_| Gate {
+        entered: tx.clone(),
+        permits: p.clone(),
+    })
+    .await
+    .unwrap();
+    let mut calls = Vec::new();
+    for i in 0..5u32 {
+        let rt = rt.clone();
+        calls.push(tokio::spawn(async move {
+            rt.request::<u32>(id("gate", &i.to_string()), i).await
+        }));
+    }
+    // Two handlers start; the other three wait for a slot.
+    for _ in 0..2 {
+        timeout(T, entered.recv()).await.unwrap().unwrap();
+    }
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        entered.try_recv().is_err(),
+        "a third handler started while two were running"
+    );
+    permits.add_permits(5);
+    for c in calls {
+        timeout(T, c).await.unwrap().unwrap().unwrap();
+    }
+}

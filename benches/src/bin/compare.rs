@@ -69,6 +69,16 @@ fn main() {
     if wanted("fanout") {
         emit(spawn(Box::pin(runtime::fanout(mode))));
     }
+    if wanted("orchestrate") {
+        let reports = rt.block_on(async {
+            tokio::spawn(coditect_benches::orchestrate::run(mode))
+                .await
+                .expect("workload panicked")
+        });
+        for r in reports {
+            emit(r);
+        }
+    }
     if wanted("virtual_agents") {
         emit(runtime::virtual_agents(mode));
     }

@@ -18,7 +18,7 @@ mod router;
 mod state;
 mod task;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +27,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use event::{RunEvent, RunEventRecord, Signal};
 pub use plan::{Plan, PlanError, Step, StepId, StepInput, StepTarget};
@@ -37,11 +38,13 @@ pub use state::{RunState, RunStatus, StepState, StepStatus, TraceEntry, TraceNod
 pub use task::{RunError, RunErrorKind, RunOutcome, TaskSpec};
 
 use crate::agent::AgentCard;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use crate::body::Body;
 use crate::budget::Budget;
 use crate::envelope::{Deadline, Destination, Failure, Payload};
 use crate::error::RequestError;
-use crate::id::{AgentKind, MessageId, RunId, Topic};
+use crate::id::{AgentId, AgentKind, MessageId, RunId, Topic};
 use crate::runtime::Runtime;
 use crate::runtime::call::{Origin, RequestOptions};
 use crate::transport::{Route, TransportExt};
@@ -113,7 +116,7 @@ impl Orchestrator {
                 planner,
                 router: Arc::new(LeastLoaded),
                 extra_cards: Vec::new(),
-                load: Mutex::new(HashMap::new()),
+                load: Mutex::new(HashMap::default()),
             }),
         }
     }
@@ -137,7 +140,7 @@ impl Orchestrator {
             planner: self.inner.planner.clone(),
             router: self.inner.router.clone(),
             extra_cards: self.inner.extra_cards.clone(),
-            load: Mutex::new(HashMap::new()),
+            load: Mutex::new(HashMap::default()),
         };
         f(&mut inner);
         Self {
@@ -176,12 +179,16 @@ impl Orchestrator {
         let inner = self.inner.clone();
         let cards = self.all_cards();
         let token = cancel.clone();
-        tokio::spawn(async move {
-            let result = Driver::new(inner, run, task, cards, token, events)
-                .drive()
-                .await;
-            let _ = done_tx.send(result);
-        });
+        let span = tracing::info_span!("coditect.run", run = %run, tenant = %task.tenant, goal = %task.goal);
+        tokio::spawn(
+            async move {
+                let result = Driver::new(inner, run, task, cards, token, events)
+                    .drive()
+                    .await;
+                let _ = done_tx.send(result);
+            }
+            .instrument(span),
+        );
         RunHandle {
             run,
             events: Some(rx),
@@ -303,6 +310,8 @@ struct Driver {
     dependents: HashMap<StepId, Vec<StepId>>,
     ready: VecDeque<StepId>,
     in_flight: HashMap<StepId, u32>,
+    /// Where each step of the current plan is in it.
+    index: HashMap<StepId, usize>,
     replans: u32,
     revision: u32,
 }
@@ -330,10 +339,11 @@ impl Driver {
             state: RunState::new(run),
             seq: 0,
             started: Instant::now(),
-            waiting_on: HashMap::new(),
-            dependents: HashMap::new(),
+            waiting_on: HashMap::default(),
+            dependents: HashMap::default(),
             ready: VecDeque::new(),
-            in_flight: HashMap::new(),
+            in_flight: HashMap::default(),
+            index: HashMap::default(),
             replans: 0,
             revision: 0,
         }
@@ -372,9 +382,6 @@ impl Driver {
     }
 
     async fn drive(mut self) -> Result<RunOutcome, RunError> {
-        let span = tracing::info_span!("coditect.run", run = %self.run, tenant = %self.task.tenant);
-        let _enter = span.enter();
-        drop(_enter);
         self.record(RunEvent::RunStarted {
             task: self.task.clone(),
         });
@@ -407,7 +414,11 @@ impl Driver {
             }
         };
         let ctx = PlanningContext::new(self.cards.clone());
-        let plan = match self.inner.planner.plan(&self.task, &ctx).await {
+        let planned = self.inner.planner.plan(&self.task, &ctx).await;
+        if let Some(Stop::Fail(kind, msg)) = self.planning_spent(&ctx) {
+            return self.fail(kind, msg);
+        }
+        let plan = match planned {
             Ok(p) => p,
             Err(e) => {
                 let msg = format!("no plan: {e}");
@@ -503,6 +514,12 @@ impl Driver {
         self.waiting_on.clear();
         self.dependents.clear();
         self.ready.clear();
+        self.index = plan
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
         let done = |st: &RunState, id: &StepId| {
             st.steps
                 .get(id)
@@ -526,6 +543,12 @@ impl Driver {
                 self.waiting_on.insert(step.id.clone(), n);
             }
         }
+    }
+
+    /// A step of the current plan.
+    fn planned(&self, id: &StepId) -> Option<&Step> {
+        let i = *self.index.get(id)?;
+        self.state.plan()?.steps.get(i)
     }
 
     fn load_of(&self, kind: &AgentKind) -> usize {
@@ -554,7 +577,7 @@ impl Driver {
         attempt: u32,
         run_deadline: Option<Instant>,
     ) -> Option<Pin<Box<dyn std::future::Future<Output = Completion> + Send>>> {
-        let step = self.state.plan()?.step(id)?.clone();
+        let step = self.planned(id)?.clone();
         let (dest, kind) = match &step.target {
             StepTarget::Agent(a) => (Destination::Agent(a.clone()), Some(a.kind().clone())),
             StepTarget::Capability(c) => {
@@ -643,7 +666,7 @@ impl Driver {
     ) -> Result<(), Stop> {
         match done {
             Completion::RetryDue { step, attempt } => {
-                if self.state.plan().and_then(|p| p.step(&step)).is_none() {
+                if self.planned(&step).is_none() {
                     return Ok(());
                 }
                 match self.dispatch(&step, attempt, deadline) {
@@ -678,7 +701,7 @@ impl Driver {
                     return Ok(());
                 }
                 self.in_flight.remove(&step);
-                let still_planned = self.state.plan().and_then(|p| p.step(&step)).is_some();
+                let still_planned = self.planned(&step).is_some();
                 match result {
                     Ok(body) => {
                         let output = body.to_json_value().unwrap_or(serde_json::Value::Null);
@@ -775,12 +798,15 @@ impl Driver {
                 step: step.clone(),
                 failure: failure.clone(),
             };
-            match self
+            let replanned = self
                 .inner
                 .planner
                 .replan(&self.task, &self.state, &sf, &ctx)
-                .await
-            {
+                .await;
+            if let Some(stop) = self.planning_spent(&ctx) {
+                return Err(stop);
+            }
+            match replanned {
                 Ok(Some(plan)) => {
                     if let Err(e) = plan.validate(&self.cards, self.task.policy.max_steps) {
                         return Err(Stop::Fail(
@@ -888,36 +914,57 @@ impl Driver {
                 step, agent, usage, ..
             } => {
                 self.record(RunEvent::UsageReported { step, agent, usage });
-                let used = self.state.usage;
-                if let Some(limit) = self.task.policy.max_tokens
-                    && used.total_tokens() > limit
-                {
-                    return Some(Stop::Fail(
-                        RunErrorKind::TokenBudget {
-                            used: used.total_tokens(),
-                            limit,
-                        },
-                        format!(
-                            "the run used {} tokens; its budget is {limit}",
-                            used.total_tokens()
-                        ),
-                    ));
-                }
-                if let Some(limit) = self.task.policy.max_cost_usd
-                    && used.cost_usd > limit
-                {
-                    return Some(Stop::Fail(
-                        RunErrorKind::CostBudget {
-                            used: used.cost_usd,
-                            limit,
-                        },
-                        format!(
-                            "the run cost ${:.4}; its budget is ${limit:.4}",
-                            used.cost_usd
-                        ),
-                    ));
-                }
+                return self.check_budgets();
             }
+        }
+        None
+    }
+
+    /// Records what planning cost, if anything, and checks the budgets.
+    fn planning_spent(&mut self, ctx: &PlanningContext) -> Option<Stop> {
+        let usage = ctx.take_usage();
+        if usage.is_zero() {
+            return None;
+        }
+        let agent = AgentId::new("planner", "orchestrator").ok()?;
+        self.record(RunEvent::UsageReported {
+            step: None,
+            agent,
+            usage,
+        });
+        self.check_budgets()
+    }
+
+    /// Ends the run if a token or cost budget is spent.
+    fn check_budgets(&self) -> Option<Stop> {
+        let used = self.state.usage;
+        if let Some(limit) = self.task.policy.max_tokens
+            && used.total_tokens() > limit
+        {
+            return Some(Stop::Fail(
+                RunErrorKind::TokenBudget {
+                    used: used.total_tokens(),
+                    limit,
+                },
+                format!(
+                    "the run used {} tokens; its budget is {limit}",
+                    used.total_tokens()
+                ),
+            ));
+        }
+        if let Some(limit) = self.task.policy.max_cost_usd
+            && used.cost_usd > limit
+        {
+            return Some(Stop::Fail(
+                RunErrorKind::CostBudget {
+                    used: used.cost_usd,
+                    limit,
+                },
+                format!(
+                    "the run cost ${:.4}; its budget is ${limit:.4}",
+                    used.cost_usd
+                ),
+            ));
         }
         None
     }

@@ -1,24 +1,48 @@
 //! Planners turn a task into a plan, and may revise it after a failure.
 
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 
 use crate::agent::AgentCard;
+use crate::budget::Usage;
 use crate::orchestrator::plan::{Plan, PlanError, StepId};
 use crate::orchestrator::state::RunState;
 use crate::orchestrator::task::TaskSpec;
 
-/// What a planner knows when it plans.
+/// What a planner knows when it plans, and where it reports what planning
+/// cost.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PlanningContext {
     /// The cards of the agents that can do steps.
     pub cards: Vec<AgentCard>,
+    spent: Arc<Mutex<Usage>>,
 }
 
 impl PlanningContext {
     /// A context with these cards.
     pub fn new(cards: Vec<AgentCard>) -> Self {
-        Self { cards }
+        Self {
+            cards,
+            spent: Arc::default(),
+        }
+    }
+
+    /// Reports tokens and money spent planning (a model call, say): the run
+    /// counts them against its budgets like any agent's.
+    pub fn report_usage(&self, usage: Usage) {
+        if let Ok(mut spent) = self.spent.lock() {
+            *spent += usage;
+        }
+    }
+
+    /// What was reported since the last call, and resets it.
+    pub(crate) fn take_usage(&self) -> Usage {
+        self.spent
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
     }
 }
 

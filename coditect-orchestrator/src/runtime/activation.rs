@@ -107,8 +107,9 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
                     Some((d, agent, st.queue.len() + 1 >= host.mailbox))
                 }
                 None => {
-                    // Give the buffer back: an idle agent holds no memory for it.
-                    if st.queue.capacity() > 0 {
+                    // A small buffer (a delivery is three words) stays for the
+                    // next message; one grown by a burst is given back.
+                    if st.queue.capacity() > 8 {
                         st.queue = VecDeque::new();
                     }
                     if host.idle_timeout.is_some() {
@@ -147,8 +148,14 @@ async fn finish(rt: &RuntimeInner, env: &Envelope, acker: Acker, result: Result<
     {
         tracing::warn!(message = %env.id, to = %env.to, failure = %f, "a message sent without a reply failed");
     }
-    if let Some(reply) = env.reply(result)
-        && let Err(e) = rt.node.transport.as_ref().send(reply).await
+    if env.reply_to.as_ref() == Some(&rt.node.id) {
+        // The requester waits in this very process: hand it the answer
+        // directly instead of routing a reply envelope back to ourselves.
+        if !rt.node.pending.complete(&env.id, result) {
+            tracing::debug!(request = %env.id, "reply for a request that is no longer waiting; dropped");
+        }
+    } else if let Some(reply) = env.reply(result)
+        && let Err(e) = crate::transport::send_fast(rt.node.transport.as_ref(), reply).await
     {
         tracing::debug!(error = %e, request = %env.id, "reply could not be sent (the requester is gone)");
     }
@@ -166,7 +173,7 @@ async fn signal(rt: &RuntimeInner, env: &Envelope, run: RunId, signal: Signal) {
         Payload::Message(Body::new(signal)),
     );
     out.run = Some(run);
-    if let Err(e) = rt.node.transport.as_ref().send(out).await {
+    if let Err(e) = crate::transport::send_fast(rt.node.transport.as_ref(), out).await {
         tracing::debug!(error = %e, %run, "run signal not sent");
     }
 }
@@ -280,7 +287,9 @@ async fn handle_one(
         .await;
     drop(ctx);
     let result = result.map_err(|f| if f.agent.is_none() { f.at(id) } else { f });
-    if let Some(run) = envelope.run {
+    // A step's own message (no parent) is answered to the orchestrator by its
+    // reply; only delegated work needs a separate "finished" signal.
+    if let Some(run) = envelope.run.filter(|_| envelope.parent.is_some()) {
         let failure = result.as_ref().err().cloned();
         signal(
             rt,

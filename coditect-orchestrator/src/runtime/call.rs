@@ -102,7 +102,7 @@ fn send_cancel(node: &Arc<Node>, to: &Destination, id: crate::id::MessageId) {
     let transport = node.transport.clone();
     handle.spawn(async move {
         // Best effort: the callee also enforces the deadline on its own.
-        let _ = transport.as_ref().send(env).await;
+        let _ = crate::transport::send_fast(transport.as_ref(), env).await;
     });
 }
 
@@ -130,7 +130,7 @@ impl Node {
         body: Body,
     ) -> Result<(), SendError> {
         let env = self.envelope(origin, to, body);
-        self.transport.as_ref().send(env).await
+        crate::transport::send_fast(self.transport.as_ref(), env).await
     }
 
     pub(crate) async fn request(
@@ -176,7 +176,7 @@ impl Node {
             deadline: None,
             armed: true,
         };
-        if let Err(e) = self.transport.as_ref().send(env).await {
+        if let Err(e) = crate::transport::send_fast(self.transport.as_ref(), env).await {
             guard.armed = false;
             self.pending.remove(&id);
             return Err(RequestError::from_send(e, &to));

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
+use tracing::Instrument;
 
 use crate::agent::{Agent, AgentCard, AgentError, DynAgent};
 use crate::envelope::{Destination, Envelope, Failure, FailureKind, Payload};
@@ -326,6 +327,7 @@ impl KindHost {
 #[async_trait]
 impl Inbox for KindHost {
     fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
+        let _span = deliver_span(&self.kind, &delivery.envelope).entered();
         let rt = match self.runtime() {
             Ok(rt) => rt,
             Err(reason) => return Err(TryDeliver::Refused(Box::new(Refused { delivery, reason }))),
@@ -342,6 +344,29 @@ impl Inbox for KindHost {
     }
 
     async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
+        let span = deliver_span(&self.kind, &delivery.envelope);
+        self.deliver_waiting(delivery).instrument(span).await
+    }
+
+    fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+}
+
+/// The span of one delivery into a kind's mailboxes.
+fn deliver_span(kind: &AgentKind, env: &Envelope) -> tracing::Span {
+    tracing::debug_span!(
+        "coditect.deliver",
+        kind = %kind,
+        to = %env.to,
+        message = %env.id,
+        run = env.run.map(tracing::field::display),
+        tenant = %env.tenant,
+    )
+}
+
+impl KindHost {
+    async fn deliver_waiting(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
         let rt = match self.runtime() {
             Ok(rt) => rt,
             Err(reason) => return Err(Box::new(Refused { delivery, reason })),
@@ -350,7 +375,7 @@ impl Inbox for KindHost {
             Ok(Target::Done) => return Ok(()),
             Ok(Target::Cycle(failure)) => {
                 if let Some(reply) = delivery.envelope.reply(Err(failure)) {
-                    let _ = rt.node.transport.as_ref().send(reply).await;
+                    let _ = crate::transport::send_fast(rt.node.transport.as_ref(), reply).await;
                 }
                 let _ = delivery.acker.ack().await;
                 return Ok(());
@@ -380,10 +405,6 @@ impl Inbox for KindHost {
                 }
             }
         }
-    }
-
-    fn load(&self) -> usize {
-        self.load.load(Ordering::Relaxed)
     }
 }
 

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use super::{
     Delivery, Inbox, Route, RouteTarget, SendError, SendErrorKind, Subscription, Transport,
-    TransportError, TransportErrorKind, TryDeliver,
+    TransportError, TransportErrorKind, TryDeliver, TrySend,
 };
 use crate::envelope::{Destination, Envelope, Payload};
 use crate::id::{AgentId, AgentKind, NodeId, TenantId, Topic};
@@ -138,7 +138,8 @@ impl InMemoryTransport {
                 .kinds
                 .get(kind)
                 .and_then(|subs| self.pick_least_loaded(subs))),
-            Destination::Topic(topic) => match routes.topics.get(topic) {
+            Destination::Topic(topic) => match routes.topics.get(topic).map(Vec::as_slice) {
+                Some([one]) => Targets::One(one.inbox.clone()),
                 Some(subs) if !subs.is_empty() => {
                     Targets::Many(subs.iter().map(|s| s.inbox.clone()).collect())
                 }
@@ -203,6 +204,35 @@ fn copy_for_fanout(env: &mut Envelope) -> Option<Envelope> {
 
 #[async_trait]
 impl Transport for InMemoryTransport {
+    fn try_send(&self, envelope: Envelope) -> Result<(), TrySend> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(TrySend::Failed(Box::new(SendError::new(
+                SendErrorKind::Closed,
+                envelope,
+                "transport closed",
+            ))));
+        }
+        match self.resolve(&envelope.tenant, &envelope.to) {
+            Targets::One(inbox) => match inbox.try_deliver(Delivery::new(envelope)) {
+                Ok(()) => Ok(()),
+                Err(TryDeliver::Refused(r)) => {
+                    Err(TrySend::Failed(Box::new(SendError::refused(*r))))
+                }
+                Err(TryDeliver::Wait(d)) => Err(TrySend::Wait(d.envelope)),
+            },
+            Targets::None if matches!(envelope.to, Destination::Topic(_)) => Ok(()),
+            Targets::None => {
+                let msg = format!("no agent is registered for {}", envelope.to);
+                Err(TrySend::Failed(Box::new(SendError::new(
+                    SendErrorKind::NoRoute,
+                    envelope,
+                    msg,
+                ))))
+            }
+            Targets::Many(_) => Err(TrySend::Wait(Box::new(envelope))),
+        }
+    }
+
     async fn send(&self, mut envelope: Envelope) -> Result<(), SendError> {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(SendError::new(

@@ -298,6 +298,17 @@ pub trait Transport: Send + Sync + 'static {
     /// closed, or the receiving inbox refused it.
     async fn send(&self, envelope: Envelope) -> Result<(), SendError>;
 
+    /// Sends one envelope if that needs no waiting: the fast path a caller
+    /// tries before [`send`](Self::send). The default hands the envelope back
+    /// with [`TrySend::Wait`].
+    ///
+    /// # Errors
+    /// [`TrySend::Wait`] with the envelope when sending would have to wait (or
+    /// the transport has no fast path); [`TrySend::Failed`] as for `send`.
+    fn try_send(&self, envelope: Envelope) -> Result<(), TrySend> {
+        Err(TrySend::Wait(Box::new(envelope)))
+    }
+
     /// Attaches an inbox to a route until the returned subscription is dropped.
     ///
     /// # Errors
@@ -318,6 +329,9 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
     async fn send(&self, envelope: Envelope) -> Result<(), SendError> {
         (**self).send(envelope).await
     }
+    fn try_send(&self, envelope: Envelope) -> Result<(), TrySend> {
+        (**self).try_send(envelope)
+    }
     async fn attach(
         &self,
         route: Route,
@@ -327,6 +341,27 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
     }
     fn name(&self) -> &'static str {
         (**self).name()
+    }
+}
+
+/// What [`Transport::try_send`] gives back when it did not send at once.
+#[derive(Debug)]
+pub enum TrySend {
+    /// Sending would have to wait: use [`Transport::send`] with this envelope.
+    Wait(Box<Envelope>),
+    /// Sending failed.
+    Failed(Box<SendError>),
+}
+
+/// Sends through the fast path when it can, the async one otherwise.
+pub(crate) async fn send_fast(
+    transport: &dyn Transport,
+    envelope: Envelope,
+) -> Result<(), SendError> {
+    match transport.try_send(envelope) {
+        Ok(()) => Ok(()),
+        Err(TrySend::Failed(e)) => Err(*e),
+        Err(TrySend::Wait(env)) => transport.send(*env).await,
     }
 }
 
@@ -366,6 +401,21 @@ impl Inbox for ChannelInbox {
                 ),
             })
         })
+    }
+
+    fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.0.try_send(delivery) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(d)) => Err(TryDeliver::Wait(d)),
+            Err(TrySendError::Closed(d)) => Err(TryDeliver::Refused(Box::new(Refused {
+                delivery: d,
+                reason: Failure::new(
+                    crate::envelope::FailureKind::ShuttingDown,
+                    "subscriber stream dropped",
+                ),
+            }))),
+        }
     }
 
     fn load(&self) -> usize {

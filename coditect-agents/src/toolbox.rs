@@ -1,0 +1,260 @@
+//! A `Toolbox`: the tools one agent may call, by name, with a timeout per call.
+//!
+//! The toolbox is the agent's allow-list (OWASP LLM06, excessive agency): a model
+//! that names a tool the agent was not given gets a tool error back, and nothing
+//! runs. The calls of one model turn run concurrently; each is bounded by the
+//! toolbox's timeout, and one turn may ask for at most
+//! [`max_calls_per_turn`](Toolbox::max_calls_per_turn) calls.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use coditect_agents::{Toolbox, ToolCall};
+//! # use coditect_agents::tool::{Tool, ToolContext, ToolError};
+//! # struct Now;
+//! # impl Tool for Now {
+//! #     type Args = serde_json::Map<String, serde_json::Value>;
+//! #     type Output = &'static str;
+//! #     fn name(&self) -> String { "now".into() }
+//! #     fn description(&self) -> String { "The time.".into() }
+//! #     async fn call(&self, _: Self::Args, _: ToolContext<'_>) -> Result<&'static str, ToolError> { Ok("noon") }
+//! # }
+//!
+//! let toolbox = Toolbox::new().with(Now).timeout(Duration::from_secs(5));
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let results = toolbox
+//!     .run(
+//!         vec![
+//!             ToolCall::new("t1", "now", serde_json::json!({})),
+//!             ToolCall::new("t2", "rm_rf", serde_json::json!({})),
+//!         ],
+//!         None,
+//!     )
+//!     .await;
+//! assert_eq!(results[0].result.as_deref(), Ok("noon"));
+//! assert!(results[1].result.is_err()); // not in this agent's toolbox
+//! # });
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coditect_orchestrator::AgentContext;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::model::{ContentBlock, ToolDefinition};
+use crate::tool::{DynTool, ToolContext, ToolError, ToolErrorKind};
+
+/// One tool call a model asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// The model's id for the call.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, unchecked.
+    pub input: Value,
+}
+
+impl ToolCall {
+    /// A call.
+    pub fn new(id: impl Into<String>, name: impl Into<String>, input: Value) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            input,
+        }
+    }
+}
+
+/// A finished tool call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutcome {
+    /// The model's id for the call.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The tool's text, or why it failed.
+    pub result: Result<String, ToolError>,
+}
+
+impl ToolOutcome {
+    /// The tool-result block that answers the call.
+    pub fn to_block(&self) -> ContentBlock {
+        match &self.result {
+            Ok(text) => ContentBlock::tool_result(&self.id, text.clone(), false),
+            Err(e) => ContentBlock::tool_result(&self.id, e.message().to_owned(), true),
+        }
+    }
+}
+
+/// The tools an agent may call, with the limits on calling them.
+#[derive(Clone)]
+pub struct Toolbox {
+    tools: BTreeMap<String, Arc<dyn DynTool>>,
+    timeout: Duration,
+    max_calls_per_turn: usize,
+}
+
+impl Default for Toolbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Toolbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Toolbox")
+            .field("tools", &self.tools.keys().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .field("max_calls_per_turn", &self.max_calls_per_turn)
+            .finish()
+    }
+}
+
+impl Toolbox {
+    /// An empty toolbox: 30 s per call, at most 16 calls per turn.
+    pub fn new() -> Self {
+        Self {
+            tools: BTreeMap::new(),
+            timeout: Duration::from_secs(30),
+            max_calls_per_turn: 16,
+        }
+    }
+
+    /// Adds a tool. A tool with the same name replaces the earlier one.
+    #[must_use]
+    pub fn with(mut self, tool: impl DynTool) -> Self {
+        self.add(Arc::new(tool));
+        self
+    }
+
+    /// Adds a shared tool. A tool with the same name replaces the earlier one.
+    pub fn add(&mut self, tool: Arc<dyn DynTool>) {
+        self.tools.insert(tool.definition().name, tool);
+    }
+
+    /// The longest one call may run (default 30 s); a call past it is a
+    /// [`ToolErrorKind::Timeout`] error for the model.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The most calls one model turn may make (default 16); calls past it are
+    /// refused with an error for the model.
+    #[must_use]
+    pub fn max_calls_per_turn(mut self, n: usize) -> Self {
+        self.max_calls_per_turn = n.max(1);
+        self
+    }
+
+    /// The tools' definitions, sorted by name, for a model request.
+    pub fn definitions(&self) -> Vec<ToolDefinition> {
+        self.tools.values().map(|t| t.definition()).collect()
+    }
+
+    /// The tools' names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tools.keys().map(String::as_str)
+    }
+
+    /// Whether there are no tools.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Runs one turn's calls concurrently, each under the timeout, and returns
+    /// their outcomes in the order asked. Never fails as a whole: each failure
+    /// (unknown tool, invalid arguments, timeout, the tool's own error) is that
+    /// call's outcome, for the model to read.
+    pub async fn run(
+        &self,
+        calls: Vec<ToolCall>,
+        agent: Option<&AgentContext>,
+    ) -> Vec<ToolOutcome> {
+        let max = self.max_calls_per_turn;
+        // Delegations of one turn are one fan-out: bounded by the run's limit.
+        let max_fanout = agent.map_or(usize::MAX, |a| a.budget().max_fanout as usize);
+        let mut delegations = 0usize;
+        let over_fanout: Vec<bool> = calls
+            .iter()
+            .map(|c| {
+                if c.name == crate::delegate::DELEGATE_TOOL {
+                    delegations += 1;
+                    delegations > max_fanout
+                } else {
+                    false
+                }
+            })
+            .collect();
+        let over_fanout = &over_fanout;
+        let futures = calls.into_iter().enumerate().map(|(i, call)| async move {
+            let result = if i >= max {
+                Err(ToolError::new(
+                    ToolErrorKind::NotAllowed,
+                    format!("too many tool calls in one turn: at most {max} are allowed"),
+                ))
+            } else if over_fanout[i] {
+                Err(ToolError::new(
+                    ToolErrorKind::NotAllowed,
+                    format!(
+                        "too many delegations in one turn: the run allows {max_fanout} at once"
+                    ),
+                ))
+            } else {
+                self.run_one(&call, agent).await
+            };
+            ToolOutcome {
+                id: call.id,
+                name: call.name,
+                result,
+            }
+        });
+        futures::future::join_all(futures).await
+    }
+
+    async fn run_one(
+        &self,
+        call: &ToolCall,
+        agent: Option<&AgentContext>,
+    ) -> Result<String, ToolError> {
+        let Some(tool) = self.tools.get(&call.name) else {
+            let known: Vec<&str> = self.names().collect();
+            return Err(ToolError::new(
+                ToolErrorKind::UnknownTool,
+                format!(
+                    "there is no tool {:?} for this agent; its tools are: {}",
+                    call.name,
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        };
+        let ctx = match agent {
+            Some(a) => ToolContext::new(a, &call.id),
+            None => ToolContext::detached(&call.id),
+        };
+        let span = tracing::debug_span!("coditect.tool", gen_ai.tool.name = %call.name, gen_ai.tool.call.id = %call.id);
+        let limit = tool.timeout().unwrap_or(self.timeout);
+        let call_fut = tool.call_json(call.input.clone(), ctx).instrument(span);
+        match tokio::time::timeout(limit, call_fut).await {
+            Ok(result) => result,
+            Err(_) => Err(ToolError::new(
+                ToolErrorKind::Timeout,
+                format!(
+                    "tool {} did not finish within {limit:?}; it was stopped",
+                    call.name
+                ),
+            )),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The LlmAgent loop on its own: tool argument errors fed back, timeouts,
+//! concurrency of one turn's calls, the allow-list, the iteration guard, and
+//! how model failures become agent errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coditect_agents::model::{ModelError, ModelErrorKind, StopReason};
+use coditect_agents::tool::{Tool, ToolContext, ToolError};
+use coditect_agents::{LlmAgent, ScriptedModel, ScriptedReply, Toolbox};
+use coditect_orchestrator::AgentErrorKind;
+use serde_json::json;
+use support::{Add, within};
+use tokio::sync::Barrier;
+
+#[tokio::test]
+async fn invalid_tool_arguments_go_back_to_the_model_which_corrects_itself() {
+    let model = ScriptedModel::new()
+        .then(ScriptedReply::tool_call("add", json!({"a": "two", "b": 2})))
+        .then(ScriptedReply::tool_call("add", json!({"a": 2, "b": 2})))
+        .then(ScriptedReply::text("2 + 2 = 4"));
+    let agent = LlmAgent::builder(model.clone()).tool(Add).build();
+    let answer = within(agent.run(json!("What is 2 + 2?"), None))
+        .await
+        .unwrap();
+    assert_eq!(answer.text, "2 + 2 = 4");
+    assert_eq!(answer.iterations, 3);
+
+    let requests = model.requests();
+    assert_eq!(requests.len(), 3);
+    // The model saw the tool's schema, derived from its argument type.
+    assert_eq!(requests[0].tools.len(), 1);
+    assert_eq!(
+        requests[0].tools[0].input_schema["properties"]["a"]["type"],
+        "integer"
+    );
+    // The bad call came back as a tool error, naming the problem.
+    let first = requests[1].last_tool_results();
+    assert_eq!(first.len(), 1);
+    assert!(first[0].2, "marked as an error");
+    assert!(
+        first[0].1.contains("invalid arguments for tool add"),
+        "{}",
+        first[0].1
+    );
+    // The corrected call ran.
+    assert_eq!(requests[2].last_tool_results()[0].1, "4");
+    assert!(!requests[2].last_tool_results()[0].2);
+}
+
+/// Never finishes on its own.
+struct Stall;
+
+impl Tool for Stall {
+    type Args = serde_json::Map<String, serde_json::Value>;
+    type Output = String;
+    fn name(&self) -> String {
+        "stall".into()
+    }
+    fn description(&self) -> String {
+        "Waits for a very long time.".into()
+    }
+    async fn call(&self, _: Self::Args, _: ToolContext<'_>) -> Result<String, ToolError> {
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        Ok("done".into())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_past_its_timeout_is_stopped_and_the_model_is_told() {
+    let model = ScriptedModel::new()
+        .then(ScriptedReply::tool_calls([
+            ("stall", json!({})),
+            ("add", json!({"a": 1, "b": 1})),
+        ]))
+        .then(ScriptedReply::text("the slow tool timed out; 1 + 1 = 2"));
+    let agent = LlmAgent::builder(model.clone())
+        .toolbox(
+            Toolbox::new()
+                .with(Stall)
+                .with(Add)
+                .timeout(Duration::from_secs(2)),
+        )
+        .build();
+    let answer = within(agent.run(json!("go"), None)).await.unwrap();
+    assert_eq!(answer.iterations, 2);
+    let requests = model.requests();
+    let results = requests[1].last_tool_results();
+    assert_eq!(results.len(), 2);
+    assert!(
+        results[0].2 && results[0].1.contains("did not finish within 2s"),
+        "{:?}",
+        results[0]
+    );
+    // The other call of the same turn was not held back by the slow one.
+    assert_eq!((results[1].1, results[1].2), ("2", false));
+}
+
+/// Returns only when `n` calls are inside it at once.
+struct Meet(Arc<Barrier>);
+
+impl Tool for Meet {
+    type Args = serde_json::Map<String, serde_json::Value>;
+    type Output = &'static str;
+    fn name(&self) -> String {
+        "meet".into()
+    }
+    fn description(&self) -> String {
+        "Meets the other calls.".into()
+    }
+    async fn call(&self, _: Self::Args, _: ToolContext<'_>) -> Result<&'static str, ToolError> {
+        self.0.wait().await;
+        Ok("met")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_calls_of_one_turn_run_concurrently() {
+    let model = ScriptedModel::new()
+        .then(ScriptedReply::tool_calls([
+            ("meet", json!({})),
+            ("meet", json!({})),
+            ("meet", json!({})),
+        ]))
+        .then(ScriptedReply::text("all met"));
+    // Run one after another, the first call would wait for the others forever
+    // and time out; together they all meet.
+    let agent = LlmAgent::builder(model.clone())
+        .toolbox(
+            Toolbox::new()
+                .with(Meet(Arc::new(Barrier::new(3))))
+                .timeout(Duration::from_secs(5)),
+        )
+        .build();
+    within(agent.run(json!("go"), None)).await.unwrap();
+    let requests = model.requests();
+    let results = requests[1].last_tool_results();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r.1 == "met" && !r.2), "{results:?}");
+}
+
+#[tokio::test]
+async fn a_tool_the_agent_was_not_given_is_refused() {
+    let model = ScriptedModel::new()
+        .then(ScriptedReply::tool_call("delete_everything", json!({})))
+        .then(ScriptedReply::text("I cannot do that."));
+    let agent = LlmAgent::builder(model.clone()).tool(Add).build();
+    within(agent.run(json!("clean up"), None)).await.unwrap();
+    let requests = model.requests();
+    let names: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["add"]);
+    let r = requests[1].last_tool_results();
+    assert!(r[0].2);
+    assert!(
+        r[0].1.contains("no tool \"delete_everything\"") && r[0].1.contains("add"),
+        "{}",
+        r[0].1
+    );
+}
+
+#[tokio::test]
+async fn the_iteration_guard_stops_a_model_that_never_finishes() {
+    let model = ScriptedModel::new().when(
+        |_| true,
+        ScriptedReply::tool_call("add", json!({"a": 1, "b": 1})),
+    );
+    let agent = LlmAgent::builder(model.clone())
+        .tool(Add)
+        .max_iterations(3)
+        .build();
+    let err = within(agent.run(json!("loop"), None)).await.unwrap_err();
+    assert_eq!(err.kind(), AgentErrorKind::Policy);
+    assert!(err.message().contains("3 model turns"), "{err}");
+    assert_eq!(model.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn model_failures_become_transient_or_permanent_agent_errors() {
+    let model = ScriptedModel::new()
+        .then(ScriptedReply::error(ModelError::new(
+            ModelErrorKind::Unavailable,
+            "overloaded",
+            true,
+        )))
+        .then(ScriptedReply::error(ModelError::new(
+            ModelErrorKind::Authentication,
+            "bad key",
+            false,
+        )))
+        .then(ScriptedReply::text("no").stop_reason(StopReason::Refusal));
+    let agent = LlmAgent::builder(model).streaming(false).build();
+    let e = within(agent.run(json!("q"), None)).await.unwrap_err();
+    assert_eq!(e.kind(), AgentErrorKind::Transient);
+    assert!(e.message().contains("overloaded"));
+    let e = within(agent.run(json!("q"), None)).await.unwrap_err();
+    assert_eq!(e.kind(), AgentErrorKind::Permanent);
+    let e = within(agent.run(json!("q"), None)).await.unwrap_err();
+    assert!(e.message().contains("refused"), "{e}");
+}
+
+#[tokio::test]
+async fn structured_inputs_reach_the_model_as_json_and_strings_as_text() {
+    let model = ScriptedModel::new()
+        .then(ScriptedReply::text("a"))
+        .then(ScriptedReply::text("b"));
+    let agent = LlmAgent::builder(model.clone()).system("Be brief.").build();
+    within(agent.run(json!("plain words"), None)).await.unwrap();
+    within(agent.run(json!({"topic": "rust"}), None))
+        .await
+        .unwrap();
+    let r = model.requests();
+    assert_eq!(r[0].system.as_deref(), Some("Be brief."));
+    assert_eq!(r[0].last_user_text(), "plain words");
+    assert!(r[1].last_user_text().contains("\"topic\": \"rust\""));
+}
