@@ -8,15 +8,19 @@ use crate::id::TenantId;
 use super::NatsTransport;
 use super::error::{NatsError, NatsErrorKind};
 
-/// How messages addressed to a kind travel.
+/// How messages addressed to a kind or to an agent id travel (topics,
+/// replies and cancels always use core NATS).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KindDelivery {
     /// Through the tenant's JetStream work-queue stream: stored, acked after
     /// the handler finished and its reply was sent, redelivered to another
-    /// worker if one dies. At least once.
+    /// worker if one dies; messages to an id go through the partition whose
+    /// lease one worker holds (single activation across processes). At least
+    /// once.
     #[default]
     Durable,
-    /// Over core NATS to a queue group: at most once, lowest latency.
+    /// Over core NATS to a queue group: at most once, lowest latency; single
+    /// activation holds within one worker only.
     AtMostOnce,
 }
 
