@@ -1,6 +1,6 @@
 //! Errors of the NATS transport's own operations (connecting, setting up
-//! streams); sends and attaches report the core [`SendError`](crate::SendError)
-//! and [`TransportError`](crate::TransportError).
+//! streams); sends and attaches report the core [`crate::SendError`] and
+//! [`crate::TransportError`].
 
 use crate::transport::{TransportError, TransportErrorKind};
 

@@ -673,3 +673,21 @@ async fn own_partitions(
         let _ = leases.kv.delete(format!("{kind}.p{p}")).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_across_versions() {
+        // The partition of a key is part of the wire contract between
+        // processes of different builds: pin it.
+        assert_eq!(partition_of(""), 0x811c_9dc5 % PARTITIONS);
+        let p: Vec<u32> = ["a", "pr-42", "k0"]
+            .iter()
+            .map(|k| partition_of(k))
+            .collect();
+        assert_eq!(p, vec![12, 4, 14]);
+        assert!(p.iter().all(|&x| x < PARTITIONS));
+    }
+}
