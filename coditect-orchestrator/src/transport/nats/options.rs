@@ -327,6 +327,16 @@ impl NatsOptions {
         &self,
         events: impl Fn(async_nats::Event) + Send + Sync + 'static,
     ) -> Result<async_nats::ConnectOptions, NatsError> {
+        // When an application's dependencies turn on both of rustls's crypto
+        // providers, rustls cannot pick one and the TLS handshake panics.
+        // Install ring (what this crate builds async-nats with) as the
+        // process default, unless the application installed one already.
+        {
+            use async_nats::rustls::crypto::{CryptoProvider, ring};
+            if CryptoProvider::get_default().is_none() {
+                let _ = ring::default_provider().install_default();
+            }
+        }
         let mut o = match &self.auth {
             Auth::None => async_nats::ConnectOptions::new(),
             Auth::CredentialsFile(p) => async_nats::ConnectOptions::with_credentials_file(p)
