@@ -264,8 +264,18 @@ impl RunHandle {
     /// # Errors
     /// As [`Orchestrator::run`].
     pub async fn outcome(self) -> Result<RunOutcome, RunError> {
-        let run = self.run;
-        match self.outcome.await {
+        let RunHandle {
+            run,
+            events,
+            resubscribe,
+            outcome,
+            ..
+        } = self;
+        // Nobody reads events through this handle any more: without
+        // receivers the run skips publishing them.
+        drop(events);
+        drop(resubscribe);
+        match outcome.await {
             Ok(r) => r,
             Err(_) => Err(RunError {
                 run,
@@ -358,7 +368,9 @@ impl Driver {
         };
         self.seq += 1;
         self.state.apply(&record);
-        let _ = self.events.send(record);
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(record);
+        }
     }
 
     fn fail(mut self, kind: RunErrorKind, message: String) -> Result<RunOutcome, RunError> {
