@@ -530,6 +530,14 @@ pub trait LanguageModel: Send + Sync {
 
 /// Turns a complete response into the deltas a streaming model would have sent.
 pub fn replay(response: CompletionResponse) -> ModelStream {
+    replay_chunked(response, &|text| vec![text.to_owned()])
+}
+
+/// [`replay`], cutting each text block into the chunks `chunk` gives.
+pub(crate) fn replay_chunked(
+    response: CompletionResponse,
+    chunk: &dyn Fn(&str) -> Vec<String>,
+) -> ModelStream {
     let mut deltas = Vec::new();
     for (index, block) in response.content.iter().enumerate() {
         match block {
@@ -538,10 +546,11 @@ pub fn replay(response: CompletionResponse) -> ModelStream {
                     index,
                     block: BlockStart::Text,
                 });
-                deltas.push(StreamDelta::Text {
-                    index,
-                    text: text.clone(),
-                });
+                deltas.extend(
+                    chunk(text)
+                        .into_iter()
+                        .map(|text| StreamDelta::Text { index, text }),
+                );
             }
             ContentBlock::ToolUse { id, name, input } => {
                 deltas.push(StreamDelta::BlockStart {

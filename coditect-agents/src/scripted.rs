@@ -42,8 +42,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::model::{
-    BlockStart, CompletionRequest, CompletionResponse, ContentBlock, LanguageModel, ModelError,
-    ModelErrorKind, ModelStream, StopReason, StreamDelta, Usage,
+    CompletionRequest, CompletionResponse, ContentBlock, LanguageModel, ModelError, ModelErrorKind,
+    ModelStream, StopReason, Usage,
 };
 
 /// The model name scripted responses carry.
@@ -338,48 +338,9 @@ impl LanguageModel for ScriptedModel {
     /// Streams the scripted answer word by word, as a real model would.
     async fn stream(&self, request: CompletionRequest) -> Result<ModelStream, ModelError> {
         let response = self.answer(&request)?;
-        let mut deltas = Vec::new();
-        for (index, block) in response.content.iter().enumerate() {
-            match block {
-                ContentBlock::Text { text } => {
-                    deltas.push(StreamDelta::BlockStart {
-                        index,
-                        block: BlockStart::Text,
-                    });
-                    deltas.extend(words(text).map(|w| StreamDelta::Text {
-                        index,
-                        text: w.to_owned(),
-                    }));
-                }
-                ContentBlock::ToolUse { id, name, input } => {
-                    deltas.push(StreamDelta::BlockStart {
-                        index,
-                        block: BlockStart::ToolUse {
-                            id: id.clone(),
-                            name: name.clone(),
-                        },
-                    });
-                    deltas.push(StreamDelta::ToolInputJson {
-                        index,
-                        partial_json: input.to_string(),
-                    });
-                }
-                ContentBlock::Thinking { thinking, .. } => {
-                    deltas.push(StreamDelta::BlockStart {
-                        index,
-                        block: BlockStart::Thinking,
-                    });
-                    deltas.push(StreamDelta::Thinking {
-                        index,
-                        thinking: thinking.clone(),
-                    });
-                }
-                ContentBlock::Image { .. } | ContentBlock::ToolResult { .. } => continue,
-            }
-            deltas.push(StreamDelta::BlockStop { index });
-        }
-        deltas.push(StreamDelta::Done(response));
-        Ok(Box::pin(futures::stream::iter(deltas.into_iter().map(Ok))))
+        Ok(crate::model::replay_chunked(response, &|text| {
+            words(text).map(str::to_owned).collect()
+        }))
     }
 }
 
