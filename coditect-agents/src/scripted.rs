@@ -369,7 +369,7 @@ fn words(text: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Message;
+    use crate::model::{Message, StreamDelta};
     use futures::StreamExt;
 
     fn ask(q: &str) -> CompletionRequest {
