@@ -183,3 +183,33 @@ async fn tls_with_a_private_ca() {
     .unwrap_err();
     assert_eq!(err.kind(), NatsErrorKind::Connect, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_auth_connects_and_an_unknown_key_is_refused() {
+    let user = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let server = NatsServer::builder()
+        .config(&format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}",
+            user.public_key()
+        ))
+        .start()
+        .expect("start nats-server");
+    let connect = |seed: String| {
+        NatsOptions::new(server.url())
+            .nkey(seed)
+            .name("nkey-test")
+            .connect()
+    };
+    let seed = user.seed().unwrap();
+    round_trip(
+        connect(seed.clone()).await.unwrap(),
+        connect(seed).await.unwrap(),
+    )
+    .await;
+    let err = timeout(T, connect(stranger.seed().unwrap()))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), NatsErrorKind::Connect, "{err}");
+}
