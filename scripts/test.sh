@@ -52,6 +52,9 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, all features, -D warnings)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "cargo doc (all features, broken links and doc warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
+
 step "cargo test (all features; unit, integration and doc tests)"
 cargo test --workspace --all-features --no-fail-fast
 

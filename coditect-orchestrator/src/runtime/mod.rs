@@ -14,7 +14,7 @@
 //! longer chain — then asks A, that request would wait forever. Every request
 //! carries its *call chain* (the agents waiting on it, each on the next), and a
 //! request to an agent already in its own chain fails at once with
-//! [`RequestError::CallCycle`](crate::RequestError::CallCycle), naming the
+//! [`RequestError::CallCycle`], naming the
 //! chain. Messages sent without waiting (`send`, `publish`) do not extend the
 //! chain, so they never count as cycles.
 
