@@ -223,7 +223,9 @@ async fn handle_one(
     }
     let mut agent = match agent {
         Some(a) => a,
-        None => match host.activate(id).await {
+        // Boxed: only an id's first message needs it; kept out of the
+        // future every message allocates.
+        None => match Box::pin(host.activate(id)).await {
             Ok(a) => a,
             Err(f) => {
                 finish(rt, &envelope, acker, Err(f)).await;
@@ -377,7 +379,7 @@ async fn run_guarded(
     };
     // Let a cooperative handler see its token and end cleanly, for a moment.
     token.cancel();
-    let keep = match tokio::time::timeout(rt.config.cancel_grace, &mut fut).await {
+    let keep = match Box::pin(tokio::time::timeout(rt.config.cancel_grace, &mut fut)).await {
         Ok(Err(_panic)) => false,
         Ok(Ok(_)) => true,
         // Dropped mid-await: its state may be half-changed, so start afresh.

@@ -353,15 +353,23 @@ pub enum TrySend {
     Failed(Box<SendError>),
 }
 
+/// The future of [`send_fast`]: done already, or the transport's boxed send.
+pub(crate) type SendFast<'a> = futures::future::Either<
+    futures::future::Ready<Result<(), SendError>>,
+    Pin<Box<dyn std::future::Future<Output = Result<(), SendError>> + Send + 'a>>,
+>;
+
 /// Sends through the fast path when it can, the async one otherwise.
-pub(crate) async fn send_fast(
-    transport: &dyn Transport,
-    envelope: Envelope,
-) -> Result<(), SendError> {
+///
+/// Not an `async fn`: the fast path runs when this is called, and the future
+/// returned holds no envelope — only the boxed send when one is needed — so
+/// the futures of every caller stay small.
+pub(crate) fn send_fast(transport: &dyn Transport, envelope: Envelope) -> SendFast<'_> {
+    use futures::future::{Either, ready};
     match transport.try_send(envelope) {
-        Ok(()) => Ok(()),
-        Err(TrySend::Failed(e)) => Err(*e),
-        Err(TrySend::Wait(env)) => transport.send(*env).await,
+        Ok(()) => Either::Left(ready(Ok(()))),
+        Err(TrySend::Failed(e)) => Either::Left(ready(Err(*e))),
+        Err(TrySend::Wait(env)) => Either::Right(transport.send(*env)),
     }
 }
 
