@@ -1,6 +1,7 @@
 //! Connection options against a real nats-server: token auth (and a wrong
-//! token refused), TLS with a private CA, and a typed error when no server
-//! listens.
+//! token refused), nkey auth (an unknown key refused), a credentials file
+//! (operator mode with JWTs made here), TLS with a private CA, and a typed
+//! error when no server listens.
 #![cfg(all(feature = "nats", feature = "test-utils"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -212,4 +213,89 @@ async fn nkey_auth_connects_and_an_unknown_key_is_refused() {
         .unwrap()
         .unwrap_err();
     assert_eq!(err.kind(), NatsErrorKind::Connect, "{err}");
+}
+
+/// A NATS JWT (v2) for `claims`, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, mut claims: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    claims["iss"] = issuer.public_key().into();
+    claims["iat"] = 1_700_000_000u64.into();
+    // A unique id per token; the server does not check how it was made.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    claims["jti"] = format!("CODITECTTEST{n:020}").into();
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = b64.encode(serde_json::to_vec(&claims).unwrap());
+    let signing_input = format!("{header}.{body}");
+    let sig = issuer.sign(signing_input.as_bytes()).unwrap();
+    format!("{signing_input}.{}", b64.encode(sig))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentials_file_authenticates() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let system = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let unlimited = serde_json::json!({
+        "subs": -1, "conn": -1, "leaf": -1, "imports": -1, "exports": -1,
+        "data": -1, "payload": -1, "wildcards": true,
+    });
+    let operator_jwt = jwt(
+        &operator,
+        serde_json::json!({"sub": operator.public_key(), "name": "op",
+            "nats": {"type": "operator", "version": 2, "system_account": system.public_key()}}),
+    );
+    let system_jwt = jwt(
+        &operator,
+        serde_json::json!({"sub": system.public_key(), "name": "SYS",
+            "nats": {"type": "account", "version": 2, "limits": unlimited}}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        serde_json::json!({"sub": account.public_key(), "name": "acme",
+            "nats": {"type": "account", "version": 2, "limits": unlimited}}),
+    );
+    let user_jwt = jwt(
+        &account,
+        serde_json::json!({"sub": user.public_key(), "name": "worker",
+            "nats": {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}}),
+    );
+    let server = NatsServer::builder()
+        .config(&format!(
+            "operator: \"{operator_jwt}\"\nsystem_account: {sys}\nresolver: MEMORY\n\
+             resolver_preload: {{ {acc}: \"{account_jwt}\", {sys}: \"{system_jwt}\" }}",
+            acc = account.public_key(),
+            sys = system.public_key(),
+        ))
+        .start()
+        .expect("start nats-server");
+    let dir = std::env::temp_dir().join(format!("coditect-creds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let creds = dir.join("worker.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    let connect = || {
+        NatsOptions::new(server.url())
+            .credentials_file(creds.clone())
+            .kind_delivery(coditect_orchestrator::transport::nats::KindDelivery::AtMostOnce)
+            .name("creds-test")
+            .connect()
+    };
+    round_trip(connect().await.unwrap(), connect().await.unwrap()).await;
+    // Without credentials the server refuses.
+    let err = timeout(T, NatsOptions::new(server.url()).connect())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), NatsErrorKind::Connect, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
