@@ -74,7 +74,7 @@ fi
 if [ -x "$old_bin" ] && "$old_bin" --version | grep -q 'v2\.9\.10'; then
   NATS_SERVER_BIN="$PWD/$old_bin" cargo test -p coditect-orchestrator --all-features --no-fail-fast \
     --test nats_conformance --test nats_faults --test nats_isolation --test nats_cluster --test nats_single_activation \
-    --test nats_connect --test nats_connect
+    --test nats_connect
 else
   echo "notice: nats-server 2.9.10 not available here (needs apt-get); tested only against $("${NATS_SERVER_BIN:-nats-server}" --version 2>/dev/null)"
 fi
