@@ -191,17 +191,15 @@ impl AgentContext {
         message: impl Message,
         options: RequestOptions,
     ) -> Result<R, RequestError> {
-        let body = self
-            .node
-            .request(
+        self.node
+            .ask(
                 &self.origin(),
                 to.into(),
-                Body::new(message),
+                message,
                 &options,
                 Some(&self.cancel),
             )
-            .await?;
-        body.take::<R>().map_err(RequestError::BadReply)
+            .await
     }
 
     /// Hands a subtask to an agent that offers `capability` and awaits its

@@ -133,6 +133,22 @@ impl Node {
         crate::transport::send_fast(self.transport.as_ref(), env).await
     }
 
+    /// [`request`](Self::request) with a typed message and a typed answer:
+    /// what agent contexts and runtimes expose.
+    pub(crate) async fn ask<R: crate::body::Message>(
+        self: &Arc<Self>,
+        origin: &Origin,
+        to: Destination,
+        message: impl crate::body::Message,
+        options: &RequestOptions,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<R, RequestError> {
+        let body = self
+            .request(origin, to, Body::new(message), options, cancel)
+            .await?;
+        body.take::<R>().map_err(RequestError::BadReply)
+    }
+
     pub(crate) async fn request(
         self: &Arc<Self>,
         origin: &Origin,

@@ -409,18 +409,10 @@ impl Runtime {
         message: impl Message,
         options: RequestOptions,
     ) -> Result<R, RequestError> {
-        let body = self
-            .inner
+        self.inner
             .node
-            .request(
-                &Origin::default(),
-                to.into(),
-                Body::new(message),
-                &options,
-                None,
-            )
-            .await?;
-        body.take::<R>().map_err(RequestError::BadReply)
+            .ask(&Origin::default(), to.into(), message, &options, None)
+            .await
     }
 
     /// Stops taking new messages, lets queued and running work finish for up to
