@@ -8,12 +8,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, Message};
 use crate::budget::{Budget, Usage};
-use crate::envelope::{CallChain, Deadline, Destination, TraceContext};
+use crate::envelope::{CallChain, Deadline, Destination, Envelope, TraceContext};
 use crate::envelope::{Failure, FailureKind};
 use crate::error::RequestError;
 use crate::id::{AgentId, AgentKind, MessageId, RunId, TenantId, Topic};
 use crate::orchestrator::{Signal, StepId};
 use crate::runtime::call::{Node, Origin, RequestOptions};
+use crate::runtime::cancel::HandlerCancel;
 use crate::runtime::directory::Directory;
 use crate::transport::SendError;
 
@@ -26,50 +27,41 @@ pub struct AgentContext {
     pub(crate) node: Arc<Node>,
     pub(crate) directory: Arc<Directory>,
     pub(crate) me: AgentId,
-    pub(crate) message: MessageId,
-    pub(crate) from: Option<AgentId>,
-    pub(crate) tenant: TenantId,
-    pub(crate) run: Option<RunId>,
-    pub(crate) depth: u16,
-    pub(crate) deadline: Option<Deadline>,
-    pub(crate) attempt: u32,
-    pub(crate) chain: CallChain,
-    pub(crate) trace: TraceContext,
-    pub(crate) reply_to: Option<crate::id::NodeId>,
-    pub(crate) step: Option<StepId>,
-    pub(crate) budget: Option<Arc<Budget>>,
-    pub(crate) cancel: CancellationToken,
+    /// The message being handled (its payload taken out): moved in, not
+    /// copied field by field, and moved back out for the reply.
+    pub(crate) env: Box<Envelope>,
+    pub(crate) cancel: Arc<HandlerCancel>,
 }
 
 impl AgentContext {
     fn origin(&self) -> Origin {
         Origin {
             from: Some(self.me.clone()),
-            run: self.run,
-            depth: self.depth,
-            chain: self.chain.clone(),
-            deadline: self.deadline,
+            run: self.env.run,
+            depth: self.env.depth,
+            chain: self.env.chain.clone(),
+            deadline: self.env.deadline,
             trace: TraceContext {
-                trace_id: self.trace.trace_id,
-                parent_span: self.message.as_u128() as u64,
+                trace_id: self.env.trace.trace_id,
+                parent_span: self.env.id.as_u128() as u64,
             },
-            step: self.step.clone(),
-            parent: Some(self.message),
-            budget: self.budget.clone(),
+            step: self.env.step.clone(),
+            parent: Some(self.env.id),
+            budget: self.env.budget.clone(),
             attempt: 0,
         }
     }
 
     /// The plan step this work belongs to, if it runs for an orchestrated run.
     pub fn step(&self) -> Option<&StepId> {
-        self.step.as_ref()
+        self.env.step.as_ref()
     }
 
     /// What remains of the run's limits (delegation depth, fan-out, tokens,
     /// cost) when this message was sent. Outside a run: the default limits.
     pub fn budget(&self) -> &Budget {
         static DEFAULT: std::sync::OnceLock<Budget> = std::sync::OnceLock::new();
-        match &self.budget {
+        match &self.env.budget {
             Some(b) => b,
             None => DEFAULT.get_or_init(Budget::default),
         }
@@ -82,48 +74,48 @@ impl AgentContext {
 
     /// The id of the message being handled.
     pub fn message_id(&self) -> MessageId {
-        self.message
+        self.env.id
     }
 
     /// The agent that sent the message, if an agent did.
     pub fn sender(&self) -> Option<&AgentId> {
-        self.from.as_ref()
+        self.env.from.as_ref()
     }
 
     /// The tenant the message belongs to.
     pub fn tenant(&self) -> &TenantId {
-        &self.tenant
+        &self.env.tenant
     }
 
     /// The run the message belongs to, if any.
     pub fn run(&self) -> Option<RunId> {
-        self.run
+        self.env.run
     }
 
     /// How many delegations deep this message is.
     pub fn depth(&self) -> u16 {
-        self.depth
+        self.env.depth
     }
 
     /// When the caller stops waiting, if it waits.
     pub fn deadline(&self) -> Option<Deadline> {
-        self.deadline
+        self.env.deadline
     }
 
     /// Which attempt at this message this is (1 for the first).
     pub fn attempt(&self) -> u32 {
-        self.attempt
+        self.env.attempt
     }
 
     /// The agents waiting, each on the next, for this message's answer.
     pub fn call_chain(&self) -> &CallChain {
-        &self.chain
+        &self.env.chain
     }
 
     /// The token that fires when the caller gives up, the deadline passes, the
     /// run is cancelled or the runtime shuts down. Long work should watch it.
     pub fn cancellation(&self) -> &CancellationToken {
-        &self.cancel
+        self.cancel.token()
     }
 
     /// Whether the work has been cancelled.
@@ -133,7 +125,7 @@ impl AgentContext {
 
     /// Waits until the work is cancelled.
     pub async fn cancelled(&self) {
-        self.cancel.cancelled().await;
+        self.cancel.token().cancelled().await;
     }
 
     /// Sends a message without waiting for an answer.
@@ -197,7 +189,7 @@ impl AgentContext {
                 to.into(),
                 message,
                 &options,
-                Some(&self.cancel),
+                Some(self.cancel.token()),
             )
             .await
     }
@@ -218,12 +210,12 @@ impl AgentContext {
         message: impl Message,
     ) -> Result<R, RequestError> {
         let max = self.budget().max_depth;
-        if self.depth >= max {
+        if self.env.depth >= max {
             return Err(RequestError::Failed(Failure::new(
                 FailureKind::Policy,
                 format!(
                     "max delegation depth {max} reached: {} at depth {} cannot delegate {capability:?}",
-                    self.me, self.depth
+                    self.me, self.env.depth
                 ),
             )));
         }
@@ -274,12 +266,12 @@ impl AgentContext {
     /// # Errors
     /// [`SendError`] if the transport fails.
     pub async fn report_usage(&self, usage: Usage) -> Result<(), SendError> {
-        let Some(run) = self.run else {
+        let Some(run) = self.env.run else {
             return Ok(());
         };
         let signal = Signal::Usage {
-            message: self.message,
-            step: self.step.clone(),
+            message: self.env.id,
+            step: self.env.step.clone(),
             agent: self.me.clone(),
             usage,
         };
@@ -306,13 +298,13 @@ impl AgentContext {
     /// [`SendError`] if the transport fails.
     pub async fn emit(&self, data: impl Serialize) -> Result<(), SendError> {
         let data = serde_json::to_value(data).unwrap_or(serde_json::Value::Null);
-        tracing::debug!(agent = %self.me, message = %self.message, %data, "agent progress");
-        let Some(run) = self.run else {
+        tracing::debug!(agent = %self.me, message = %self.env.id, %data, "agent progress");
+        let Some(run) = self.env.run else {
             return Ok(());
         };
         let signal = Signal::Progress {
-            message: self.message,
-            step: self.step.clone(),
+            message: self.env.id,
+            step: self.env.step.clone(),
             agent: self.me.clone(),
             data,
         };
@@ -329,10 +321,10 @@ impl std::fmt::Debug for AgentContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentContext")
             .field("agent", &self.me)
-            .field("message", &self.message)
-            .field("run", &self.run)
-            .field("depth", &self.depth)
-            .field("deadline", &self.deadline)
+            .field("message", &self.env.id)
+            .field("run", &self.env.run)
+            .field("depth", &self.env.depth)
+            .field("deadline", &self.env.deadline)
             .finish_non_exhaustive()
     }
 }

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use futures::FutureExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::agent::DynAgent;
@@ -26,6 +25,7 @@ use crate::id::{AgentId, MessageId};
 use crate::id::{RunId, Topic};
 use crate::orchestrator::Signal;
 use crate::runtime::RuntimeInner;
+use crate::runtime::cancel::{HandlerCancel, UntilCancelled};
 use crate::runtime::deadlines::Expiry;
 use crate::runtime::kind::KindHost;
 use crate::transport::{Acker, Delivery};
@@ -50,7 +50,7 @@ pub(crate) struct State {
     /// Removed from its kind's table (deactivated): senders look again.
     pub(crate) dead: bool,
     pub(crate) agent: Option<Box<dyn DynAgent>>,
-    pub(crate) current: Option<(MessageId, CancellationToken)>,
+    pub(crate) current: Option<(MessageId, Arc<HandlerCancel>)>,
     pub(crate) last_active: Instant,
 }
 
@@ -83,8 +83,8 @@ impl Activation {
             return false;
         };
         match &state.current {
-            Some((id, token)) if id == target => {
-                token.cancel();
+            Some((id, cancel)) if id == target => {
+                cancel.cancel();
                 true
             }
             _ => false,
@@ -95,6 +95,8 @@ impl Activation {
 /// Handles the queued messages of one activation, parking while there are
 /// none, until the id is deactivated or the runtime shuts down.
 pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<RuntimeInner>) {
+    // Reused from message to message while nothing else holds it.
+    let mut cancel = Arc::new(HandlerCancel::default());
     loop {
         let next = {
             let Ok(mut st) = act.state.lock() else {
@@ -130,8 +132,9 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
         if was_full {
             act.room.notify_one();
         }
+        HandlerCancel::recycle(&mut cancel);
         // Boxed, so the parked task stays small.
-        let agent = Box::pin(handle_one(&act, &host, &rt, delivery, agent)).await;
+        let agent = Box::pin(handle_one(&act, &host, &rt, delivery, agent, &cancel)).await;
         act.load.fetch_sub(1, Ordering::Relaxed);
         host.load.fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut st) = act.state.lock() {
@@ -196,6 +199,7 @@ async fn handle_one(
     rt: &Arc<RuntimeInner>,
     delivery: Delivery,
     agent: Option<Box<dyn DynAgent>>,
+    cancel: &Arc<HandlerCancel>,
 ) -> Option<Box<dyn DynAgent>> {
     let Delivery {
         mut envelope,
@@ -216,7 +220,7 @@ async fn handle_one(
             return agent;
         }
     };
-    if rt.shutdown.is_cancelled() {
+    if rt.is_stopped() {
         let f = Failure::new(FailureKind::ShuttingDown, "the runtime is shutting down").at(id);
         finish(rt, &envelope, acker, Err(f)).await;
         return agent;
@@ -233,35 +237,13 @@ async fn handle_one(
             }
         },
     };
-    let _permit = rt.concurrency.acquire().await.ok();
-
-    // A fresh token, not a child of a shared one: no lock shared by every
-    // handler. Shutdown reaches it through the activation's `current` slot.
-    let token = CancellationToken::new();
-    if rt.shutdown.is_cancelled() {
-        token.cancel();
+    let _permit = rt.concurrency.acquire().await;
+    if rt.is_stopped() {
+        cancel.cancel();
     }
     if let Ok(mut st) = act.state.lock() {
-        st.current = Some((envelope.id, token.clone()));
+        st.current = Some((envelope.id, cancel.clone()));
     }
-    let ctx = AgentContext {
-        node: rt.node.clone(),
-        directory: rt.directory.clone(),
-        me: id.clone(),
-        message: envelope.id,
-        from: envelope.from.clone(),
-        tenant: envelope.tenant.clone(),
-        run: envelope.run,
-        depth: envelope.depth,
-        deadline: envelope.deadline,
-        attempt: envelope.attempt,
-        chain: envelope.chain.clone(),
-        trace: envelope.trace,
-        reply_to: envelope.reply_to.clone(),
-        step: envelope.step.clone(),
-        budget: envelope.budget.clone(),
-        cancel: token.clone(),
-    };
     if let Some(run) = envelope.run {
         signal(
             rt,
@@ -284,10 +266,17 @@ async fn handle_one(
         run = envelope.run.map(tracing::field::display),
         tenant = %envelope.tenant,
     );
-    let (result, keep) = run_handler(rt, &mut agent, body, &ctx, token)
+    let ctx = AgentContext {
+        node: rt.node.clone(),
+        directory: rt.directory.clone(),
+        me: id.clone(),
+        env: envelope,
+        cancel: cancel.clone(),
+    };
+    let (result, keep) = run_handler(rt, &mut agent, body, &ctx)
         .instrument(span)
         .await;
-    drop(ctx);
+    let AgentContext { env: envelope, .. } = ctx;
     let result = result.map_err(|f| if f.agent.is_none() { f.at(id) } else { f });
     // A step's own message (no parent) is answered to the orchestrator by its
     // reply; only delegated work needs a separate "finished" signal.
@@ -308,26 +297,26 @@ async fn handle_one(
     keep.then_some(agent)
 }
 
-/// Runs the handler under the deadline and the cancellation token. Returns the
-/// result and whether the agent value is still sound (it is not after a panic).
+/// Runs the handler under the deadline and the cancellation signal. Returns
+/// the result and whether the agent value is still sound (it is not after a
+/// panic).
 async fn run_handler(
     rt: &RuntimeInner,
     agent: &mut Box<dyn DynAgent>,
     body: Body,
     ctx: &AgentContext,
-    token: CancellationToken,
 ) -> (Result<Body, Failure>, bool) {
-    let deadline = ctx.deadline;
-    // The node's deadline table fires the token when the deadline passes. A
+    let deadline = ctx.env.deadline;
+    // The node's deadline table fires the signal when the deadline passes. A
     // request from this very node needs no entry: its caller's own deadline
     // entry sends a cancel to this handler when it expires.
-    let local_caller = ctx.reply_to.as_ref() == Some(&rt.node.id);
+    let local_caller = ctx.env.reply_to.as_ref() == Some(&rt.node.id);
     let deadline_key = deadline.filter(|_| !local_caller).map(|d| {
         rt.node
             .deadlines
-            .insert(d.instant(), Expiry::Cancel(token.clone()))
+            .insert(d.instant(), Expiry::Cancel(ctx.cancel.clone()))
     });
-    let result = run_guarded(rt, agent, body, ctx, &token).await;
+    let result = run_guarded(rt, agent, body, ctx).await;
     if let Some(key) = deadline_key {
         rt.node.deadlines.remove(key);
     }
@@ -339,13 +328,13 @@ async fn run_guarded(
     agent: &mut Box<dyn DynAgent>,
     body: Body,
     ctx: &AgentContext,
-    token: &CancellationToken,
 ) -> (Result<Body, Failure>, bool) {
-    let deadline = ctx.deadline;
+    let deadline = ctx.env.deadline;
+    let cancel = &*ctx.cancel;
     let fut = AssertUnwindSafe(agent.handle_dyn(body, ctx)).catch_unwind();
     let mut fut = std::pin::pin!(fut);
     let stop_reason = || {
-        if rt.shutdown.is_cancelled() {
+        if rt.is_stopped() {
             Failure::new(
                 FailureKind::ShuttingDown,
                 "the runtime shut down while the handler ran",
@@ -359,26 +348,31 @@ async fn run_guarded(
             Failure::new(FailureKind::Cancelled, "the request was cancelled")
         }
     };
-    let stopped = tokio::select! {
-        biased;
-        r = &mut fut => {
-            return match r {
-                Ok(Ok(body)) => (Ok(body), true),
-                // An error after the token fired is most likely the handler
-                // giving up because of it: report why it was stopped.
-                Ok(Err(_)) if token.is_cancelled() => (Err(stop_reason()), true),
-                Ok(Err(e)) => (Err(e.to_failure(ctx.id())), true),
-                Err(panic) => {
-                    let msg = panic_message(&*panic);
-                    tracing::error!(agent = %ctx.id(), message = %ctx.message_id(), panic = %msg, "handler panicked; the activation is dropped");
-                    (Err(Failure::new(FailureKind::Panicked, format!("handler panicked: {msg}"))), false)
-                }
-            };
+    let finished = UntilCancelled {
+        fut: fut.as_mut(),
+        cancel,
+    }
+    .await;
+    let stopped = match finished {
+        Some(Ok(Ok(body))) => return (Ok(body), true),
+        // An error after the signal fired is most likely the handler giving
+        // up because of it: report why it was stopped.
+        Some(Ok(Err(_))) if cancel.is_cancelled() => return (Err(stop_reason()), true),
+        Some(Ok(Err(e))) => return (Err(e.to_failure(ctx.id())), true),
+        Some(Err(panic)) => {
+            let msg = panic_message(&*panic);
+            tracing::error!(agent = %ctx.id(), message = %ctx.message_id(), panic = %msg, "handler panicked; the activation is dropped");
+            return (
+                Err(Failure::new(
+                    FailureKind::Panicked,
+                    format!("handler panicked: {msg}"),
+                )),
+                false,
+            );
         }
-        () = token.cancelled() => stop_reason(),
+        None => stop_reason(),
     };
     // Let a cooperative handler see its token and end cleanly, for a moment.
-    token.cancel();
     let keep = match Box::pin(tokio::time::timeout(rt.config.cancel_grace, &mut fut)).await {
         Ok(Err(_panic)) => false,
         Ok(Ok(_)) => true,

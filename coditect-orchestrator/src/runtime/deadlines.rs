@@ -16,15 +16,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{Failure, FailureKind};
 use crate::id::MessageId;
+use crate::runtime::cancel::HandlerCancel;
 use crate::runtime::replies::PendingReplies;
 
 /// What happens when a deadline passes.
 pub(crate) enum Expiry {
     /// A request of this node waits for its reply: fail it with a timeout.
     Request(MessageId),
-    /// A handler runs: fire its cancellation token.
-    Cancel(CancellationToken),
+    /// A handler runs: fire its cancellation signal.
+    Cancel(Arc<HandlerCancel>),
+    /// The sentinel that keeps the table's root node allocated (see `new`).
+    Never,
 }
+
+/// The sequence number of the sentinel: after every real entry.
+const SENTINEL: u64 = u64::MAX;
 
 /// The handle to remove an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +51,15 @@ pub(crate) struct Deadlines {
 
 impl Deadlines {
     pub(crate) fn new() -> Self {
+        // A table that went from one entry to none would free its node, and
+        // the next insert allocate it again: with one request in flight at a
+        // time, that was an allocation per request. A sentinel a century away
+        // keeps the node.
+        let mut state = State::default();
+        let far = Instant::now() + std::time::Duration::from_secs(100 * 365 * 86_400);
+        state.entries.insert((far, SENTINEL), Expiry::Never);
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             wake: Notify::new(),
         }
     }
@@ -78,7 +91,7 @@ impl Deadlines {
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.state.lock().map(|s| s.entries.len()).unwrap_or(0)
+        self.state.lock().map(|s| s.entries.len() - 1).unwrap_or(0)
     }
 
     /// Fires expired entries until `stop` fires (the runtime shuts down or is
@@ -107,13 +120,18 @@ impl Deadlines {
                     }
                     due.push(entry.remove());
                 }
-                let next = st.entries.first_key_value().map(|(k, _)| k.0);
+                let next = st
+                    .entries
+                    .first_key_value()
+                    .filter(|(k, _)| k.1 != SENTINEL)
+                    .map(|(k, _)| k.0);
                 st.next_wake = next;
                 next
             };
             for expiry in due {
                 match expiry {
-                    Expiry::Cancel(token) => token.cancel(),
+                    Expiry::Cancel(cancel) => cancel.cancel(),
+                    Expiry::Never => {}
                     Expiry::Request(id) => {
                         if let Some(p) = pending.upgrade() {
                             p.complete(
@@ -157,8 +175,8 @@ mod tests {
             Arc::downgrade(&pending),
             stop.clone(),
         ));
-        let fires = CancellationToken::new();
-        let kept = CancellationToken::new();
+        let fires = Arc::new(HandlerCancel::default());
+        let kept = Arc::new(HandlerCancel::default());
         let now = Instant::now();
         d.insert(now + Duration::from_secs(5), Expiry::Cancel(fires.clone()));
         let k = d.insert(now + Duration::from_secs(1), Expiry::Cancel(kept.clone()));
@@ -166,7 +184,7 @@ mod tests {
         let id = MessageId::new();
         let mut rx = pending.insert(id);
         d.insert(now + Duration::from_secs(3), Expiry::Request(id));
-        tokio::time::timeout(Duration::from_secs(60), fires.cancelled())
+        tokio::time::timeout(Duration::from_secs(60), fires.token().cancelled())
             .await
             .unwrap();
         assert!(!kept.is_cancelled());

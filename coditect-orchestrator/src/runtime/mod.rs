@@ -20,9 +20,11 @@
 
 pub(crate) mod activation;
 pub(crate) mod call;
+pub(crate) mod cancel;
 pub(crate) mod deadlines;
 pub(crate) mod directory;
 pub(crate) mod kind;
+pub(crate) mod limit;
 pub(crate) mod replies;
 
 use std::collections::HashMap;
@@ -30,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use crate::runtime::limit::Limit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -150,9 +152,10 @@ impl RuntimeBuilder {
             kinds: RwLock::new(HashMap::new()),
             subscriptions: Mutex::new(Vec::new()),
             reply_subscription: Mutex::new(Some(reply_sub)),
-            concurrency: Semaphore::new(self.max_concurrency),
+            concurrency: Limit::new(self.max_concurrency),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            stopped: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             config: self.config,
         });
@@ -171,11 +174,13 @@ pub(crate) struct RuntimeInner {
     kinds: RwLock<HashMap<AgentKind, Arc<KindHost>>>,
     subscriptions: Mutex<Vec<Subscription>>,
     reply_subscription: Mutex<Option<Subscription>>,
-    pub(crate) concurrency: Semaphore,
+    pub(crate) concurrency: Limit,
     pub(crate) tracker: TaskTracker,
     /// Fires when the shutdown grace period ends: every handler's token is a
     /// child of it.
     pub(crate) shutdown: CancellationToken,
+    /// Set with `shutdown` (`stop`), for the hot path to read without a lock.
+    stopped: AtomicBool,
     pub(crate) draining: AtomicBool,
     pub(crate) config: RuntimeConfig,
 }
@@ -184,11 +189,22 @@ impl Drop for RuntimeInner {
     fn drop(&mut self) {
         // Ends the deadline watcher and idle sweepers of a runtime dropped
         // without a shutdown.
-        self.shutdown.cancel();
+        self.stop();
     }
 }
 
 impl RuntimeInner {
+    /// Fires the shutdown: handlers are cancelled, watchers end.
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
+    }
+
+    /// Whether the shutdown grace period has ended.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
     pub(crate) fn kind_host(&self, kind: &AgentKind) -> Option<Arc<KindHost>> {
         self.kinds.read().ok()?.get(kind).cloned()
     }
@@ -442,7 +458,7 @@ impl Runtime {
             .await
             .is_ok();
         if !drained {
-            inner.shutdown.cancel();
+            inner.stop();
             for h in &hosts {
                 h.cancel_running();
             }
@@ -452,7 +468,7 @@ impl Runtime {
             )
             .await;
         }
-        inner.shutdown.cancel();
+        inner.stop();
         let mut deactivated = 0;
         for h in &hosts {
             deactivated += h.sweep(None).await;
