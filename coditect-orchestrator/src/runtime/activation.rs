@@ -8,11 +8,14 @@
 //! handled one at a time, in arrival order.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
+use futures::future::Either;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -97,14 +100,24 @@ impl Activation {
 pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<RuntimeInner>) {
     // Reused from message to message while nothing else holds it.
     let mut cancel = Arc::new(HandlerCancel::default());
+    // The agent value back from the last message: put back under the same
+    // lock that takes the next message.
+    let mut returned: Option<Option<Box<dyn DynAgent>>> = None;
     loop {
         let next = {
             let Ok(mut st) = act.state.lock() else {
                 return;
             };
+            if let Some(agent) = returned.take() {
+                st.agent = agent;
+                st.current = None;
+                st.busy = false;
+            }
             match st.queue.pop_front() {
                 Some(d) => {
+                    HandlerCancel::recycle(&mut cancel);
                     st.busy = true;
+                    st.current = Some((d.envelope.id, cancel.clone()));
                     let agent = st.agent.take();
                     Some((d, agent, st.queue.len() + 1 >= host.mailbox))
                 }
@@ -132,52 +145,86 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
         if was_full {
             act.room.notify_one();
         }
-        HandlerCancel::recycle(&mut cancel);
         // Boxed, so the parked task stays small.
         let agent = Box::pin(handle_one(&act, &host, &rt, delivery, agent, &cancel)).await;
         act.load.fetch_sub(1, Ordering::Relaxed);
         host.load.fetch_sub(1, Ordering::Relaxed);
-        if let Ok(mut st) = act.state.lock() {
-            st.agent = agent;
-            st.current = None;
-            st.busy = false;
-        }
+        returned = Some(agent);
     }
 }
 
-async fn finish(rt: &RuntimeInner, env: &Envelope, acker: Acker, result: Result<Body, Failure>) {
+/// What is left to wait for once a message is answered, if anything (a reply
+/// the transport could not take at once, an ack over the network).
+type Rest<'a> = Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>;
+
+/// Answers a message and acks it. What can be done at once is done here;
+/// the rest is returned boxed, so that the future of every message stays small.
+fn finish<'a>(
+    rt: &'a RuntimeInner,
+    env: &Envelope,
+    acker: Acker,
+    result: Result<Body, Failure>,
+) -> Rest<'a> {
     if let Err(f) = &result
         && env.reply_to.is_none()
     {
         tracing::warn!(message = %env.id, to = %env.to, failure = %f, "a message sent without a reply failed");
     }
+    let mut sending = None;
     if env.reply_to.as_ref() == Some(&rt.node.id) {
         // The requester waits in this very process: hand it the answer
         // directly instead of routing a reply envelope back to ourselves.
         if !rt.node.pending.complete(&env.id, result) {
             tracing::debug!(request = %env.id, "reply for a request that is no longer waiting; dropped");
         }
-    } else if let Some(reply) = env.reply(result)
-        && let Err(e) = crate::transport::send_fast(rt.node.transport.as_ref(), reply).await
-    {
-        tracing::debug!(error = %e, request = %env.id, "reply could not be sent (the requester is gone)");
+    } else if let Some(reply) = env.reply(result) {
+        match crate::transport::send_fast(rt.node.transport.as_ref(), reply) {
+            Either::Left(sent) => {
+                if let Err(e) = sent.into_inner() {
+                    tracing::debug!(error = %e, request = %env.id, "reply could not be sent (the requester is gone)");
+                }
+            }
+            Either::Right(send) => sending = Some(send),
+        }
     }
-    if let Err(e) = acker.ack().await {
-        tracing::warn!(error = %e, message = %env.id, "ack failed; the transport may deliver the message again");
+    if sending.is_none() && acker.is_noop() {
+        return None;
     }
+    let id = env.id;
+    Some(Box::pin(async move {
+        if let Some(send) = sending
+            && let Err(e) = send.await
+        {
+            tracing::debug!(error = %e, request = %id, "reply could not be sent (the requester is gone)");
+        }
+        if let Err(e) = acker.ack().await {
+            tracing::warn!(error = %e, message = %id, "ack failed; the transport may deliver the message again");
+        }
+    }))
 }
 
 /// Tells the run's orchestrator what this runtime does with one of its
-/// messages (best effort: a lost signal only thins the trace).
-async fn signal(rt: &RuntimeInner, env: &Envelope, run: RunId, signal: Signal) {
+/// messages (best effort: a lost signal only thins the trace). Sent at once
+/// when the transport can; otherwise the returned future finishes the send.
+fn signal<'a>(rt: &'a RuntimeInner, env: &Envelope, run: RunId, signal: Signal) -> Rest<'a> {
     let mut out = Envelope::new(
         env.tenant.clone(),
         Destination::Topic(Topic::for_run(run)),
         Payload::Message(Body::new(signal)),
     );
     out.run = Some(run);
-    if let Err(e) = crate::transport::send_fast(rt.node.transport.as_ref(), out).await {
-        tracing::debug!(error = %e, %run, "run signal not sent");
+    match crate::transport::send_fast(rt.node.transport.as_ref(), out) {
+        Either::Left(sent) => {
+            if let Err(e) = sent.into_inner() {
+                tracing::debug!(error = %e, %run, "run signal not sent");
+            }
+            None
+        }
+        Either::Right(send) => Some(Box::pin(async move {
+            if let Err(e) = send.await {
+                tracing::debug!(error = %e, %run, "run signal not sent");
+            }
+        })),
     }
 }
 
@@ -193,6 +240,10 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Handles one delivery; gives back the agent to keep (none if it panicked or
 /// could not be made).
+///
+/// Every rarely taken wait (activation, a full concurrency bound, a transport
+/// that cannot take a signal or reply at once) is boxed, so the future of a
+/// message holds little more than the handler's own.
 async fn handle_one(
     act: &Activation,
     host: &KindHost,
@@ -206,58 +257,57 @@ async fn handle_one(
         acker,
     } = delivery;
     let id = &act.id;
-    let body = match std::mem::replace(&mut envelope.payload, Payload::Cancel(envelope.id)) {
-        Payload::Message(body) => body,
+    let refused = match std::mem::replace(&mut envelope.payload, Payload::Cancel(envelope.id)) {
+        Payload::Message(body) if !rt.is_stopped() => Ok(body),
+        Payload::Message(_) => Err(Failure::new(
+            FailureKind::ShuttingDown,
+            "the runtime is shutting down",
+        )),
         other => {
             tracing::warn!(message = %envelope.id, "unexpected payload in a mailbox: {other:?}");
-            finish(
-                rt,
-                &envelope,
-                acker,
-                Err(Failure::new(FailureKind::BadInput, "not a message").at(id)),
-            )
-            .await;
+            Err(Failure::new(FailureKind::BadInput, "not a message"))
+        }
+    };
+    let body = match refused {
+        Ok(body) => body,
+        Err(f) => {
+            if let Some(rest) = finish(rt, &envelope, acker, Err(f.at(id))) {
+                rest.await;
+            }
             return agent;
         }
     };
-    if rt.is_stopped() {
-        let f = Failure::new(FailureKind::ShuttingDown, "the runtime is shutting down").at(id);
-        finish(rt, &envelope, acker, Err(f)).await;
-        return agent;
-    }
     let mut agent = match agent {
         Some(a) => a,
-        // Boxed: only an id's first message needs it; kept out of the
-        // future every message allocates.
+        // Boxed: only an id's first message needs it.
         None => match Box::pin(host.activate(id)).await {
             Ok(a) => a,
             Err(f) => {
-                finish(rt, &envelope, acker, Err(f)).await;
+                if let Some(rest) = finish(rt, &envelope, acker, Err(f)) {
+                    rest.await;
+                }
                 return None;
             }
         },
     };
-    let _permit = rt.concurrency.acquire().await;
+    let _slot = match rt.concurrency.try_acquire() {
+        Some(slot) => slot,
+        None => Box::pin(rt.concurrency.acquire()).await,
+    };
     if rt.is_stopped() {
         cancel.cancel();
     }
-    if let Ok(mut st) = act.state.lock() {
-        st.current = Some((envelope.id, cancel.clone()));
-    }
     if let Some(run) = envelope.run {
-        signal(
-            rt,
-            &envelope,
-            run,
-            Signal::Started {
-                message: envelope.id,
-                parent: envelope.parent,
-                step: envelope.step.clone(),
-                agent: id.clone(),
-                depth: envelope.depth,
-            },
-        )
-        .await;
+        let started = Signal::Started {
+            message: envelope.id,
+            parent: envelope.parent,
+            step: envelope.step.clone(),
+            agent: id.clone(),
+            depth: envelope.depth,
+        };
+        if let Some(rest) = signal(rt, &envelope, run, started) {
+            rest.await;
+        }
     }
     let span = tracing::debug_span!(
         "coditect.handle",
@@ -273,111 +323,144 @@ async fn handle_one(
         env: envelope,
         cancel: cancel.clone(),
     };
-    let (result, keep) = run_handler(rt, &mut agent, body, &ctx)
-        .instrument(span)
-        .await;
+    // The node's deadline table fires the signal when the deadline passes. A
+    // request from this very node needs no entry: its caller's own deadline
+    // entry sends a cancel to this handler when it expires.
+    let local_caller = ctx.env.reply_to.as_ref() == Some(&rt.node.id);
+    let deadline_key = ctx.env.deadline.filter(|_| !local_caller).map(|d| {
+        rt.node
+            .deadlines
+            .insert(d.instant(), Expiry::Cancel(cancel.clone()))
+    });
+    let (result, keep) = {
+        let handler = AssertUnwindSafe(agent.handle_dyn(body, &ctx)).catch_unwind();
+        let mut handler = std::pin::pin!(handler);
+        let until = UntilCancelled {
+            fut: handler.as_mut(),
+            cancel,
+        };
+        match until.instrument(span.clone()).await {
+            Some(outcome) => settle(rt, outcome, &ctx),
+            // Rare, so boxed: the future of every message stays small.
+            None => {
+                Box::pin(wind_down(rt, handler, &ctx))
+                    .instrument(span)
+                    .await
+            }
+        }
+    };
+    if let Some(key) = deadline_key {
+        rt.node.deadlines.remove(key);
+    }
     let AgentContext { env: envelope, .. } = ctx;
     let result = result.map_err(|f| if f.agent.is_none() { f.at(id) } else { f });
     // A step's own message (no parent) is answered to the orchestrator by its
     // reply; only delegated work needs a separate "finished" signal.
     if let Some(run) = envelope.run.filter(|_| envelope.parent.is_some()) {
-        let failure = result.as_ref().err().cloned();
-        signal(
-            rt,
-            &envelope,
-            run,
-            Signal::Finished {
-                message: envelope.id,
-                failure,
-            },
-        )
-        .await;
+        let finished = Signal::Finished {
+            message: envelope.id,
+            failure: result.as_ref().err().cloned(),
+        };
+        if let Some(rest) = signal(rt, &envelope, run, finished) {
+            rest.await;
+        }
     }
-    finish(rt, &envelope, acker, result).await;
+    if let Some(rest) = finish(rt, &envelope, acker, result) {
+        rest.await;
+    }
     keep.then_some(agent)
 }
 
-/// Runs the handler under the deadline and the cancellation signal. Returns
-/// the result and whether the agent value is still sound (it is not after a
-/// panic).
-async fn run_handler(
-    rt: &RuntimeInner,
-    agent: &mut Box<dyn DynAgent>,
-    body: Body,
-    ctx: &AgentContext,
-) -> (Result<Body, Failure>, bool) {
-    let deadline = ctx.env.deadline;
-    // The node's deadline table fires the signal when the deadline passes. A
-    // request from this very node needs no entry: its caller's own deadline
-    // entry sends a cancel to this handler when it expires.
-    let local_caller = ctx.env.reply_to.as_ref() == Some(&rt.node.id);
-    let deadline_key = deadline.filter(|_| !local_caller).map(|d| {
-        rt.node
-            .deadlines
-            .insert(d.instant(), Expiry::Cancel(ctx.cancel.clone()))
-    });
-    let result = run_guarded(rt, agent, body, ctx).await;
-    if let Some(key) = deadline_key {
-        rt.node.deadlines.remove(key);
+/// Why a handler was stopped before it finished.
+fn stop_reason(rt: &RuntimeInner, ctx: &AgentContext) -> Failure {
+    if rt.is_stopped() {
+        Failure::new(
+            FailureKind::ShuttingDown,
+            "the runtime shut down while the handler ran",
+        )
+    } else if ctx.env.deadline.is_some_and(|d| d.is_past()) {
+        Failure::new(
+            FailureKind::Timeout,
+            "the deadline passed while the handler ran",
+        )
+    } else {
+        Failure::new(FailureKind::Cancelled, "the request was cancelled")
     }
-    result
 }
 
-async fn run_guarded(
+type HandlerOutcome = std::thread::Result<Result<Body, crate::agent::AgentError>>;
+
+/// The result of a handler that finished, and whether the agent value is
+/// still sound (it is not after a panic).
+fn settle(
     rt: &RuntimeInner,
-    agent: &mut Box<dyn DynAgent>,
-    body: Body,
+    outcome: HandlerOutcome,
     ctx: &AgentContext,
 ) -> (Result<Body, Failure>, bool) {
-    let deadline = ctx.env.deadline;
-    let cancel = &*ctx.cancel;
-    let fut = AssertUnwindSafe(agent.handle_dyn(body, ctx)).catch_unwind();
-    let mut fut = std::pin::pin!(fut);
-    let stop_reason = || {
-        if rt.is_stopped() {
-            Failure::new(
-                FailureKind::ShuttingDown,
-                "the runtime shut down while the handler ran",
-            )
-        } else if deadline.is_some_and(|d| d.is_past()) {
-            Failure::new(
-                FailureKind::Timeout,
-                "the deadline passed while the handler ran",
-            )
-        } else {
-            Failure::new(FailureKind::Cancelled, "the request was cancelled")
-        }
-    };
-    let finished = UntilCancelled {
-        fut: fut.as_mut(),
-        cancel,
-    }
-    .await;
-    let stopped = match finished {
-        Some(Ok(Ok(body))) => return (Ok(body), true),
+    match outcome {
+        Ok(Ok(body)) => (Ok(body), true),
         // An error after the signal fired is most likely the handler giving
         // up because of it: report why it was stopped.
-        Some(Ok(Err(_))) if cancel.is_cancelled() => return (Err(stop_reason()), true),
-        Some(Ok(Err(e))) => return (Err(e.to_failure(ctx.id())), true),
-        Some(Err(panic)) => {
+        Ok(Err(_)) if ctx.cancel.is_cancelled() => (Err(stop_reason(rt, ctx)), true),
+        Ok(Err(e)) => (Err(e.to_failure(ctx.id())), true),
+        Err(panic) => {
             let msg = panic_message(&*panic);
             tracing::error!(agent = %ctx.id(), message = %ctx.message_id(), panic = %msg, "handler panicked; the activation is dropped");
-            return (
+            (
                 Err(Failure::new(
                     FailureKind::Panicked,
                     format!("handler panicked: {msg}"),
                 )),
                 false,
-            );
+            )
         }
-        None => stop_reason(),
-    };
-    // Let a cooperative handler see its token and end cleanly, for a moment.
-    let keep = match Box::pin(tokio::time::timeout(rt.config.cancel_grace, &mut fut)).await {
+    }
+}
+
+/// A cancelled handler: lets a cooperative one see its token and end cleanly,
+/// for a moment, then drops it.
+async fn wind_down<F: Future<Output = HandlerOutcome>>(
+    rt: &RuntimeInner,
+    handler: Pin<&mut F>,
+    ctx: &AgentContext,
+) -> (Result<Body, Failure>, bool) {
+    let stopped = stop_reason(rt, ctx);
+    let keep = match tokio::time::timeout(rt.config.cancel_grace, handler).await {
         Ok(Err(_panic)) => false,
         Ok(Ok(_)) => true,
         // Dropped mid-await: its state may be half-changed, so start afresh.
         Err(_) => false,
     };
     (Err(stopped), keep)
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        eprintln!(
+            "Envelope {}",
+            std::mem::size_of::<crate::envelope::Envelope>()
+        );
+        eprintln!(
+            "AgentContext {}",
+            std::mem::size_of::<crate::context::AgentContext>()
+        );
+        eprintln!(
+            "Origin {}",
+            std::mem::size_of::<crate::runtime::call::Origin>()
+        );
+        eprintln!(
+            "Destination {}",
+            std::mem::size_of::<crate::envelope::Destination>()
+        );
+        eprintln!(
+            "Payload {}",
+            std::mem::size_of::<crate::envelope::Payload>()
+        );
+        eprintln!(
+            "Failure {}",
+            std::mem::size_of::<crate::envelope::Failure>()
+        );
+    }
 }

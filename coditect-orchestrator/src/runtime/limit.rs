@@ -57,6 +57,11 @@ impl Limit {
         }
     }
 
+    /// Takes a slot if one is free.
+    pub(crate) fn try_acquire(&self) -> Option<Slot<'_>> {
+        self.try_take().then(|| Slot(self))
+    }
+
     /// Takes a slot, waiting while every slot is taken.
     pub(crate) async fn acquire(&self) -> Slot<'_> {
         loop {
