@@ -15,7 +15,6 @@ use crate::id::{AgentId, AgentKind, MessageId, RunId, TenantId, Topic};
 use crate::orchestrator::{Signal, StepId};
 use crate::runtime::call::{Node, Origin, RequestOptions};
 use crate::runtime::cancel::HandlerCancel;
-use crate::runtime::directory::Directory;
 use crate::transport::SendError;
 
 /// What an agent sees of the system while it handles one message.
@@ -25,7 +24,6 @@ use crate::transport::SendError;
 /// reports progress, and learns when its caller has given up.
 pub struct AgentContext {
     pub(crate) node: Arc<Node>,
-    pub(crate) directory: Arc<Directory>,
     pub(crate) me: AgentId,
     /// The message being handled (its payload taken out): moved in, not
     /// copied field by field, and moved back out for the reply.
@@ -279,7 +277,7 @@ impl AgentContext {
     }
 
     fn resolve_capability(&self, capability: &str) -> Result<AgentKind, RequestError> {
-        if let Some(kind) = self.directory.kind_for(capability) {
+        if let Some(kind) = self.node.directory.kind_for(capability) {
             return Ok(kind);
         }
         match AgentKind::new(capability) {

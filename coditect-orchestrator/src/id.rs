@@ -5,9 +5,9 @@
 //! tokens, node ids) is validated when it is made, so nothing malformed ever
 //! reaches a subject: 1 to 128 bytes of ASCII letters, digits, `-` and `_`.
 
+use smol_str::SmolStr;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -105,7 +105,7 @@ macro_rules! name_type {
         $(#[$meta])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(Arc<str>);
+        pub struct $name(SmolStr);
 
         impl $name {
             /// Parses and validates a name.
@@ -116,7 +116,7 @@ macro_rules! name_type {
             pub fn new(name: impl AsRef<str>) -> Result<Self, IdError> {
                 let name = name.as_ref();
                 validate_token($what, name)?;
-                Ok(Self(Arc::from(name)))
+                Ok(Self(SmolStr::new(name)))
             }
 
             /// The name as a string slice.
@@ -217,18 +217,16 @@ name_type!(
 
 impl Default for TenantId {
     fn default() -> Self {
-        Self(Arc::from("default"))
+        Self(SmolStr::new_static("default"))
     }
 }
 
 impl NodeId {
     /// A fresh random node id.
     pub fn random() -> Self {
-        Self(Arc::from(format!(
-            "n{:016x}{:016x}",
-            rand::random::<u64>(),
-            rand::random::<u64>()
-        )))
+        // 64 random bits: short enough to be kept inline (cloned without
+        // touching shared memory), unique enough for the nodes of one system.
+        Self(smol_str::format_smolstr!("n{:016x}", rand::random::<u64>()))
     }
 }
 
@@ -244,7 +242,7 @@ impl NodeId {
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Topic(Arc<str>);
+pub struct Topic(SmolStr);
 
 impl Topic {
     /// Parses and validates a topic: tokens as for every name, joined by `.`,
@@ -275,7 +273,7 @@ impl Topic {
             })?;
             offset += token.len() + 1;
         }
-        Ok(Self(Arc::from(topic)))
+        Ok(Self(SmolStr::new(topic)))
     }
 
     /// The topic as a string slice.
@@ -286,7 +284,7 @@ impl Topic {
     /// The topic of a run's signals, `run.<run id>`. A UUID's text is ASCII
     /// hex digits and `-`, so it needs no validation.
     pub(crate) fn for_run(run: RunId) -> Self {
-        Self(Arc::from(format!("run.{run}")))
+        Self(smol_str::format_smolstr!("run.{run}"))
     }
 }
 

@@ -318,7 +318,6 @@ async fn handle_one(
     );
     let ctx = AgentContext {
         node: rt.node.clone(),
-        directory: rt.directory.clone(),
         me: id.clone(),
         env: envelope,
         cancel: cancel.clone(),

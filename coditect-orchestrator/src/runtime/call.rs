@@ -25,6 +25,8 @@ pub(crate) struct Node {
     pub(crate) pending: Arc<PendingReplies>,
     pub(crate) deadlines: Arc<Deadlines>,
     pub(crate) default_timeout: Duration,
+    /// The cards of the kinds registered on this node.
+    pub(crate) directory: crate::runtime::directory::Directory,
     /// Set when the runtime has shut down: no reply route, no deadline watcher.
     pub(crate) closed: std::sync::atomic::AtomicBool,
 }

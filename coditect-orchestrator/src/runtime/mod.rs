@@ -137,6 +137,7 @@ impl RuntimeBuilder {
             pending: pending.clone(),
             deadlines: deadlines.clone(),
             default_timeout: self.default_timeout,
+            directory: Directory::default(),
             closed: AtomicBool::new(false),
         });
         let reply_sub = self
@@ -148,7 +149,6 @@ impl RuntimeBuilder {
             .await?;
         let inner = Arc::new(RuntimeInner {
             node,
-            directory: Arc::new(Directory::default()),
             kinds: RwLock::new(HashMap::new()),
             subscriptions: Mutex::new(Vec::new()),
             reply_subscription: Mutex::new(Some(reply_sub)),
@@ -170,7 +170,6 @@ impl RuntimeBuilder {
 
 pub(crate) struct RuntimeInner {
     pub(crate) node: Arc<Node>,
-    pub(crate) directory: Arc<Directory>,
     kinds: RwLock<HashMap<AgentKind, Arc<KindHost>>>,
     subscriptions: Mutex<Vec<Subscription>>,
     reply_subscription: Mutex<Option<Subscription>>,
@@ -235,7 +234,7 @@ impl RuntimeInner {
                 }
             }
         }
-        self.directory.add(host.card.clone());
+        self.node.directory.add(host.card.clone());
         if let Ok(mut all) = self.subscriptions.lock() {
             all.extend(subs);
         }
@@ -357,7 +356,7 @@ impl Runtime {
 
     /// The cards of the kinds registered here.
     pub fn cards(&self) -> Vec<AgentCard> {
-        self.inner.directory.cards()
+        self.inner.node.directory.cards()
     }
 
     /// How many ids of a kind are live here.
