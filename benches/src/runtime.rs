@@ -113,10 +113,15 @@ pub async fn request_reply(mode: Mode) -> Report {
     )
     .field("n", N)
     .field("p50_us", round2(quantile_ns(&mut ours_lat, 0.5) / 1e3))
+    .field("p90_us", round2(quantile_ns(&mut ours_lat, 0.9) / 1e3))
     .field("p99_us", round2(quantile_ns(&mut ours_lat, 0.99) / 1e3))
     .field(
         "baseline_p50_us",
         round2(quantile_ns(&mut base_lat, 0.5) / 1e3),
+    )
+    .field(
+        "baseline_p90_us",
+        round2(quantile_ns(&mut base_lat, 0.9) / 1e3),
     )
     .field(
         "baseline_p99_us",

@@ -178,7 +178,7 @@ pub struct AgentError {
     message: String,
     source: Option<Box<dyn StdError + Send + Sync>>,
     /// The failure this error passes on unchanged (a request that failed).
-    failure: Option<Failure>,
+    failure: Option<Box<Failure>>,
 }
 
 impl AgentError {
@@ -255,7 +255,7 @@ impl AgentError {
     /// as what it is at the top.
     pub fn to_failure(&self, agent: &AgentId) -> Failure {
         if let Some(f) = &self.failure {
-            return f.clone();
+            return (**f).clone();
         }
         let kind = match self.kind {
             AgentErrorKind::BadInput => FailureKind::BadInput,
@@ -336,7 +336,7 @@ impl From<Failure> for AgentError {
             kind,
             message: f.message.clone(),
             source: None,
-            failure: Some(f),
+            failure: Some(Box::new(f)),
         }
     }
 }

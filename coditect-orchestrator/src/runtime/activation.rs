@@ -54,6 +54,8 @@ pub(crate) struct State {
     pub(crate) dead: bool,
     pub(crate) agent: Option<Box<dyn DynAgent>>,
     pub(crate) current: Option<(MessageId, Arc<HandlerCancel>)>,
+    /// A cancellation cell kept for the next direct call.
+    pub(crate) spare: Option<Arc<HandlerCancel>>,
     pub(crate) last_active: Instant,
 }
 
@@ -70,6 +72,7 @@ impl Activation {
                 dead: false,
                 agent: None,
                 current: None,
+                spare: None,
                 last_active: Instant::now(),
             }),
             wake: Notify::new(),
@@ -113,7 +116,9 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
                 st.current = None;
                 st.busy = false;
             }
-            match st.queue.pop_front() {
+            // A direct call holds the activation: its release wakes us.
+            let next = if st.busy { None } else { st.queue.pop_front() };
+            match next {
                 Some(d) => {
                     HandlerCancel::recycle(&mut cancel);
                     st.busy = true;
@@ -124,7 +129,7 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
                 None => {
                     // A small buffer (a delivery is three words) stays for the
                     // next message; one grown by a burst is given back.
-                    if st.queue.capacity() > 8 {
+                    if st.queue.is_empty() && st.queue.capacity() > 8 {
                         st.queue = VecDeque::new();
                     }
                     if host.idle_timeout.is_some() {
@@ -206,7 +211,12 @@ fn finish<'a>(
 /// Tells the run's orchestrator what this runtime does with one of its
 /// messages (best effort: a lost signal only thins the trace). Sent at once
 /// when the transport can; otherwise the returned future finishes the send.
-fn signal<'a>(rt: &'a RuntimeInner, env: &Envelope, run: RunId, signal: Signal) -> Rest<'a> {
+pub(crate) fn signal<'a>(
+    rt: &'a RuntimeInner,
+    env: &Envelope,
+    run: RunId,
+    signal: Signal,
+) -> Rest<'a> {
     let mut out = Envelope::new(
         env.tenant.clone(),
         Destination::Topic(Topic::for_run(run)),
@@ -371,7 +381,7 @@ async fn handle_one(
 }
 
 /// Why a handler was stopped before it finished.
-fn stop_reason(rt: &RuntimeInner, ctx: &AgentContext) -> Failure {
+pub(crate) fn stop_reason(rt: &RuntimeInner, ctx: &AgentContext) -> Failure {
     if rt.is_stopped() {
         Failure::new(
             FailureKind::ShuttingDown,
@@ -387,11 +397,11 @@ fn stop_reason(rt: &RuntimeInner, ctx: &AgentContext) -> Failure {
     }
 }
 
-type HandlerOutcome = std::thread::Result<Result<Body, crate::agent::AgentError>>;
+pub(crate) type HandlerOutcome = std::thread::Result<Result<Body, crate::agent::AgentError>>;
 
 /// The result of a handler that finished, and whether the agent value is
 /// still sound (it is not after a panic).
-fn settle(
+pub(crate) fn settle(
     rt: &RuntimeInner,
     outcome: HandlerOutcome,
     ctx: &AgentContext,
@@ -418,7 +428,7 @@ fn settle(
 
 /// A cancelled handler: lets a cooperative one see its token and end cleanly,
 /// for a moment, then drops it.
-async fn wind_down<F: Future<Output = HandlerOutcome>>(
+pub(crate) async fn wind_down<F: Future<Output = HandlerOutcome>>(
     rt: &RuntimeInner,
     handler: Pin<&mut F>,
     ctx: &AgentContext,

@@ -185,6 +185,11 @@ impl Node {
         if options.delegation {
             env.depth = origin.depth.saturating_add(1);
         }
+        // An idle agent of this very node answers in this task.
+        let env = match crate::runtime::direct::try_call(self, env, timeout, cancel, &to).await {
+            Ok(answer) => return answer,
+            Err(env) => env,
+        };
         let id = env.id;
         let mut rx = self.pending.insert(id);
         let mut guard = PendingGuard {

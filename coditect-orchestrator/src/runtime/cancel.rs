@@ -71,12 +71,12 @@ impl HandlerCancel {
 }
 
 /// Runs `fut` until it finishes or `cancel` fires, whichever is first.
-pub(crate) struct UntilCancelled<'a, F> {
+pub(crate) struct UntilCancelled<'a, F: ?Sized> {
     pub(crate) fut: Pin<&'a mut F>,
     pub(crate) cancel: &'a HandlerCancel,
 }
 
-impl<F: Future> Future for UntilCancelled<'_, F> {
+impl<F: Future + ?Sized> Future for UntilCancelled<'_, F> {
     /// `None` if cancelled first.
     type Output = Option<F::Output>;
 

@@ -32,6 +32,10 @@ pub(crate) enum Expiry {
 /// The sequence number of the sentinel: after every real entry.
 const SENTINEL: u64 = u64::MAX;
 
+/// The longest the watcher sleeps: a new entry due later than its next
+/// wake-up does not need to wake it.
+const IDLE_HORIZON: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The handle to remove an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DeadlineKey(Instant, u64);
@@ -120,12 +124,17 @@ impl Deadlines {
                     }
                     due.push(entry.remove());
                 }
+                // With nothing due soon, sleep a while anyway: were the next
+                // wake-up left open, every new entry would have to wake this
+                // task — with one request in flight at a time, a wake-up (and
+                // another worker thread woken to steal it) per request.
+                let idle = now + IDLE_HORIZON;
                 let next = st
                     .entries
                     .first_key_value()
                     .filter(|(k, _)| k.1 != SENTINEL)
-                    .map(|(k, _)| k.0);
-                st.next_wake = next;
+                    .map_or(idle, |(k, _)| k.0.min(idle));
+                st.next_wake = Some(next);
                 next
             };
             for expiry in due {
@@ -145,12 +154,7 @@ impl Deadlines {
                     }
                 }
             }
-            let sleep = async {
-                match wake_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = tokio::time::sleep_until(wake_at);
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = &mut notified => {}

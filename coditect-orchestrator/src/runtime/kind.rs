@@ -16,6 +16,7 @@ use crate::envelope::{Destination, Envelope, Failure, FailureKind, Payload};
 use crate::error::RegisterError;
 use crate::id::{AgentId, AgentKey, AgentKind, Topic};
 use crate::runtime::activation::{Activation, drain};
+use crate::runtime::cancel::HandlerCancel;
 use crate::runtime::{Runtime, RuntimeInner};
 use crate::transport::{Delivery, Inbox, Refused, Route, TryDeliver};
 
@@ -34,6 +35,8 @@ pub(crate) struct KindHost {
     pool: Box<[AgentKey]>,
     pub(crate) mailbox: usize,
     pub(crate) idle_timeout: Option<Duration>,
+    /// Requests from this process to an idle id run in the caller's task.
+    direct: bool,
     pub(crate) load: AtomicUsize,
     rt: Weak<RuntimeInner>,
     hasher: foldhash::fast::RandomState,
@@ -351,6 +354,10 @@ impl Inbox for KindHost {
     fn load(&self) -> usize {
         self.load.load(Ordering::Relaxed)
     }
+
+    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        Some(self)
+    }
 }
 
 /// The span of one delivery into a kind's mailboxes.
@@ -365,7 +372,98 @@ fn deliver_span(kind: &AgentKind, env: &Envelope) -> tracing::Span {
     )
 }
 
+/// An idle activation taken for a direct call (see `runtime::direct`).
+pub(crate) struct Claim {
+    pub(crate) act: Arc<Activation>,
+    pub(crate) agent: Box<dyn DynAgent>,
+    pub(crate) cancel: Arc<HandlerCancel>,
+    pub(crate) slot: crate::runtime::limit::OwnedSlot,
+}
+
 impl KindHost {
+    /// Takes the activation a request would go to for a direct call, if it is
+    /// idle: live, not handling a message, nothing queued, and a handler slot
+    /// free under the runtime's bound. `None` sends the request the usual way.
+    pub(crate) fn claim(
+        &self,
+        node: &Arc<crate::runtime::call::Node>,
+        env: &Envelope,
+    ) -> Option<Claim> {
+        if !self.direct {
+            return None;
+        }
+        let rt = self.runtime().ok()?;
+        // Only this node's own kinds: another runtime on the same in-memory
+        // transport keeps its own activations.
+        if !Arc::ptr_eq(&rt.node, node) || rt.is_stopped() {
+            return None;
+        }
+        let key = match self.target(env) {
+            Ok(Target::Key(key)) => key,
+            _ => return None,
+        };
+        let act = self.get(&key)?;
+        let slot = crate::runtime::limit::OwnedSlot::try_take(rt)?;
+        let (agent, cancel) = {
+            let mut st = act.state.lock().ok()?;
+            if st.busy || st.dead || !st.queue.is_empty() {
+                return None;
+            }
+            let agent = st.agent.take()?;
+            let mut cancel = st.spare.take().unwrap_or_default();
+            HandlerCancel::recycle(&mut cancel);
+            st.busy = true;
+            st.current = Some((env.id, cancel.clone()));
+            (agent, cancel)
+        };
+        act.load.fetch_add(1, Ordering::Relaxed);
+        self.load.fetch_add(1, Ordering::Relaxed);
+        Some(Claim {
+            act,
+            agent,
+            cancel,
+            slot,
+        })
+    }
+
+    /// Gives back an activation taken by [`claim`](Self::claim), with its agent
+    /// (none if the handler panicked or was dropped mid-way), and hands what
+    /// queued up meanwhile to the activation's drain task.
+    pub(crate) fn release(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        act: &Arc<Activation>,
+        agent: Option<Box<dyn DynAgent>>,
+        cancel: Arc<HandlerCancel>,
+    ) {
+        act.load.fetch_sub(1, Ordering::Relaxed);
+        self.load.fetch_sub(1, Ordering::Relaxed);
+        let spawn = {
+            let mut st = match act.state.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            st.agent = agent;
+            st.current = None;
+            st.busy = false;
+            st.spare = Some(cancel);
+            if self.idle_timeout.is_some() {
+                st.last_active = tokio::time::Instant::now();
+            }
+            if st.queue.is_empty() {
+                return;
+            }
+            let spawn = !st.task;
+            st.task = true;
+            spawn
+        };
+        if !spawn {
+            act.wake.notify_one();
+        } else if let Some(host) = rt.kind_host(&self.kind) {
+            rt.tracker.spawn(drain(act.clone(), host, rt.clone()));
+        }
+    }
+
     async fn deliver_waiting(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
         let rt = match self.runtime() {
             Ok(rt) => rt,
@@ -423,6 +521,7 @@ pub struct KindBuilder<'r> {
     instances: usize,
     idle_timeout: Option<Duration>,
     topics: Vec<Topic>,
+    direct: bool,
 }
 
 impl<'r> KindBuilder<'r> {
@@ -438,6 +537,7 @@ impl<'r> KindBuilder<'r> {
             instances: cfg.instances,
             idle_timeout: cfg.idle_timeout,
             topics: Vec::new(),
+            direct: true,
         }
     }
 
@@ -477,6 +577,24 @@ impl<'r> KindBuilder<'r> {
     /// Drops an id's activation after it has been idle this long.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.idle_timeout = Some(idle);
+        self
+    }
+
+    /// Whether a request from this process to an idle id of this kind may run
+    /// its handler in the caller's task (default: yes).
+    ///
+    /// When the transport delivers in process and the id is idle — activated,
+    /// nothing running, nothing queued — a request skips the mailbox: the
+    /// caller claims the activation, runs the handler, and gets the answer
+    /// without a task switch or a wake-up. Everything else stays as it is:
+    /// one message at a time per id, in order (a message sent meanwhile waits
+    /// its turn), the concurrency bound, deadlines, cancellation with its grace
+    /// period, panics contained. What changes is the thread: concurrent
+    /// requests issued by one task run their handlers in that task.
+    /// Turn it off for kinds whose handlers compute for long stretches
+    /// between awaits, so that such requests spread over the worker threads.
+    pub fn direct_calls(mut self, direct: bool) -> Self {
+        self.direct = direct;
         self
     }
 
@@ -537,6 +655,7 @@ impl<'r> KindBuilder<'r> {
             pool,
             mailbox: self.mailbox,
             idle_timeout: self.idle_timeout,
+            direct: self.direct,
             load: AtomicUsize::new(0),
             rt: Arc::downgrade(rt),
             hasher: Default::default(),

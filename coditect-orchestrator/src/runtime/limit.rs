@@ -7,7 +7,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::sync::Arc;
+
 use tokio::sync::Notify;
+
+use crate::runtime::RuntimeInner;
 
 pub(crate) struct Limit {
     in_use: AtomicUsize,
@@ -26,6 +30,28 @@ impl Drop for Slot<'_> {
         if self.0.waiting.load(Ordering::SeqCst) > 0 {
             self.0.room.notify_one();
         }
+    }
+}
+
+/// A taken slot that owns its runtime, for work that may move to another
+/// task (a direct call handed off when its caller gives up).
+pub(crate) struct OwnedSlot(Arc<RuntimeInner>);
+
+impl OwnedSlot {
+    /// Takes a slot if one is free.
+    pub(crate) fn try_take(rt: Arc<RuntimeInner>) -> Option<Self> {
+        rt.concurrency.try_take().then(|| OwnedSlot(rt))
+    }
+
+    /// The runtime the slot belongs to.
+    pub(crate) fn runtime(&self) -> &Arc<RuntimeInner> {
+        &self.0
+    }
+}
+
+impl Drop for OwnedSlot {
+    fn drop(&mut self) {
+        drop(Slot(&self.0.concurrency));
     }
 }
 
@@ -94,7 +120,6 @@ impl Limit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn never_more_than_max_and_every_waiter_gets_a_slot() {

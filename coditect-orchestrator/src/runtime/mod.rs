@@ -22,6 +22,7 @@ pub(crate) mod activation;
 pub(crate) mod call;
 pub(crate) mod cancel;
 pub(crate) mod deadlines;
+pub(crate) mod direct;
 pub(crate) mod directory;
 pub(crate) mod kind;
 pub(crate) mod limit;

@@ -233,6 +233,16 @@ impl Transport for InMemoryTransport {
         }
     }
 
+    fn local_inbox(&self, tenant: &TenantId, to: &Destination) -> Option<Arc<dyn Inbox>> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        match self.resolve(tenant, to) {
+            Targets::One(inbox) => Some(inbox),
+            Targets::None | Targets::Many(_) => None,
+        }
+    }
+
     async fn send(&self, mut envelope: Envelope) -> Result<(), SendError> {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(SendError::new(

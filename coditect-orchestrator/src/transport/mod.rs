@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use futures::Stream;
 use tokio::sync::mpsc;
 
-use crate::envelope::{Envelope, Failure};
+use crate::envelope::{Destination, Envelope, Failure};
 use crate::id::{AgentId, AgentKind, NodeId, TenantId, Topic};
 
 pub use memory::InMemoryTransport;
@@ -249,6 +249,12 @@ pub trait Inbox: Send + Sync + 'static {
     fn load(&self) -> usize {
         0
     }
+
+    /// The inbox as `Any`, so that a runtime can recognise its own inboxes
+    /// behind [`Transport::local_inbox`]. Other inboxes keep the default.
+    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        None
+    }
 }
 
 /// Keeps a route attached; dropping it (or calling [`Subscription::close`])
@@ -322,6 +328,19 @@ pub trait Transport: Send + Sync + 'static {
 
     /// A short name for logs (`"memory"`, `"nats"`).
     fn name(&self) -> &'static str;
+
+    /// The inbox of this very process a message to `to` would be delivered
+    /// to, when the transport delivers in process (as [`InMemoryTransport`]
+    /// does); `None` (the default) when delivery goes through anything else.
+    ///
+    /// A runtime uses it to answer a request to one of its own idle agents in
+    /// the caller's task, without a hop through the agent's mailbox: a
+    /// transport that must see every message (to persist it, say) keeps the
+    /// default.
+    fn local_inbox(&self, tenant: &TenantId, to: &Destination) -> Option<Arc<dyn Inbox>> {
+        let _ = (tenant, to);
+        None
+    }
 }
 
 #[async_trait]
@@ -341,6 +360,9 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
     }
     fn name(&self) -> &'static str {
         (**self).name()
+    }
+    fn local_inbox(&self, tenant: &TenantId, to: &Destination) -> Option<Arc<dyn Inbox>> {
+        (**self).local_inbox(tenant, to)
     }
 }
 

@@ -1,0 +1,323 @@
+//! Direct calls: a request from this process to an idle agent of this process
+//! runs the handler in the caller's task.
+//!
+//! The usual path of a request queues the message in the agent's mailbox,
+//! wakes the agent's drain task, and has that task wake the caller again with
+//! the answer: two task switches and, on a multi-threaded runtime, often two
+//! threads. When the transport delivers in process and the target id is idle —
+//! activated, nothing running, nothing queued — none of that is needed: the
+//! caller claims the activation (so that it stays one message at a time),
+//! polls the handler itself, and gives the activation back. Most handlers
+//! finish in that first poll; one that waits gets its deadline entry then, not
+//! before.
+//!
+//! Everything a handler can observe stays as on the usual path: its context,
+//! the run's signals, the concurrency bound, the deadline and cancellation
+//! (including the grace period: a caller that gives up hands the unfinished
+//! handler to a task of its own, which cancels it and waits the grace period
+//! out), panics contained. Messages that arrive meanwhile queue up and are
+//! handed to the drain task when the call ends.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::Instrument;
+
+use crate::agent::DynAgent;
+use crate::body::Body;
+use crate::context::AgentContext;
+use crate::envelope::{Deadline, Destination, Envelope, Failure, FailureKind, Payload};
+use crate::error::RequestError;
+use crate::orchestrator::Signal;
+use crate::runtime::activation::{Activation, settle, signal, wind_down};
+use crate::runtime::call::Node;
+use crate::runtime::cancel::{HandlerCancel, UntilCancelled};
+use crate::runtime::deadlines::{DeadlineKey, Expiry};
+use crate::runtime::kind::{Claim, KindHost};
+use crate::runtime::limit::OwnedSlot;
+
+/// What a finished handler leaves: its result, the agent if still sound, and
+/// the context (which holds the message's envelope).
+struct Done {
+    result: Result<Body, Failure>,
+    agent: Option<Box<dyn DynAgent>>,
+    ctx: AgentContext,
+}
+
+type Call = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// The handler of a direct call, owning everything it borrows.
+async fn run(
+    rt: Arc<crate::runtime::RuntimeInner>,
+    mut agent: Box<dyn DynAgent>,
+    ctx: AgentContext,
+    body: Body,
+) -> Done {
+    let rt = &*rt;
+    let (result, keep) = {
+        let handler = AssertUnwindSafe(agent.handle_dyn(body, &ctx)).catch_unwind();
+        let mut handler = std::pin::pin!(handler);
+        let until = UntilCancelled {
+            fut: handler.as_mut(),
+            cancel: &ctx.cancel,
+        };
+        match until.await {
+            Some(outcome) => settle(rt, outcome, &ctx),
+            None => wind_down(rt, handler, &ctx).await,
+        }
+    };
+    let id = ctx.id();
+    let result = result.map_err(|f| if f.agent.is_none() { f.at(id) } else { f });
+    Done {
+        result,
+        agent: keep.then_some(agent),
+        ctx,
+    }
+}
+
+/// What a direct call holds until it ends.
+struct Parts {
+    host: Arc<dyn crate::transport::Inbox>,
+    act: Arc<Activation>,
+    cancel: Arc<HandlerCancel>,
+    slot: OwnedSlot,
+    deadline: Option<DeadlineKey>,
+    _tracked: TaskTrackerToken,
+}
+
+impl Parts {
+    fn host(&self) -> Option<&KindHost> {
+        self.host.as_any()?.downcast_ref::<KindHost>()
+    }
+
+    /// Ends the call: removes the deadline entry, sends the "finished" signal
+    /// of delegated work, and gives the activation back.
+    async fn end(self, done: Done) -> Result<Body, Failure> {
+        let Done { result, agent, ctx } = done;
+        let rt = self.slot.runtime();
+        if let Some(key) = self.deadline {
+            rt.node.deadlines.remove(key);
+        }
+        let env = &ctx.env;
+        if let Some(run) = env.run.filter(|_| env.parent.is_some()) {
+            let finished = Signal::Finished {
+                message: env.id,
+                failure: result.as_ref().err().cloned(),
+            };
+            if let Some(rest) = signal(rt, env, run, finished) {
+                rest.await;
+            }
+        }
+        if let Some(host) = self.host() {
+            host.release(rt, &self.act, agent, self.cancel.clone());
+        }
+        result
+    }
+
+    /// Ends a call whose handler was dropped unfinished: the agent value goes
+    /// with it (its state may be half-changed).
+    fn abandon(self) {
+        let rt = self.slot.runtime();
+        if let Some(key) = self.deadline {
+            rt.node.deadlines.remove(key);
+        }
+        if let Some(host) = self.host() {
+            host.release(rt, &self.act, None, self.cancel.clone());
+        }
+    }
+}
+
+/// A direct call in progress. Dropped before the handler finished (the caller
+/// gave up), it hands the handler to a task of its own to wind down.
+struct InFlight {
+    call: Option<Call>,
+    parts: Option<Parts>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let (Some(call), Some(parts)) = (self.call.take(), self.parts.take()) else {
+            return;
+        };
+        // The caller gave up while the handler ran: cancel it and let it wind
+        // down in a task of its own (as a handler on the usual path would).
+        parts.cancel.cancel();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    let done = call.await;
+                    let _ = parts.end(done).await;
+                });
+            }
+            Err(_) => {
+                drop(call);
+                parts.abandon();
+            }
+        }
+    }
+}
+
+/// Tries to answer a request in the caller's task. Hands the envelope back
+/// when the target is not an idle agent of this node.
+pub(crate) async fn try_call(
+    node: &Arc<Node>,
+    env: Envelope,
+    timeout: Duration,
+    cancel: Option<&CancellationToken>,
+    to: &Destination,
+) -> Result<Result<Body, RequestError>, Envelope> {
+    let Some(inbox) = node.transport.local_inbox(&env.tenant, &env.to) else {
+        return Err(env);
+    };
+    let claim = match inbox.as_any().and_then(|a| a.downcast_ref::<KindHost>()) {
+        Some(host) => host.claim(node, &env),
+        None => None,
+    };
+    let Some(Claim {
+        act,
+        agent,
+        cancel: cell,
+        slot,
+    }) = claim
+    else {
+        return Err(env);
+    };
+    Ok(call(
+        node, inbox, act, agent, cell, slot, env, timeout, cancel, to,
+    )
+    .await)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn call(
+    node: &Arc<Node>,
+    inbox: Arc<dyn crate::transport::Inbox>,
+    act: Arc<Activation>,
+    agent: Box<dyn DynAgent>,
+    cell: Arc<HandlerCancel>,
+    slot: OwnedSlot,
+    mut env: Envelope,
+    timeout: Duration,
+    cancel: Option<&CancellationToken>,
+    to: &Destination,
+) -> Result<Body, RequestError> {
+    let rt = slot.runtime().clone();
+    let deadline = env.deadline.unwrap_or_else(|| Deadline::after(timeout));
+    let body = match std::mem::replace(&mut env.payload, Payload::Cancel(env.id)) {
+        Payload::Message(body) => body,
+        // A request is always a message; nothing else is claimed.
+        _ => return Err(RequestError::ShuttingDown),
+    };
+    if let Some(run) = env.run {
+        let started = Signal::Started {
+            message: env.id,
+            parent: env.parent,
+            step: env.step.clone(),
+            agent: act.id.clone(),
+            depth: env.depth,
+        };
+        if let Some(rest) = signal(&rt, &env, run, started) {
+            rest.await;
+        }
+    }
+    let span = tracing::debug_span!(
+        "coditect.handle",
+        agent = %act.id,
+        message = %env.id,
+        run = env.run.map(tracing::field::display),
+        tenant = %env.tenant,
+    );
+    let ctx = AgentContext {
+        node: node.clone(),
+        me: act.id.clone(),
+        env: Box::new(env),
+        cancel: cell.clone(),
+    };
+    let mut flight = InFlight {
+        call: Some(Box::pin(run(rt.clone(), agent, ctx, body).instrument(span))),
+        parts: Some(Parts {
+            host: inbox,
+            act,
+            cancel: cell,
+            slot,
+            deadline: None,
+            _tracked: rt.tracker.token(),
+        }),
+    };
+    let (Some(call), Some(parts)) = (flight.call.as_mut(), flight.parts.as_mut()) else {
+        return Err(RequestError::ShuttingDown);
+    };
+    // The first poll, inline: most handlers finish here and never need a
+    // deadline entry.
+    let done = match futures::poll!(call.as_mut()) {
+        Poll::Ready(done) => done,
+        Poll::Pending => {
+            parts.deadline = Some(
+                rt.node
+                    .deadlines
+                    .insert(deadline.instant(), Expiry::Cancel(parts.cancel.clone())),
+            );
+            let caller_cancelled = async {
+                match cancel {
+                    Some(c) => c.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let watched = UntilCancelled {
+                fut: call.as_mut(),
+                cancel: &parts.cancel,
+            };
+            let outcome = tokio::select! {
+                biased;
+                done = watched => done,
+                () = caller_cancelled => None,
+            };
+            match outcome {
+                Some(done) => done,
+                None => {
+                    // Stopped before it finished: the deadline passed, the
+                    // caller was cancelled, or the runtime is shutting down.
+                    // Dropping `flight` winds the handler down in a task of
+                    // its own; the caller has its answer now.
+                    let err = if cancel.is_some_and(|c| c.is_cancelled()) {
+                        RequestError::Cancelled(to.clone())
+                    } else if deadline.is_past() {
+                        RequestError::Timeout {
+                            to: to.clone(),
+                            after: timeout,
+                        }
+                    } else if rt.is_stopped() {
+                        RequestError::Failed(
+                            Failure::new(
+                                FailureKind::ShuttingDown,
+                                "the runtime shut down while the handler ran",
+                            )
+                            .at(&parts.act.id),
+                        )
+                    } else {
+                        RequestError::Failed(
+                            Failure::new(FailureKind::Cancelled, "the request was cancelled")
+                                .at(&parts.act.id),
+                        )
+                    };
+                    return Err(err);
+                }
+            }
+        }
+    };
+    flight.call = None;
+    let Some(parts) = flight.parts.take() else {
+        return Err(RequestError::ShuttingDown);
+    };
+    match parts.end(done).await {
+        Ok(body) => Ok(body),
+        Err(f) => Err(RequestError::from_failure(f, to)),
+    }
+}
