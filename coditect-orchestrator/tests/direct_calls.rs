@@ -103,7 +103,9 @@ impl Agent for Log {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread, so that the drain task woken by the sends below surely runs
+// (and must leave them queued) before the held call finishes.
+#[tokio::test(flavor = "current_thread")]
 async fn messages_sent_during_a_direct_call_wait_their_turn_in_order() {
     let rt = runtime().await;
     let (tx, mut entered) = mpsc::unbounded_channel();
@@ -127,6 +129,7 @@ async fn messages_sent_during_a_direct_call_wait_their_turn_in_order() {
     for n in 1..=3 {
         rt.send(log.clone(), LogMsg::Note(n)).await.unwrap();
     }
+    tokio::task::yield_now().await;
     permits.add_permits(1);
     let after_hold = timeout(T, held).await.unwrap().unwrap().unwrap();
     assert_eq!(after_hold, vec!["hold"]);
