@@ -82,9 +82,15 @@ impl From<Topic> for Destination {
 pub struct Deadline(Instant);
 
 impl Deadline {
-    /// The deadline `after` from now.
+    /// The deadline `after` from now (a century at most).
     pub fn after(after: Duration) -> Self {
-        Deadline(Instant::now() + after)
+        Self::after_from(Instant::now(), after)
+    }
+
+    /// The deadline `after` from `now` (a century at most).
+    pub(crate) fn after_from(now: Instant, after: Duration) -> Self {
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+        Deadline(now + after.min(CENTURY))
     }
 
     /// The deadline at an instant.
@@ -382,8 +388,18 @@ pub struct Envelope {
 impl Envelope {
     /// A new envelope with a fresh id, attempt 1 and nothing else set.
     pub fn new(tenant: TenantId, to: Destination, payload: Payload) -> Self {
+        Self::with_id(MessageId::new(), tenant, to, payload)
+    }
+
+    /// A new envelope with a given id, attempt 1 and nothing else set.
+    pub(crate) fn with_id(
+        id: MessageId,
+        tenant: TenantId,
+        to: Destination,
+        payload: Payload,
+    ) -> Self {
         Self {
-            id: MessageId::new(),
+            id,
             run: None,
             tenant,
             from: None,

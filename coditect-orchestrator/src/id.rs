@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -404,21 +404,33 @@ impl From<AgentId> for String {
     }
 }
 
+/// Unix milliseconds at `now`, from the monotonic clock: the wall clock is read
+/// once per process, so ids stay ordered even if the wall clock steps back, and
+/// a caller that already read the monotonic clock (for a deadline) pays no
+/// second read.
+fn unix_ms_at(now: Instant) -> u64 {
+    static ANCHOR: OnceLock<(u64, Instant)> = OnceLock::new();
+    let (ms0, at0) = ANCHOR.get_or_init(|| {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        (ms, Instant::now())
+    });
+    ms0 + now.saturating_duration_since(*at0).as_millis() as u64
+}
+
 /// A generator of UUIDv7 values that costs one atomic add and one clock read:
 /// 48 bits of Unix milliseconds, then a per-process random prefix and a counter
 /// that starts at a random value, so ids are time-ordered and unique across
 /// processes without a random draw per id.
-fn next_v7() -> Uuid {
+fn next_v7(now: Instant) -> Uuid {
     static PROCESS: OnceLock<(u64, AtomicU64)> = OnceLock::new();
     let (prefix, counter) = PROCESS.get_or_init(|| {
         let seed: (u64, u64) = (rand::random(), rand::random());
         (seed.0 & 0x0FFF, AtomicU64::new(seed.1))
     });
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-        & 0xFFFF_FFFF_FFFF;
+    let ms = unix_ms_at(now) & 0xFFFF_FFFF_FFFF;
     let count = counter.fetch_add(1, Ordering::Relaxed);
     let hi = (ms << 16) | 0x7000 | prefix;
     let lo = (0b10 << 62) | (count & 0x3FFF_FFFF_FFFF_FFFF);
@@ -435,7 +447,13 @@ macro_rules! uuid_type {
         impl $name {
             /// A fresh, time-ordered id (UUIDv7).
             pub fn new() -> Self {
-                Self(next_v7())
+                Self(next_v7(Instant::now()))
+            }
+
+            /// A fresh id stamped with the time `now` (read by the caller).
+            #[allow(dead_code)] // RunId has no use for it.
+            pub(crate) fn at(now: Instant) -> Self {
+                Self(next_v7(now))
             }
 
             /// The id as a UUID.

@@ -28,6 +28,7 @@ use crate::id::{AgentId, MessageId};
 use crate::id::{RunId, Topic};
 use crate::orchestrator::Signal;
 use crate::runtime::RuntimeInner;
+use crate::runtime::call::Node;
 use crate::runtime::cancel::{HandlerCancel, UntilCancelled};
 use crate::runtime::deadlines::Expiry;
 use crate::runtime::kind::KindHost;
@@ -135,7 +136,7 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
                     if host.idle_timeout.is_some() {
                         st.last_active = Instant::now();
                     }
-                    if st.dead || rt.draining.load(std::sync::atomic::Ordering::Acquire) {
+                    if st.dead || rt.node.draining.load(std::sync::atomic::Ordering::Acquire) {
                         st.task = false;
                         return;
                     }
@@ -211,19 +212,14 @@ fn finish<'a>(
 /// Tells the run's orchestrator what this runtime does with one of its
 /// messages (best effort: a lost signal only thins the trace). Sent at once
 /// when the transport can; otherwise the returned future finishes the send.
-pub(crate) fn signal<'a>(
-    rt: &'a RuntimeInner,
-    env: &Envelope,
-    run: RunId,
-    signal: Signal,
-) -> Rest<'a> {
+pub(crate) fn signal<'a>(node: &'a Node, env: &Envelope, run: RunId, signal: Signal) -> Rest<'a> {
     let mut out = Envelope::new(
         env.tenant.clone(),
         Destination::Topic(Topic::for_run(run)),
         Payload::Message(Body::new(signal)),
     );
     out.run = Some(run);
-    match crate::transport::send_fast(rt.node.transport.as_ref(), out) {
+    match crate::transport::send_fast(node.transport.as_ref(), out) {
         Either::Left(sent) => {
             if let Err(e) = sent.into_inner() {
                 tracing::debug!(error = %e, %run, "run signal not sent");
@@ -300,9 +296,9 @@ async fn handle_one(
             }
         },
     };
-    let _slot = match rt.concurrency.try_acquire() {
+    let _slot = match rt.node.concurrency.try_acquire() {
         Some(slot) => slot,
-        None => Box::pin(rt.concurrency.acquire()).await,
+        None => Box::pin(rt.node.concurrency.acquire()).await,
     };
     if rt.is_stopped() {
         cancel.cancel();
@@ -315,7 +311,7 @@ async fn handle_one(
             agent: id.clone(),
             depth: envelope.depth,
         };
-        if let Some(rest) = signal(rt, &envelope, run, started) {
+        if let Some(rest) = signal(&rt.node, &envelope, run, started) {
             rest.await;
         }
     }
@@ -349,10 +345,10 @@ async fn handle_one(
             cancel,
         };
         match until.instrument(span.clone()).await {
-            Some(outcome) => settle(rt, outcome, &ctx),
+            Some(outcome) => settle(&rt.node, outcome, &ctx),
             // Rare, so boxed: the future of every message stays small.
             None => {
-                Box::pin(wind_down(rt, handler, &ctx))
+                Box::pin(wind_down(&rt.node, handler, &ctx))
                     .instrument(span)
                     .await
             }
@@ -370,7 +366,7 @@ async fn handle_one(
             message: envelope.id,
             failure: result.as_ref().err().cloned(),
         };
-        if let Some(rest) = signal(rt, &envelope, run, finished) {
+        if let Some(rest) = signal(&rt.node, &envelope, run, finished) {
             rest.await;
         }
     }
@@ -381,8 +377,8 @@ async fn handle_one(
 }
 
 /// Why a handler was stopped before it finished.
-pub(crate) fn stop_reason(rt: &RuntimeInner, ctx: &AgentContext) -> Failure {
-    if rt.is_stopped() {
+pub(crate) fn stop_reason(node: &Node, ctx: &AgentContext) -> Failure {
+    if node.is_stopped() {
         Failure::new(
             FailureKind::ShuttingDown,
             "the runtime shut down while the handler ran",
@@ -402,7 +398,7 @@ pub(crate) type HandlerOutcome = std::thread::Result<Result<Body, crate::agent::
 /// The result of a handler that finished, and whether the agent value is
 /// still sound (it is not after a panic).
 pub(crate) fn settle(
-    rt: &RuntimeInner,
+    node: &Node,
     outcome: HandlerOutcome,
     ctx: &AgentContext,
 ) -> (Result<Body, Failure>, bool) {
@@ -410,7 +406,7 @@ pub(crate) fn settle(
         Ok(Ok(body)) => (Ok(body), true),
         // An error after the signal fired is most likely the handler giving
         // up because of it: report why it was stopped.
-        Ok(Err(_)) if ctx.cancel.is_cancelled() => (Err(stop_reason(rt, ctx)), true),
+        Ok(Err(_)) if ctx.cancel.is_cancelled() => (Err(stop_reason(node, ctx)), true),
         Ok(Err(e)) => (Err(e.to_failure(ctx.id())), true),
         Err(panic) => {
             let msg = panic_message(&*panic);
@@ -429,12 +425,12 @@ pub(crate) fn settle(
 /// A cancelled handler: lets a cooperative one see its token and end cleanly,
 /// for a moment, then drops it.
 pub(crate) async fn wind_down<F: Future<Output = HandlerOutcome>>(
-    rt: &RuntimeInner,
+    node: &Node,
     handler: Pin<&mut F>,
     ctx: &AgentContext,
 ) -> (Result<Body, Failure>, bool) {
-    let stopped = stop_reason(rt, ctx);
-    let keep = match tokio::time::timeout(rt.config.cancel_grace, handler).await {
+    let stopped = stop_reason(node, ctx);
+    let keep = match tokio::time::timeout(node.cancel_grace, handler).await {
         Ok(Err(_panic)) => false,
         Ok(Ok(_)) => true,
         // Dropped mid-await: its state may be half-changed, so start afresh.

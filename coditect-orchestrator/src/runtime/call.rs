@@ -29,6 +29,16 @@ pub(crate) struct Node {
     pub(crate) directory: crate::runtime::directory::Directory,
     /// Set when the runtime has shut down: no reply route, no deadline watcher.
     pub(crate) closed: std::sync::atomic::AtomicBool,
+    /// The bound on handlers running at once.
+    pub(crate) concurrency: crate::runtime::limit::Limit,
+    /// Drain tasks and direct calls: what a shutdown waits for.
+    pub(crate) tracker: tokio_util::task::TaskTracker,
+    /// Set when the shutdown grace period ends (read on every message).
+    pub(crate) stopped: std::sync::atomic::AtomicBool,
+    /// Set when a shutdown begins: no new messages are taken.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// How long a cancelled handler may run on to end cleanly.
+    pub(crate) cancel_grace: Duration,
 }
 
 /// Who is sending, on behalf of what.
@@ -109,8 +119,23 @@ fn send_cancel(node: &Arc<Node>, to: &Destination, id: crate::id::MessageId) {
 }
 
 impl Node {
+    /// Whether the shutdown grace period has ended.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub(crate) fn envelope(&self, origin: &Origin, to: Destination, body: Body) -> Envelope {
-        let mut env = Envelope::new(self.tenant.clone(), to, Payload::Message(body));
+        self.envelope_with_id(crate::id::MessageId::new(), origin, to, body)
+    }
+
+    fn envelope_with_id(
+        &self,
+        id: crate::id::MessageId,
+        origin: &Origin,
+        to: Destination,
+        body: Body,
+    ) -> Envelope {
+        let mut env = Envelope::with_id(id, self.tenant.clone(), to, Payload::Message(body));
         env.from = origin.from.clone();
         env.run = origin.run;
         env.depth = origin.depth;
@@ -173,22 +198,24 @@ impl Node {
             return Err(RequestError::ShuttingDown);
         }
         let timeout = options.timeout.unwrap_or(self.default_timeout);
-        let deadline = Deadline::earliest(origin.deadline, Some(Deadline::after(timeout)))
-            .unwrap_or_else(|| Deadline::after(timeout));
-        let mut env = self.envelope(origin, to.clone(), body);
+        // One clock read for the deadline and the message id.
+        let now = tokio::time::Instant::now();
+        let own = Deadline::after_from(now, timeout);
+        let deadline = origin.deadline.map_or(own, |d| d.min(own));
+        let id = options
+            .id
+            .unwrap_or_else(|| crate::id::MessageId::at(now.into_std()));
+        let mut env = Box::new(self.envelope_with_id(id, origin, to.clone(), body));
         env.deadline = Some(deadline);
         env.reply_to = Some(self.id.clone());
         env.chain = chain;
-        if let Some(id) = options.id {
-            env.id = id;
-        }
         if options.delegation {
             env.depth = origin.depth.saturating_add(1);
         }
         // An idle agent of this very node answers in this task.
         let env = match crate::runtime::direct::try_call(self, env, timeout, cancel, &to).await {
             Ok(answer) => return answer,
-            Err(env) => env,
+            Err(env) => *env,
         };
         let id = env.id;
         let mut rx = self.pending.insert(id);

@@ -41,7 +41,7 @@ use crate::runtime::call::Node;
 use crate::runtime::cancel::{HandlerCancel, UntilCancelled};
 use crate::runtime::deadlines::{DeadlineKey, Expiry};
 use crate::runtime::kind::{Claim, KindHost};
-use crate::runtime::limit::OwnedSlot;
+use crate::transport::Inbox;
 
 /// What a finished handler leaves: its result, the agent if still sound, and
 /// the context (which holds the message's envelope).
@@ -54,13 +54,7 @@ struct Done {
 type Call = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 /// The handler of a direct call, owning everything it borrows.
-async fn run(
-    rt: Arc<crate::runtime::RuntimeInner>,
-    mut agent: Box<dyn DynAgent>,
-    ctx: AgentContext,
-    body: Body,
-) -> Done {
-    let rt = &*rt;
+async fn run(mut agent: Box<dyn DynAgent>, ctx: AgentContext, body: Body) -> Done {
     let (result, keep) = {
         let handler = AssertUnwindSafe(agent.handle_dyn(body, &ctx)).catch_unwind();
         let mut handler = std::pin::pin!(handler);
@@ -69,8 +63,9 @@ async fn run(
             cancel: &ctx.cancel,
         };
         match until.await {
-            Some(outcome) => settle(rt, outcome, &ctx),
-            None => wind_down(rt, handler, &ctx).await,
+            Some(outcome) => settle(&ctx.node, outcome, &ctx),
+            // Rare: boxed, so the future of every call stays small.
+            None => Box::pin(wind_down(&ctx.node, handler, &ctx)).await,
         }
     };
     let id = ctx.id();
@@ -82,12 +77,11 @@ async fn run(
     }
 }
 
-/// What a direct call holds until it ends.
+/// What a direct call holds until it ends, besides the handler.
 struct Parts {
-    host: Arc<dyn crate::transport::Inbox>,
+    host: Arc<dyn Inbox>,
     act: Arc<Activation>,
     cancel: Arc<HandlerCancel>,
-    slot: OwnedSlot,
     deadline: Option<DeadlineKey>,
     _tracked: TaskTrackerToken,
 }
@@ -98,12 +92,12 @@ impl Parts {
     }
 
     /// Ends the call: removes the deadline entry, sends the "finished" signal
-    /// of delegated work, and gives the activation back.
+    /// of delegated work, gives the activation and the concurrency slot back.
     async fn end(self, done: Done) -> Result<Body, Failure> {
         let Done { result, agent, ctx } = done;
-        let rt = self.slot.runtime();
+        let node = &*ctx.node;
         if let Some(key) = self.deadline {
-            rt.node.deadlines.remove(key);
+            node.deadlines.remove(key);
         }
         let env = &ctx.env;
         if let Some(run) = env.run.filter(|_| env.parent.is_some()) {
@@ -111,26 +105,28 @@ impl Parts {
                 message: env.id,
                 failure: result.as_ref().err().cloned(),
             };
-            if let Some(rest) = signal(rt, env, run, finished) {
+            if let Some(rest) = signal(node, env, run, finished) {
                 rest.await;
             }
         }
         if let Some(host) = self.host() {
-            host.release(rt, &self.act, agent, self.cancel.clone());
+            host.release(&self.act, agent, self.cancel.clone());
         }
+        node.concurrency.release();
         result
     }
 
     /// Ends a call whose handler was dropped unfinished: the agent value goes
     /// with it (its state may be half-changed).
     fn abandon(self) {
-        let rt = self.slot.runtime();
-        if let Some(key) = self.deadline {
-            rt.node.deadlines.remove(key);
+        let Some(host) = self.host() else { return };
+        if let Some(node) = host.node() {
+            if let Some(key) = self.deadline {
+                node.deadlines.remove(key);
+            }
+            node.concurrency.release();
         }
-        if let Some(host) = self.host() {
-            host.release(rt, &self.act, None, self.cancel.clone());
-        }
+        host.release(&self.act, None, self.cancel.clone());
     }
 }
 
@@ -168,11 +164,11 @@ impl Drop for InFlight {
 /// when the target is not an idle agent of this node.
 pub(crate) async fn try_call(
     node: &Arc<Node>,
-    env: Envelope,
+    env: Box<Envelope>,
     timeout: Duration,
     cancel: Option<&CancellationToken>,
     to: &Destination,
-) -> Result<Result<Body, RequestError>, Envelope> {
+) -> Result<Result<Body, RequestError>, Box<Envelope>> {
     let Some(inbox) = node.transport.local_inbox(&env.tenant, &env.to) else {
         return Err(env);
     };
@@ -180,40 +176,48 @@ pub(crate) async fn try_call(
         Some(host) => host.claim(node, &env),
         None => None,
     };
-    let Some(Claim {
-        act,
-        agent,
-        cancel: cell,
-        slot,
-    }) = claim
-    else {
+    let Some(claim) = claim else {
         return Err(env);
     };
-    Ok(call(
-        node, inbox, act, agent, cell, slot, env, timeout, cancel, to,
-    )
-    .await)
+    Ok(call(node, inbox, claim, env, timeout, cancel, to).await)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn call(
     node: &Arc<Node>,
-    inbox: Arc<dyn crate::transport::Inbox>,
-    act: Arc<Activation>,
-    agent: Box<dyn DynAgent>,
-    cell: Arc<HandlerCancel>,
-    slot: OwnedSlot,
-    mut env: Envelope,
+    inbox: Arc<dyn Inbox>,
+    claim: Claim,
+    mut env: Box<Envelope>,
     timeout: Duration,
     cancel: Option<&CancellationToken>,
     to: &Destination,
 ) -> Result<Body, RequestError> {
-    let rt = slot.runtime().clone();
+    let Claim {
+        act,
+        agent,
+        cancel: cell,
+    } = claim;
     let deadline = env.deadline.unwrap_or_else(|| Deadline::after(timeout));
     let body = match std::mem::replace(&mut env.payload, Payload::Cancel(env.id)) {
         Payload::Message(body) => body,
-        // A request is always a message; nothing else is claimed.
-        _ => return Err(RequestError::ShuttingDown),
+        // A request is always a message.
+        other => {
+            env.payload = other;
+            let parts = Parts {
+                host: inbox,
+                act,
+                cancel: cell,
+                deadline: None,
+                _tracked: node.tracker.token(),
+            };
+            if let Some(host) = parts.host() {
+                host.release(&parts.act, Some(agent), parts.cancel.clone());
+            }
+            node.concurrency.release();
+            return Err(RequestError::Failed(Failure::new(
+                FailureKind::BadInput,
+                "not a message",
+            )));
+        }
     };
     if let Some(run) = env.run {
         let started = Signal::Started {
@@ -223,7 +227,7 @@ async fn call(
             agent: act.id.clone(),
             depth: env.depth,
         };
-        if let Some(rest) = signal(&rt, &env, run, started) {
+        if let Some(rest) = signal(node, &env, run, started) {
             rest.await;
         }
     }
@@ -237,18 +241,22 @@ async fn call(
     let ctx = AgentContext {
         node: node.clone(),
         me: act.id.clone(),
-        env: Box::new(env),
+        env,
         cancel: cell.clone(),
     };
+    let call: Call = if span.is_disabled() {
+        Box::pin(run(agent, ctx, body))
+    } else {
+        Box::pin(run(agent, ctx, body).instrument(span))
+    };
     let mut flight = InFlight {
-        call: Some(Box::pin(run(rt.clone(), agent, ctx, body).instrument(span))),
+        call: Some(call),
         parts: Some(Parts {
             host: inbox,
             act,
             cancel: cell,
-            slot,
             deadline: None,
-            _tracked: rt.tracker.token(),
+            _tracked: node.tracker.token(),
         }),
     };
     let (Some(call), Some(parts)) = (flight.call.as_mut(), flight.parts.as_mut()) else {
@@ -260,8 +268,7 @@ async fn call(
         Poll::Ready(done) => done,
         Poll::Pending => {
             parts.deadline = Some(
-                rt.node
-                    .deadlines
+                node.deadlines
                     .insert(deadline.instant(), Expiry::Cancel(parts.cancel.clone())),
             );
             let caller_cancelled = async {
@@ -286,6 +293,7 @@ async fn call(
                     // caller was cancelled, or the runtime is shutting down.
                     // Dropping `flight` winds the handler down in a task of
                     // its own; the caller has its answer now.
+                    let at = &parts.act.id;
                     let err = if cancel.is_some_and(|c| c.is_cancelled()) {
                         RequestError::Cancelled(to.clone())
                     } else if deadline.is_past() {
@@ -293,18 +301,18 @@ async fn call(
                             to: to.clone(),
                             after: timeout,
                         }
-                    } else if rt.is_stopped() {
+                    } else if node.is_stopped() {
                         RequestError::Failed(
                             Failure::new(
                                 FailureKind::ShuttingDown,
                                 "the runtime shut down while the handler ran",
                             )
-                            .at(&parts.act.id),
+                            .at(at),
                         )
                     } else {
                         RequestError::Failed(
                             Failure::new(FailureKind::Cancelled, "the request was cancelled")
-                                .at(&parts.act.id),
+                                .at(at),
                         )
                     };
                     return Err(err);

@@ -39,6 +39,8 @@ pub(crate) struct KindHost {
     direct: bool,
     pub(crate) load: AtomicUsize,
     rt: Weak<RuntimeInner>,
+    /// The node of that runtime: a direct call checks it is its own.
+    node: Weak<crate::runtime::call::Node>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -306,7 +308,7 @@ impl KindHost {
             if !spawn {
                 act.wake.notify_one();
             } else if let Some(host) = rt.kind_host(&self.kind) {
-                rt.tracker.spawn(drain(act, host, rt.clone()));
+                rt.node.tracker.spawn(drain(act, host, rt.clone()));
             }
             return Enqueued::Done;
         }
@@ -317,7 +319,7 @@ impl KindHost {
             .rt
             .upgrade()
             .ok_or_else(|| Failure::new(FailureKind::ShuttingDown, "runtime dropped"))?;
-        if rt.draining.load(Ordering::Acquire) {
+        if rt.node.draining.load(Ordering::Acquire) {
             return Err(Failure::new(
                 FailureKind::ShuttingDown,
                 "the runtime is shutting down",
@@ -373,11 +375,13 @@ fn deliver_span(kind: &AgentKind, env: &Envelope) -> tracing::Span {
 }
 
 /// An idle activation taken for a direct call (see `runtime::direct`).
+///
+/// The claimant holds a slot of the node's concurrency bound, and gives it
+/// back (`Limit::release`) when it releases the activation.
 pub(crate) struct Claim {
     pub(crate) act: Arc<Activation>,
     pub(crate) agent: Box<dyn DynAgent>,
     pub(crate) cancel: Arc<HandlerCancel>,
-    pub(crate) slot: crate::runtime::limit::OwnedSlot,
 }
 
 impl KindHost {
@@ -389,13 +393,12 @@ impl KindHost {
         node: &Arc<crate::runtime::call::Node>,
         env: &Envelope,
     ) -> Option<Claim> {
-        if !self.direct {
-            return None;
-        }
-        let rt = self.runtime().ok()?;
         // Only this node's own kinds: another runtime on the same in-memory
         // transport keeps its own activations.
-        if !Arc::ptr_eq(&rt.node, node) || rt.is_stopped() {
+        if !self.direct || !std::ptr::eq(self.node.as_ptr(), Arc::as_ptr(node)) {
+            return None;
+        }
+        if node.draining.load(Ordering::Acquire) || node.is_stopped() {
             return None;
         }
         let key = match self.target(env) {
@@ -403,9 +406,10 @@ impl KindHost {
             _ => return None,
         };
         let act = self.get(&key)?;
-        let slot = crate::runtime::limit::OwnedSlot::try_take(rt)?;
-        let (agent, cancel) = {
-            let mut st = act.state.lock().ok()?;
+        if !node.concurrency.try_take() {
+            return None;
+        }
+        let taken = act.state.lock().ok().and_then(|mut st| {
             if st.busy || st.dead || !st.queue.is_empty() {
                 return None;
             }
@@ -414,24 +418,28 @@ impl KindHost {
             HandlerCancel::recycle(&mut cancel);
             st.busy = true;
             st.current = Some((env.id, cancel.clone()));
-            (agent, cancel)
+            Some((agent, cancel))
+        });
+        let Some((agent, cancel)) = taken else {
+            node.concurrency.release();
+            return None;
         };
         act.load.fetch_add(1, Ordering::Relaxed);
         self.load.fetch_add(1, Ordering::Relaxed);
-        Some(Claim {
-            act,
-            agent,
-            cancel,
-            slot,
-        })
+        Some(Claim { act, agent, cancel })
+    }
+
+    /// The node this kind is registered on, if it is still there.
+    pub(crate) fn node(&self) -> Option<Arc<crate::runtime::call::Node>> {
+        self.node.upgrade()
     }
 
     /// Gives back an activation taken by [`claim`](Self::claim), with its agent
     /// (none if the handler panicked or was dropped mid-way), and hands what
-    /// queued up meanwhile to the activation's drain task.
+    /// queued up meanwhile to the activation's drain task. (The claimant gives
+    /// its concurrency slot back itself.)
     pub(crate) fn release(
         &self,
-        rt: &Arc<RuntimeInner>,
         act: &Arc<Activation>,
         agent: Option<Box<dyn DynAgent>>,
         cancel: Arc<HandlerCancel>,
@@ -459,8 +467,10 @@ impl KindHost {
         };
         if !spawn {
             act.wake.notify_one();
-        } else if let Some(host) = rt.kind_host(&self.kind) {
-            rt.tracker.spawn(drain(act.clone(), host, rt.clone()));
+        } else if let Some(rt) = self.rt.upgrade()
+            && let Some(host) = rt.kind_host(&self.kind)
+        {
+            rt.node.tracker.spawn(drain(act.clone(), host, rt.clone()));
         }
     }
 
@@ -658,6 +668,7 @@ impl<'r> KindBuilder<'r> {
             direct: self.direct,
             load: AtomicUsize::new(0),
             rt: Arc::downgrade(rt),
+            node: Arc::downgrade(&rt.node),
             hasher: Default::default(),
         });
         let mut routes = vec![Route::kind(rt.node.tenant.clone(), kind.clone())];

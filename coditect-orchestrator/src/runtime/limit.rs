@@ -7,11 +7,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use std::sync::Arc;
-
 use tokio::sync::Notify;
-
-use crate::runtime::RuntimeInner;
 
 pub(crate) struct Limit {
     in_use: AtomicUsize,
@@ -26,32 +22,7 @@ pub(crate) struct Slot<'a>(&'a Limit);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.in_use.fetch_sub(1, Ordering::SeqCst);
-        if self.0.waiting.load(Ordering::SeqCst) > 0 {
-            self.0.room.notify_one();
-        }
-    }
-}
-
-/// A taken slot that owns its runtime, for work that may move to another
-/// task (a direct call handed off when its caller gives up).
-pub(crate) struct OwnedSlot(Arc<RuntimeInner>);
-
-impl OwnedSlot {
-    /// Takes a slot if one is free.
-    pub(crate) fn try_take(rt: Arc<RuntimeInner>) -> Option<Self> {
-        rt.concurrency.try_take().then(|| OwnedSlot(rt))
-    }
-
-    /// The runtime the slot belongs to.
-    pub(crate) fn runtime(&self) -> &Arc<RuntimeInner> {
-        &self.0
-    }
-}
-
-impl Drop for OwnedSlot {
-    fn drop(&mut self) {
-        drop(Slot(&self.0.concurrency));
+        self.0.release();
     }
 }
 
@@ -65,7 +36,17 @@ impl Limit {
         }
     }
 
-    fn try_take(&self) -> bool {
+    /// Gives back a slot taken with [`try_take`](Self::try_take).
+    pub(crate) fn release(&self) {
+        self.in_use.fetch_sub(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.room.notify_one();
+        }
+    }
+
+    /// Takes a slot if one is free; the taker must [`release`](Self::release)
+    /// it.
+    pub(crate) fn try_take(&self) -> bool {
         let mut cur = self.in_use.load(Ordering::Relaxed);
         loop {
             if cur >= self.max {
@@ -120,6 +101,7 @@ impl Limit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn never_more_than_max_and_every_waiter_gets_a_slot() {

@@ -140,6 +140,11 @@ impl RuntimeBuilder {
             default_timeout: self.default_timeout,
             directory: Directory::default(),
             closed: AtomicBool::new(false),
+            concurrency: Limit::new(self.max_concurrency),
+            tracker: TaskTracker::new(),
+            stopped: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            cancel_grace: self.config.cancel_grace,
         });
         let reply_sub = self
             .transport
@@ -153,11 +158,7 @@ impl RuntimeBuilder {
             kinds: RwLock::new(HashMap::new()),
             subscriptions: Mutex::new(Vec::new()),
             reply_subscription: Mutex::new(Some(reply_sub)),
-            concurrency: Limit::new(self.max_concurrency),
-            tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            stopped: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
             config: self.config,
         });
         tokio::spawn(Deadlines::watch(
@@ -174,14 +175,9 @@ pub(crate) struct RuntimeInner {
     kinds: RwLock<HashMap<AgentKind, Arc<KindHost>>>,
     subscriptions: Mutex<Vec<Subscription>>,
     reply_subscription: Mutex<Option<Subscription>>,
-    pub(crate) concurrency: Limit,
-    pub(crate) tracker: TaskTracker,
     /// Fires when the shutdown grace period ends: every handler's token is a
     /// child of it.
     pub(crate) shutdown: CancellationToken,
-    /// Set with `shutdown` (`stop`), for the hot path to read without a lock.
-    stopped: AtomicBool,
-    pub(crate) draining: AtomicBool,
     pub(crate) config: RuntimeConfig,
 }
 
@@ -196,13 +192,13 @@ impl Drop for RuntimeInner {
 impl RuntimeInner {
     /// Fires the shutdown: handlers are cancelled, watchers end.
     fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
+        self.node.stopped.store(true, Ordering::SeqCst);
         self.shutdown.cancel();
     }
 
     /// Whether the shutdown grace period has ended.
     pub(crate) fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
+        self.node.is_stopped()
     }
 
     pub(crate) fn kind_host(&self, kind: &AgentKind) -> Option<Arc<KindHost>> {
@@ -210,7 +206,7 @@ impl RuntimeInner {
     }
 
     async fn add_kind(&self, host: Arc<KindHost>, routes: Vec<Route>) -> Result<(), RegisterError> {
-        if self.draining.load(Ordering::Acquire) {
+        if self.node.draining.load(Ordering::Acquire) {
             return Err(RegisterError::ShuttingDown);
         }
         {
@@ -437,7 +433,7 @@ impl Runtime {
     /// every agent.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let inner = &self.inner;
-        inner.draining.store(true, Ordering::Release);
+        inner.node.draining.store(true, Ordering::Release);
         // Detach the kinds' routes so new messages go elsewhere (or fail fast).
         let subs = inner
             .subscriptions
@@ -445,7 +441,7 @@ impl Runtime {
             .map(|mut s| std::mem::take(&mut *s))
             .unwrap_or_default();
         drop(subs);
-        inner.tracker.close();
+        inner.node.tracker.close();
         let hosts: Vec<Arc<KindHost>> = inner
             .kinds
             .read()
@@ -454,7 +450,7 @@ impl Runtime {
         for h in &hosts {
             h.wake_all();
         }
-        let drained = tokio::time::timeout(grace, inner.tracker.wait())
+        let drained = tokio::time::timeout(grace, inner.node.tracker.wait())
             .await
             .is_ok();
         if !drained {
@@ -463,8 +459,8 @@ impl Runtime {
                 h.cancel_running();
             }
             let _ = tokio::time::timeout(
-                inner.config.cancel_grace + Duration::from_millis(50),
-                inner.tracker.wait(),
+                inner.node.cancel_grace + Duration::from_millis(50),
+                inner.node.tracker.wait(),
             )
             .await;
         }
