@@ -61,6 +61,15 @@ pub async fn coditect_runtime() -> Runtime {
         .register(|_| Worker)
         .await
         .expect("register");
+    // The same agent with direct calls off: every request goes through the
+    // agent's mailbox and its drain task (the path of a busy agent, and of
+    // kinds that opt out), reported beside the direct figure.
+    rt.kind("queued")
+        .instances(8)
+        .direct_calls(false)
+        .register(|_| Worker)
+        .await
+        .expect("register");
     rt
 }
 
@@ -71,7 +80,9 @@ pub async fn request_reply(mode: Mode) -> Report {
     const WARMUP: usize = 1_000;
     let rt = coditect_runtime().await;
     let target = AgentId::new("worker", "w0").expect("id");
+    let queued = AgentId::new("queued", "w0").expect("id");
     let raw = spawn_raw_worker();
+    let mut mailbox = Vec::new();
 
     let mut ours = Vec::new();
     let mut base = Vec::new();
@@ -79,6 +90,7 @@ pub async fn request_reply(mode: Mode) -> Report {
     let mut base_lat = Vec::with_capacity(N * mode.rounds());
     for _ in 0..WARMUP {
         let _: u64 = rt.request(&target, task(0)).await.expect("req");
+        let _: u64 = rt.request(&queued, task(0)).await.expect("req");
         let (tx, rx) = oneshot::channel();
         raw.send((task(0), tx)).await.expect("send");
         rx.await.expect("reply");
@@ -95,6 +107,13 @@ pub async fn request_reply(mode: Mode) -> Report {
 
         let start = Instant::now();
         for i in 0..N as u64 {
+            let r: u64 = rt.request(&queued, task(i)).await.expect("req");
+            debug_assert_eq!(r, i);
+        }
+        mailbox.push(start.elapsed().as_nanos() as f64 / N as f64);
+
+        let start = Instant::now();
+        for i in 0..N as u64 {
             let t0 = Instant::now();
             let (tx, rx) = oneshot::channel();
             raw.send((task(i), tx)).await.expect("send");
@@ -105,13 +124,17 @@ pub async fn request_reply(mode: Mode) -> Report {
         base.push(start.elapsed().as_nanos() as f64 / N as f64);
     }
     rt.shutdown(Duration::from_secs(5)).await;
+    let base_ns = median(&mut base);
+    let mailbox_ns = median(&mut mailbox);
     Report::new(
         "request_reply",
         "tokio mpsc+oneshot",
         median(&mut ours),
-        median(&mut base),
+        base_ns,
     )
     .field("n", N)
+    .field("mailbox_ns_per_op", round2(mailbox_ns))
+    .field("mailbox_slowdown", round2(mailbox_ns / base_ns))
     .field("p50_us", round2(quantile_ns(&mut ours_lat, 0.5) / 1e3))
     .field("p90_us", round2(quantile_ns(&mut ours_lat, 0.9) / 1e3))
     .field("p99_us", round2(quantile_ns(&mut ours_lat, 0.99) / 1e3))
@@ -138,29 +161,35 @@ pub async fn fanout(mode: Mode) -> Report {
     let ids: Vec<AgentId> = (0..K)
         .map(|i| AgentId::new("worker", format!("w{i}")).expect("id"))
         .collect();
+    let queued: Vec<AgentId> = (0..K)
+        .map(|i| AgentId::new("queued", format!("w{i}")).expect("id"))
+        .collect();
     let raws: Vec<mpsc::Sender<Req>> = (0..K).map(|_| spawn_raw_worker()).collect();
 
     let mut ours = Vec::new();
+    let mut mailbox = Vec::new();
     let mut base = Vec::new();
     for _ in 0..mode.rounds() {
-        let start = Instant::now();
-        let mut inflight = FuturesUnordered::new();
-        let mut sent = 0usize;
-        let mut done = 0usize;
-        while done < N {
-            while sent < N && inflight.len() < IN_FLIGHT {
-                let rt = &rt;
-                let id = &ids[sent % K];
-                let t = task(sent as u64);
-                inflight.push(async move { rt.request::<u64>(id, t).await });
-                sent += 1;
+        for (ids, out) in [(&ids, &mut ours), (&queued, &mut mailbox)] {
+            let start = Instant::now();
+            let mut inflight = FuturesUnordered::new();
+            let mut sent = 0usize;
+            let mut done = 0usize;
+            while done < N {
+                while sent < N && inflight.len() < IN_FLIGHT {
+                    let rt = &rt;
+                    let id = &ids[sent % K];
+                    let t = task(sent as u64);
+                    inflight.push(async move { rt.request::<u64>(id, t).await });
+                    sent += 1;
+                }
+                if let Some(r) = inflight.next().await {
+                    r.expect("reply");
+                    done += 1;
+                }
             }
-            if let Some(r) = inflight.next().await {
-                r.expect("reply");
-                done += 1;
-            }
+            out.push(start.elapsed().as_nanos() as f64 / N as f64);
         }
-        ours.push(start.elapsed().as_nanos() as f64 / N as f64);
 
         let start = Instant::now();
         let mut inflight = FuturesUnordered::new();
@@ -187,8 +216,11 @@ pub async fn fanout(mode: Mode) -> Report {
     rt.shutdown(Duration::from_secs(5)).await;
     let ours = median(&mut ours);
     let base = median(&mut base);
+    let mailbox = median(&mut mailbox);
     Report::new("fanout", "tokio mpsc+oneshot", ours, base)
         .field("n", N)
+        .field("mailbox_ns_per_op", round2(mailbox))
+        .field("mailbox_slowdown", round2(mailbox / base))
         .field("workers", K)
         .field("in_flight", IN_FLIGHT)
         .field("ours_per_s", (1e9 / ours).round())

@@ -7,6 +7,23 @@
 //! in flight (mailboxes and a concurrency limit), applies deadlines and
 //! cancellation, replies, and drains gracefully on shutdown.
 //!
+//! # Direct calls
+//!
+//! A request from this process to an idle agent of this runtime — activated,
+//! nothing running, nothing queued — does not go through the agent's mailbox
+//! when the transport delivers in process ([`InMemoryTransport`](crate::InMemoryTransport)): the caller
+//! claims the activation, runs the handler in its own task, and gives the
+//! activation back. There is no task switch and no wake-up, so a round trip
+//! costs about what a raw channel round trip does. What an agent sees is the
+//! same on both paths (one message at a time, in order; deadlines,
+//! cancellation and its grace period; panics contained; the run's signals).
+//! What differs is the thread: concurrent requests made by one task run their
+//! handlers in that task. Kinds whose handlers compute for long stretches
+//! between awaits can opt out with
+//! [`KindBuilder::direct_calls(false)`](KindBuilder::direct_calls), so that
+//! their requests spread over the worker threads. A transport that must see
+//! every message (NATS, which persists them) never takes this path.
+//!
 //! # Re-entrancy: call cycles fail fast
 //!
 //! While A's handler awaits a request to B, A cannot take another message (its
