@@ -304,3 +304,63 @@ async fn shutdown_waits_for_a_direct_call_and_cancels_it_past_the_grace_period()
     let err = timeout(T, call).await.unwrap().unwrap().unwrap_err();
     assert_eq!(err.kind(), FailureKind::ShuttingDown, "{err}");
 }
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug)]
+enum RecMsg {
+    Record(u64),
+    Dump,
+}
+
+/// Remembers what it was sent, in the order it handled it; yields in between
+/// so a broken ordering would show.
+#[derive(Default)]
+struct Recorder(Vec<u64>);
+impl Agent for Recorder {
+    type Input = RecMsg;
+    type Output = Vec<u64>;
+    async fn handle(&mut self, m: RecMsg, _ctx: &AgentContext) -> Result<Vec<u64>, AgentError> {
+        if let RecMsg::Record(v) = m {
+            tokio::task::yield_now().await;
+            self.0.push(v);
+        }
+        Ok(self.0.clone())
+    }
+}
+
+mod mixed {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Sends (through the mailbox) and requests (direct when the id is
+        /// idle, queued behind earlier messages otherwise), interleaved at
+        /// random over a few ids: each id handles its messages in the order
+        /// they were issued.
+        #[test]
+        fn sends_and_requests_keep_per_id_order(ops in proptest::collection::vec((0usize..3, any::<bool>()), 1..200)) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async {
+                let runtime = runtime().await;
+                runtime.kind("rec").mailbox(8).register(|_| Recorder::default()).await.unwrap();
+                let mut expected: HashMap<usize, Vec<u64>> = HashMap::new();
+                for (i, (who, request)) in ops.iter().enumerate() {
+                    let v = i as u64;
+                    expected.entry(*who).or_default().push(v);
+                    let to = id("rec", &who.to_string());
+                    if *request {
+                        let seen: Vec<u64> = timeout(T, runtime.request(to, RecMsg::Record(v))).await.unwrap().unwrap();
+                        assert_eq!(seen.last(), Some(&v), "a request was handled before what was sent ahead of it");
+                    } else {
+                        runtime.send(to, RecMsg::Record(v)).await.unwrap();
+                    }
+                }
+                for (who, want) in expected {
+                    let got: Vec<u64> = timeout(T, runtime.request(id("rec", &who.to_string()), RecMsg::Dump)).await.unwrap().unwrap();
+                    assert_eq!(got, want);
+                }
+            });
+        }
+    }
+}
