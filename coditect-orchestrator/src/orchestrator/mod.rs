@@ -518,6 +518,7 @@ impl Driver {
 
     /// Takes a (new or revised) plan: records it and works out what is ready.
     fn adopt(&mut self, plan: Plan) {
+        let plan = Arc::new(plan);
         self.record(RunEvent::PlanMade {
             revision: self.revision,
             plan: plan.clone(),
@@ -589,26 +590,31 @@ impl Driver {
         attempt: u32,
         run_deadline: Option<Instant>,
     ) -> Option<Pin<Box<dyn std::future::Future<Output = Completion> + Send>>> {
-        let step = self.planned(id)?.clone();
-        let (dest, kind) = match &step.target {
-            StepTarget::Agent(a) => (Destination::Agent(a.clone()), Some(a.kind().clone())),
-            StepTarget::Capability(c) => {
-                let candidates: Vec<&AgentCard> = self.cards.iter().filter(|k| k.can(c)).collect();
-                if candidates.is_empty() {
-                    return None;
+        let (dest, kind, input) = {
+            // Borrowed, not cloned: a step may carry a large literal input.
+            let step = self.planned(id)?;
+            let (dest, kind) = match &step.target {
+                StepTarget::Agent(a) => (Destination::Agent(a.clone()), Some(a.kind().clone())),
+                StepTarget::Capability(c) => {
+                    let candidates: Vec<&AgentCard> =
+                        self.cards.iter().filter(|k| k.can(c)).collect();
+                    if candidates.is_empty() {
+                        return None;
+                    }
+                    let kind = self
+                        .inner
+                        .router
+                        .route(c, &candidates, &|k| self.load_of(k));
+                    (Destination::Kind(kind.clone()), Some(kind))
                 }
-                let kind = self
-                    .inner
-                    .router
-                    .route(c, &candidates, &|k| self.load_of(k));
-                (Destination::Kind(kind.clone()), Some(kind))
-            }
+            };
+            let outputs = |d: &StepId| self.state.steps.get(d).and_then(|s| s.output.clone());
+            let input = step
+                .input
+                .resolve(&self.task.goal, &self.task.input, &outputs)
+                .unwrap_or(serde_json::Value::Null);
+            (dest, kind, input)
         };
-        let outputs = |d: &StepId| self.state.steps.get(d).and_then(|s| s.output.clone());
-        let input = step
-            .input
-            .resolve(&self.task.goal, &self.task.input, &outputs)
-            .unwrap_or(serde_json::Value::Null);
         let message = MessageId::new();
         self.record(RunEvent::StepDispatched {
             step: id.clone(),

@@ -124,7 +124,7 @@ pub struct RunState {
     /// Where it stands.
     pub status: RunStatus,
     /// The plan and every revision of it, the current one last.
-    pub plans: Vec<Plan>,
+    pub plans: Vec<std::sync::Arc<Plan>>,
     /// Each step of the current plan (and finished steps of earlier ones).
     pub steps: BTreeMap<StepId, StepState>,
     /// Usage over the whole run.
@@ -152,7 +152,7 @@ impl RunState {
 
     /// The current plan.
     pub fn plan(&self) -> Option<&Plan> {
-        self.plans.last()
+        self.plans.last().map(|p| &**p)
     }
 
     /// Applies one event. Applying a step's success twice records it once.
@@ -387,7 +387,7 @@ mod tests {
             0,
             RunEvent::PlanMade {
                 revision: 0,
-                plan: Plan::new([Step::new("a", "x", StepInput::Goal)]),
+                plan: Plan::new([Step::new("a", "x", StepInput::Goal)]).into(),
             },
         ));
         let ok = |v: i32| RunEvent::StepSucceeded {
