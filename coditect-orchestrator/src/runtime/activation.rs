@@ -212,25 +212,29 @@ fn finish<'a>(
 /// Tells the run's orchestrator what this runtime does with one of its
 /// messages (best effort: a lost signal only thins the trace). Sent at once
 /// when the transport can; otherwise the returned future finishes the send.
-pub(crate) fn signal<'a>(node: &'a Node, env: &Envelope, run: RunId, signal: Signal) -> Rest<'a> {
+pub(crate) fn signal(node: &Node, env: &Envelope, run: RunId, signal: Signal) -> Rest<'static> {
     let mut out = Envelope::new(
         env.tenant.clone(),
         Destination::Topic(Topic::for_run(run)),
         Payload::Message(Body::new(signal)),
     );
     out.run = Some(run);
-    match crate::transport::send_fast(node.transport.as_ref(), out) {
-        Either::Left(sent) => {
-            if let Err(e) = sent.into_inner() {
-                tracing::debug!(error = %e, %run, "run signal not sent");
-            }
+    match node.transport.try_send(out) {
+        Ok(()) => None,
+        Err(crate::transport::TrySend::Failed(e)) => {
+            tracing::debug!(error = %e, %run, "run signal not sent");
             None
         }
-        Either::Right(send) => Some(Box::pin(async move {
-            if let Err(e) = send.await {
-                tracing::debug!(error = %e, %run, "run signal not sent");
-            }
-        })),
+        // Rare (a transport without a fast path, or a full inbox): the send
+        // owns a handle to the transport, so it can outlive this borrow.
+        Err(crate::transport::TrySend::Wait(out)) => {
+            let transport = node.transport.clone();
+            Some(Box::pin(async move {
+                if let Err(e) = transport.send(*out).await {
+                    tracing::debug!(error = %e, %run, "run signal not sent");
+                }
+            }))
+        }
     }
 }
 

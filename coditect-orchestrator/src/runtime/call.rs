@@ -217,6 +217,21 @@ impl Node {
             Ok(answer) => return answer,
             Err(env) => *env,
         };
+        // Through the mailbox and the transport: boxed, so that the future of
+        // every request stays small.
+        Box::pin(self.request_queued(env, to, deadline, timeout, cancel)).await
+    }
+
+    /// A request that goes through the transport: registered in the table of
+    /// pending replies, answered by correlation id.
+    async fn request_queued(
+        self: &Arc<Self>,
+        env: Envelope,
+        to: Destination,
+        deadline: Deadline,
+        timeout: Duration,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<Body, RequestError> {
         let id = env.id;
         let mut rx = self.pending.insert(id);
         let mut guard = PendingGuard {

@@ -53,6 +53,9 @@ struct Done {
 
 type Call = Pin<Box<dyn Future<Output = Done> + Send>>;
 
+/// A send still to finish, owning what it needs.
+type Rest = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The handler of a direct call, owning everything it borrows.
 async fn run(mut agent: Box<dyn DynAgent>, ctx: AgentContext, body: Body) -> Done {
     let (result, keep) = {
@@ -79,6 +82,8 @@ async fn run(mut agent: Box<dyn DynAgent>, ctx: AgentContext, body: Body) -> Don
 
 /// What a direct call holds until it ends, besides the handler.
 struct Parts {
+    /// When the caller stops waiting.
+    due: Option<Deadline>,
     host: Arc<dyn Inbox>,
     act: Arc<Activation>,
     cancel: Arc<HandlerCancel>,
@@ -93,27 +98,28 @@ impl Parts {
 
     /// Ends the call: removes the deadline entry, sends the "finished" signal
     /// of delegated work, gives the activation and the concurrency slot back.
-    async fn end(self, done: Done) -> Result<Body, Failure> {
+    /// What must wait (a signal the transport could not take at once) is
+    /// returned, boxed.
+    fn end(self, done: Done) -> (Result<Body, Failure>, Option<Rest>) {
         let Done { result, agent, ctx } = done;
-        let node = &*ctx.node;
+        let node = &ctx.node;
         if let Some(key) = self.deadline {
             node.deadlines.remove(key);
         }
         let env = &ctx.env;
+        let mut rest = None;
         if let Some(run) = env.run.filter(|_| env.parent.is_some()) {
             let finished = Signal::Finished {
                 message: env.id,
                 failure: result.as_ref().err().cloned(),
             };
-            if let Some(rest) = signal(node, env, run, finished) {
-                rest.await;
-            }
+            rest = signal(node, env, run, finished);
         }
         if let Some(host) = self.host() {
             host.release(&self.act, agent, self.cancel.clone());
         }
         node.concurrency.release();
-        result
+        (result, rest)
     }
 
     /// Ends a call whose handler was dropped unfinished: the agent value goes
@@ -149,7 +155,9 @@ impl Drop for InFlight {
             Ok(handle) => {
                 handle.spawn(async move {
                     let done = call.await;
-                    let _ = parts.end(done).await;
+                    if let (_, Some(rest)) = parts.end(done) {
+                        rest.await;
+                    }
                 });
             }
             Err(_) => {
@@ -186,29 +194,68 @@ async fn call(
     node: &Arc<Node>,
     inbox: Arc<dyn Inbox>,
     claim: Claim,
-    mut env: Box<Envelope>,
+    env: Box<Envelope>,
     timeout: Duration,
     cancel: Option<&CancellationToken>,
     to: &Destination,
 ) -> Result<Body, RequestError> {
+    // Everything up to the handler's first poll is synchronous, and the
+    // future of a request holds little besides the call: requests in flight
+    // by the thousand (a wide plan) each keep one.
+    let (mut flight, started) = match start(node, inbox, claim, env) {
+        Ok(started) => started,
+        Err(err) => return Err(err),
+    };
+    if let Some(rest) = started {
+        rest.await;
+    }
+    // The first poll, inline: most handlers finish here and never need a
+    // deadline entry.
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(match flight.call.as_mut() {
+            Some(call) => call.as_mut().poll(cx),
+            None => Poll::Pending,
+        })
+    })
+    .await;
+    match first {
+        Poll::Ready(done) => {
+            let (result, rest) = finish(&mut flight, done);
+            if let Some(rest) = rest {
+                rest.await;
+            }
+            result.map_err(|f| RequestError::from_failure(f, to))
+        }
+        // A handler that waits: boxed, so the common case stays small.
+        Poll::Pending => Box::pin(wait(node, flight, timeout, cancel, to)).await,
+    }
+}
+
+/// Claims done, sets up the handler of a direct call: its context, the run's
+/// "started" signal (returned if it must still be sent), and the call.
+fn start(
+    node: &Arc<Node>,
+    inbox: Arc<dyn Inbox>,
+    claim: Claim,
+    mut env: Box<Envelope>,
+) -> Result<(InFlight, Option<Rest>), RequestError> {
     let Claim {
         act,
         agent,
         cancel: cell,
     } = claim;
-    let deadline = env.deadline.unwrap_or_else(|| Deadline::after(timeout));
+    let parts = Parts {
+        due: env.deadline,
+        host: inbox,
+        act,
+        cancel: cell,
+        deadline: None,
+        _tracked: node.tracker.token(),
+    };
     let body = match std::mem::replace(&mut env.payload, Payload::Cancel(env.id)) {
         Payload::Message(body) => body,
         // A request is always a message.
-        other => {
-            env.payload = other;
-            let parts = Parts {
-                host: inbox,
-                act,
-                cancel: cell,
-                deadline: None,
-                _tracked: node.tracker.token(),
-            };
+        _ => {
             if let Some(host) = parts.host() {
                 host.release(&parts.act, Some(agent), parts.cancel.clone());
             }
@@ -219,113 +266,117 @@ async fn call(
             )));
         }
     };
-    if let Some(run) = env.run {
-        let started = Signal::Started {
-            message: env.id,
-            parent: env.parent,
-            step: env.step.clone(),
-            agent: act.id.clone(),
-            depth: env.depth,
-        };
-        if let Some(rest) = signal(node, &env, run, started) {
-            rest.await;
+    let started = match env.run {
+        Some(run) => {
+            let started = Signal::Started {
+                message: env.id,
+                parent: env.parent,
+                step: env.step.clone(),
+                agent: parts.act.id.clone(),
+                depth: env.depth,
+            };
+            signal(node, &env, run, started)
         }
-    }
+        None => None,
+    };
     let span = tracing::debug_span!(
         "coditect.handle",
-        agent = %act.id,
+        agent = %parts.act.id,
         message = %env.id,
         run = env.run.map(tracing::field::display),
         tenant = %env.tenant,
     );
     let ctx = AgentContext {
         node: node.clone(),
-        me: act.id.clone(),
+        me: parts.act.id.clone(),
         env,
-        cancel: cell.clone(),
+        cancel: parts.cancel.clone(),
     };
     let call: Call = if span.is_disabled() {
         Box::pin(run(agent, ctx, body))
     } else {
         Box::pin(run(agent, ctx, body).instrument(span))
     };
-    let mut flight = InFlight {
-        call: Some(call),
-        parts: Some(Parts {
-            host: inbox,
-            act,
-            cancel: cell,
-            deadline: None,
-            _tracked: node.tracker.token(),
-        }),
-    };
+    Ok((
+        InFlight {
+            call: Some(call),
+            parts: Some(parts),
+        },
+        started,
+    ))
+}
+
+/// Ends a call whose handler finished.
+fn finish(flight: &mut InFlight, done: Done) -> (Result<Body, Failure>, Option<Rest>) {
+    flight.call = None;
+    match flight.parts.take() {
+        Some(parts) => parts.end(done),
+        None => (done.result, None),
+    }
+}
+
+/// The rest of a direct call whose handler waits: under its deadline, the
+/// caller's cancellation and the runtime's shutdown.
+async fn wait(
+    node: &Arc<Node>,
+    mut flight: InFlight,
+    timeout: Duration,
+    cancel: Option<&CancellationToken>,
+    to: &Destination,
+) -> Result<Body, RequestError> {
     let (Some(call), Some(parts)) = (flight.call.as_mut(), flight.parts.as_mut()) else {
         return Err(RequestError::ShuttingDown);
     };
-    // The first poll, inline: most handlers finish here and never need a
-    // deadline entry.
-    let done = match futures::poll!(call.as_mut()) {
-        Poll::Ready(done) => done,
-        Poll::Pending => {
-            parts.deadline = Some(
-                node.deadlines
-                    .insert(deadline.instant(), Expiry::Cancel(parts.cancel.clone())),
-            );
-            let caller_cancelled = async {
-                match cancel {
-                    Some(c) => c.cancelled().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let watched = UntilCancelled {
-                fut: call.as_mut(),
-                cancel: &parts.cancel,
-            };
-            let outcome = tokio::select! {
-                biased;
-                done = watched => done,
-                () = caller_cancelled => None,
-            };
-            match outcome {
-                Some(done) => done,
-                None => {
-                    // Stopped before it finished: the deadline passed, the
-                    // caller was cancelled, or the runtime is shutting down.
-                    // Dropping `flight` winds the handler down in a task of
-                    // its own; the caller has its answer now.
-                    let at = &parts.act.id;
-                    let err = if cancel.is_some_and(|c| c.is_cancelled()) {
-                        RequestError::Cancelled(to.clone())
-                    } else if deadline.is_past() {
-                        RequestError::Timeout {
-                            to: to.clone(),
-                            after: timeout,
-                        }
-                    } else if node.is_stopped() {
-                        RequestError::Failed(
-                            Failure::new(
-                                FailureKind::ShuttingDown,
-                                "the runtime shut down while the handler ran",
-                            )
-                            .at(at),
-                        )
-                    } else {
-                        RequestError::Failed(
-                            Failure::new(FailureKind::Cancelled, "the request was cancelled")
-                                .at(at),
-                        )
-                    };
-                    return Err(err);
-                }
-            }
+    let deadline = parts.due.unwrap_or_else(|| Deadline::after(timeout));
+    parts.deadline = Some(
+        node.deadlines
+            .insert(deadline.instant(), Expiry::Cancel(parts.cancel.clone())),
+    );
+    let caller_cancelled = async {
+        match cancel {
+            Some(c) => c.cancelled().await,
+            None => std::future::pending().await,
         }
     };
-    flight.call = None;
-    let Some(parts) = flight.parts.take() else {
-        return Err(RequestError::ShuttingDown);
+    let watched = UntilCancelled {
+        fut: call.as_mut(),
+        cancel: &parts.cancel,
     };
-    match parts.end(done).await {
-        Ok(body) => Ok(body),
-        Err(f) => Err(RequestError::from_failure(f, to)),
+    let outcome = tokio::select! {
+        biased;
+        done = watched => done,
+        () = caller_cancelled => None,
+    };
+    let Some(done) = outcome else {
+        // Stopped before it finished: the deadline passed, the caller was
+        // cancelled, or the runtime is shutting down. Dropping `flight` winds
+        // the handler down in a task of its own; the caller has its answer now.
+        let at = &parts.act.id;
+        let err = if cancel.is_some_and(|c| c.is_cancelled()) {
+            RequestError::Cancelled(to.clone())
+        } else if deadline.is_past() {
+            RequestError::Timeout {
+                to: to.clone(),
+                after: timeout,
+            }
+        } else if node.is_stopped() {
+            RequestError::Failed(
+                Failure::new(
+                    FailureKind::ShuttingDown,
+                    "the runtime shut down while the handler ran",
+                )
+                .at(at),
+            )
+        } else {
+            RequestError::Failed(
+                Failure::new(FailureKind::Cancelled, "the request was cancelled").at(at),
+            )
+        };
+        return Err(err);
+    };
+    let (result, rest) = finish(&mut flight, done);
+    if let Some(rest) = rest {
+        rest.await;
     }
+    result.map_err(|f| RequestError::from_failure(f, to))
 }
