@@ -283,8 +283,26 @@ impl Topic {
 
     /// The topic of a run's signals, `run.<run id>`. A UUID's text is ASCII
     /// hex digits and `-`, so it needs no validation.
+    ///
+    /// Every message of a run sends signals here, so the last topic made on
+    /// each thread is kept: a run's topic is formatted (and allocated) once,
+    /// then shared.
     pub(crate) fn for_run(run: RunId) -> Self {
-        Self(smol_str::format_smolstr!("run.{run}"))
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(RunId, Topic)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            match &*last {
+                Some((r, topic)) if *r == run => topic.clone(),
+                _ => {
+                    let topic = Self(smol_str::format_smolstr!("run.{run}"));
+                    *last = Some((run, topic.clone()));
+                    topic
+                }
+            }
+        })
     }
 }
 
@@ -526,6 +544,16 @@ uuid_type!(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_runs_topic_is_its_id_behind_run_dot_whatever_was_made_before() {
+        let (a, b) = (RunId::new(), RunId::new());
+        assert_eq!(Topic::for_run(a).as_str(), format!("run.{a}"));
+        assert_eq!(Topic::for_run(a), Topic::for_run(a));
+        assert_eq!(Topic::for_run(b).as_str(), format!("run.{b}"));
+        assert_eq!(Topic::for_run(a).as_str(), format!("run.{a}"));
+        assert!(Topic::new(Topic::for_run(b).as_str()).is_ok());
+    }
 
     #[test]
     fn rejects_subject_metacharacters() {
