@@ -100,38 +100,53 @@ impl KindHost {
     /// (a full scan from a random start for small pools, the less loaded of two
     /// random instances for large ones), skipping instances that are waiting in
     /// the message's own call chain.
-    fn pick_instance(&self, chain: &crate::envelope::CallChain) -> Option<AgentKey> {
+    ///
+    /// Gives the instance's activation too when it is live, so the caller
+    /// need not look it up again.
+    fn pick_instance(
+        &self,
+        chain: &crate::envelope::CallChain,
+    ) -> Option<(AgentKey, Option<Arc<Activation>>)> {
         let n = self.pool.len();
         let usable = |k: &AgentKey| {
             chain.is_empty() || !chain.contains(&AgentId::from_parts(self.kind.clone(), k.clone()))
         };
-        let load_of = |k: &AgentKey| self.get(k).map_or(0, |a| a.load());
         let mut rng = rand::rng();
         if n <= 16 {
             let start = rng.random_range(0..n);
-            let mut best: Option<(&AgentKey, usize)> = None;
+            let mut best: Option<(&AgentKey, usize, Option<Arc<Activation>>)> = None;
             for i in 0..n {
                 let k = &self.pool[(start + i) % n];
                 if !usable(k) {
                     continue;
                 }
-                let l = load_of(k);
+                let act = self.get(k);
+                let l = act.as_ref().map_or(0, |a| a.load());
                 if l == 0 {
-                    return Some(k.clone());
+                    return Some((k.clone(), act));
                 }
-                if best.is_none_or(|(_, bl)| l < bl) {
-                    best = Some((k, l));
+                if best.as_ref().is_none_or(|(_, bl, _)| l < *bl) {
+                    best = Some((k, l, act));
                 }
             }
-            return best.map(|(k, _)| k.clone());
+            return best.map(|(k, _, act)| (k.clone(), act));
         }
         let a = &self.pool[rng.random_range(0..n)];
         let b = &self.pool[rng.random_range(0..n)];
-        let pick = if load_of(b) < load_of(a) { b } else { a };
+        let (act_a, act_b) = (self.get(a), self.get(b));
+        let load = |act: &Option<Arc<Activation>>| act.as_ref().map_or(0, |a| a.load());
+        let (pick, act) = if load(&act_b) < load(&act_a) {
+            (b, act_b)
+        } else {
+            (a, act_a)
+        };
         if usable(pick) {
-            return Some(pick.clone());
+            return Some((pick.clone(), act));
         }
-        self.pool.iter().find(|k| usable(k)).cloned()
+        self.pool
+            .iter()
+            .find(|k| usable(k))
+            .map(|k| (k.clone(), self.get(k)))
     }
 
     /// Removes an activation if it is idle (or always, with `force`), and runs
@@ -214,8 +229,8 @@ impl KindHost {
 
 /// Where a delivery should go, once its destination is read.
 enum Target {
-    /// Into the mailbox of this key.
-    Key(AgentKey),
+    /// Into the mailbox of this key (whose activation, if already looked up).
+    Key(AgentKey, Option<Arc<Activation>>),
     /// Already dealt with (a cancel, a refused cycle answered at once).
     Done,
     /// Needs an async step (answering a call cycle).
@@ -262,10 +277,10 @@ impl KindHost {
                         .at(id),
                     ));
                 }
-                Ok(Target::Key(id.key().clone()))
+                Ok(Target::Key(id.key().clone(), None))
             }
             Destination::Kind(_) | Destination::Topic(_) => match self.pick_instance(&env.chain) {
-                Some(k) => Ok(Target::Key(k)),
+                Some((k, act)) => Ok(Target::Key(k, act)),
                 None => Ok(Target::Cycle(Failure::new(
                     FailureKind::CallCycle,
                     format!(
@@ -283,9 +298,18 @@ impl KindHost {
 
     /// Queues a delivery in the mailbox of `key`, starting or waking its drain
     /// task; hands it back if the mailbox is full.
-    fn enqueue(&self, rt: &Arc<RuntimeInner>, key: &AgentKey, delivery: Delivery) -> Enqueued {
+    fn enqueue(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        key: &AgentKey,
+        mut hint: Option<Arc<Activation>>,
+        delivery: Delivery,
+    ) -> Enqueued {
         loop {
-            let act = self.get_or_create(key);
+            let act = match hint.take() {
+                Some(act) => act,
+                None => self.get_or_create(key),
+            };
             let spawn = {
                 let mut st = match act.state.lock() {
                     Ok(s) => s,
@@ -340,7 +364,7 @@ impl Inbox for KindHost {
         match self.target(&delivery.envelope) {
             Ok(Target::Done) => Ok(()),
             Ok(Target::Cycle(_)) => Err(TryDeliver::Wait(delivery)),
-            Ok(Target::Key(key)) => match self.enqueue(&rt, &key, delivery) {
+            Ok(Target::Key(key, act)) => match self.enqueue(&rt, &key, act, delivery) {
                 Enqueued::Done => Ok(()),
                 Enqueued::Full(d, _) => Err(TryDeliver::Wait(d)),
             },
@@ -401,11 +425,11 @@ impl KindHost {
         if node.draining.load(Ordering::Acquire) || node.is_stopped() {
             return None;
         }
-        let key = match self.target(env) {
-            Ok(Target::Key(key)) => key,
+        let act = match self.target(env) {
+            Ok(Target::Key(_, Some(act))) => act,
+            Ok(Target::Key(key, None)) => self.get(&key)?,
             _ => return None,
         };
-        let act = self.get(&key)?;
         if !node.concurrency.try_take() {
             return None;
         }
@@ -488,12 +512,13 @@ impl KindHost {
                 let _ = delivery.acker.ack().await;
                 return Ok(());
             }
-            Ok(Target::Key(key)) => key,
+            Ok(Target::Key(key, act)) => (key, act),
             Err(reason) => return Err(Box::new(Refused { delivery, reason })),
         };
+        let (key, mut hint) = key;
         let mut delivery = delivery;
         loop {
-            match self.enqueue(&rt, &key, delivery) {
+            match self.enqueue(&rt, &key, hint.take(), delivery) {
                 Enqueued::Done => return Ok(()),
                 Enqueued::Full(d, act) => {
                     // Backpressure: wait for room, registering before the
