@@ -364,3 +364,31 @@ mod mixed {
         }
     }
 }
+
+/// Answers at once.
+struct Echo;
+impl Agent for Echo {
+    type Input = u32;
+    type Output = u32;
+    async fn handle(&mut self, n: u32, _ctx: &AgentContext) -> Result<u32, AgentError> {
+        Ok(n)
+    }
+}
+
+// One thread: a caller that never waited would keep every other task out.
+#[tokio::test(flavor = "current_thread")]
+async fn a_loop_of_direct_calls_still_lets_other_tasks_run() {
+    let rt = runtime().await;
+    rt.register("echo", |_| Echo).await.unwrap();
+    let e = id("echo", "e");
+    assert_eq!(rt.request::<u32>(e.clone(), 1).await.unwrap(), 1);
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = flag.clone();
+    tokio::spawn(async move { f.store(true, std::sync::atomic::Ordering::SeqCst) });
+    let mut calls = 0u32;
+    while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+        assert_eq!(rt.request::<u32>(e.clone(), calls).await.unwrap(), calls);
+        calls += 1;
+        assert!(calls < 1_000_000, "the calling task never yielded");
+    }
+}

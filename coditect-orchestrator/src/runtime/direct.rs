@@ -180,6 +180,11 @@ pub(crate) async fn try_call(
     let Some(inbox) = node.transport.local_inbox(&env.tenant, &env.to) else {
         return Err(env);
     };
+    // A handler that answers at once never makes the caller wait, so a task
+    // that calls in a loop would never yield to the scheduler: count each
+    // direct call against the task's cooperative budget, as a channel
+    // operation is, so that it yields now and then.
+    tokio::task::consume_budget().await;
     let claim = match inbox.as_any().and_then(|a| a.downcast_ref::<KindHost>()) {
         Some(host) => host.claim(node, &env),
         None => None,
