@@ -551,16 +551,17 @@ impl Driver {
         }
 
         let deadline = self.task.policy.deadline.map(|d| self.started + d);
-        // Made once for the whole run: a fresh one per wake-up would register
-        // (and unregister) a waiter each time.
-        let cancelled = self.cancel.clone().cancelled_owned();
+        // The token's own future takes two locks each time it is polled, and
+        // the loop polls it on every wake-up: a small task watches the token
+        // instead and reports through a oneshot, which is a lock-free poll.
+        let mut cancelled = watch_cancellation(self.cancel.clone());
         let deadline_passed = async move {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
                 None => std::future::pending().await,
             }
         };
-        tokio::pin!(cancelled, deadline_passed);
+        tokio::pin!(deadline_passed);
         let mut in_flight: InFlight = FuturesUnordered::new();
         loop {
             while let Some(pos) = self.ready.pop_front() {
@@ -575,7 +576,7 @@ impl Driver {
             }
             let stop: Option<Stop> = tokio::select! {
                 biased;
-                () = &mut cancelled => Some(Stop::Fail(RunErrorKind::Cancelled, "the run was cancelled".into())),
+                _ = &mut cancelled => Some(Stop::Fail(RunErrorKind::Cancelled, "the run was cancelled".into())),
                 () = &mut deadline_passed => Some(Stop::Fail(
                     RunErrorKind::Deadline,
                     format!("the run's deadline of {:?} passed", self.task.policy.deadline.unwrap_or_default()),
@@ -1265,6 +1266,26 @@ impl Driver {
             ),
         }
     }
+}
+
+/// Resolves once `token` fires (or its watcher is gone). The watcher task ends
+/// with the run: when the receiver is dropped, or when the token fires.
+fn watch_cancellation(token: CancellationToken) -> oneshot::Receiver<()> {
+    let (tx, rx) = oneshot::channel();
+    if token.is_cancelled() {
+        let _ = tx.send(());
+        return rx;
+    }
+    let mut tx = tx;
+    tokio::spawn(async move {
+        tokio::select! {
+            () = token.cancelled() => {
+                let _ = tx.send(());
+            }
+            () = tx.closed() => {}
+        }
+    });
+    rx
 }
 
 trait NowOrNeverOpt: Stream + Unpin {
