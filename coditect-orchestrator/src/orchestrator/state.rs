@@ -111,6 +111,21 @@ impl<K: Clone + Eq + Hash, V> OrderedMap<K, V> {
         &mut self.entries[i].1
     }
 
+    /// The position of a key's entry, inserting the default value (last) if
+    /// it is missing; the key is cloned only then.
+    fn slot(&mut self, key: &K) -> usize
+    where
+        V: Default,
+    {
+        if let Some(&i) = self.index.get(key) {
+            return i;
+        }
+        let i = self.entries.len();
+        self.index.insert(key.clone(), i);
+        self.entries.push((key.clone(), V::default()));
+        i
+    }
+
     /// Keeps only the entries for which `keep` is true, in their order.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         let before = self.entries.len();
@@ -454,8 +469,10 @@ impl RunState {
         // plan.
         self.steps.retain(|_, s| s.status == StepStatus::Succeeded);
         self.steps.reserve(plan.steps.len());
+        // Each step's message will join the trace.
+        self.trace.reserve(plan.steps.len());
         for step in &plan.steps {
-            self.steps.get_or_insert_default(step.id.clone());
+            self.steps.slot(&step.id);
         }
         self.plans.push(plan);
     }
@@ -463,7 +480,8 @@ impl RunState {
     /// Marks a step succeeded and returns it for its output, unless it had
     /// already succeeded.
     fn succeeding(&mut self, step: &StepId) -> Option<&mut StepState> {
-        let s = self.steps.get_or_insert_default(step.clone());
+        let i = self.steps.slot(step);
+        let s = &mut self.steps.entries[i].1;
         if s.status == StepStatus::Succeeded {
             return None;
         }
@@ -474,7 +492,7 @@ impl RunState {
         {
             t.outcome = Some(Ok(()));
         }
-        self.steps.get_mut(step)
+        Some(&mut self.steps.entries[i].1)
     }
 
     fn run_finished(
@@ -503,7 +521,8 @@ impl RunState {
                 ..
             } => {
                 self.units += 1;
-                let s = self.steps.get_or_insert_default(step.clone());
+                let i = self.steps.slot(step);
+                let s = &mut self.steps.entries[i].1;
                 if s.status != StepStatus::Succeeded {
                     s.status = StepStatus::Running;
                     s.attempts = *attempt;
@@ -540,7 +559,8 @@ impl RunState {
                 will_retry,
                 ..
             } => {
-                let s = self.steps.get_or_insert_default(step.clone());
+                let i = self.steps.slot(step);
+                let s = &mut self.steps.entries[i].1;
                 if s.status != StepStatus::Succeeded {
                     s.failure = Some(failure.clone());
                     s.status = if *will_retry {
@@ -662,7 +682,17 @@ impl RunState {
         }
         roots
             .into_iter()
-            .map(|(_, id)| build(id, self, &children))
+            .map(|(_, id)| match self.trace.get(&id) {
+                // Most roots delegated nothing: no walk needed.
+                Some(e) if !children.contains_key(&id) => TraceNode {
+                    message: id,
+                    step: e.step.clone(),
+                    agent: e.agent.clone(),
+                    ok: e.outcome.as_ref().map(Result::is_ok),
+                    children: Vec::new(),
+                },
+                _ => build(id, self, &children),
+            })
             .collect()
     }
 }
