@@ -1256,15 +1256,15 @@ impl Driver {
         if let Some(out) = &plan.output {
             return output_of(out);
         }
-        let sinks = self.sinks.iter().filter_map(|&p| plan.steps.get(p));
-        match self.sinks.as_slice() {
-            [_] => sinks.map(|s| output_of(&s.id)).next().unwrap_or_default(),
-            _ => serde_json::Value::Object(
-                sinks
-                    .map(|s| (s.id.to_string(), output_of(&s.id)))
-                    .collect(),
-            ),
+        let mut sinks = self.sinks.iter().filter_map(|&p| plan.steps.get(p));
+        if let [_] = self.sinks.as_slice() {
+            return sinks.next().map(|s| output_of(&s.id)).unwrap_or_default();
         }
+        // Gathered at their exact size first: the map sorts its input in a
+        // Vec, which would otherwise grow by doubling.
+        let mut entries = Vec::with_capacity(self.sinks.len());
+        entries.extend(sinks.map(|s| (s.id.as_str().to_owned(), output_of(&s.id))));
+        serde_json::Value::Object(entries.into_iter().collect())
     }
 }
 

@@ -622,10 +622,15 @@ impl RunState {
 
     /// The results of the steps that succeeded.
     pub fn outputs(&self) -> BTreeMap<StepId, serde_json::Value> {
-        self.steps
-            .iter()
-            .filter_map(|(id, s)| s.output.clone().map(|o| (id.clone(), o)))
-            .collect()
+        // Gathered at full size first: the map sorts its input in a Vec,
+        // which would otherwise grow by doubling.
+        let mut done = Vec::with_capacity(self.steps.len());
+        done.extend(
+            self.steps
+                .iter()
+                .filter_map(|(id, s)| s.output.clone().map(|o| (id.clone(), o))),
+        );
+        done.into_iter().collect()
     }
 
     /// The trace as a tree: one root per step message, in dispatch order, and
