@@ -126,7 +126,12 @@ async fn one(shape: &str, mode: Mode) -> Report {
     // Warm-up.
     orch.run(TaskSpec::new("warm")).await.expect("run");
     by_hand(&deps, &agents).await;
-    for _ in 0..mode.rounds() {
+    // `ORCHESTRATE_ROUNDS=300` makes a run long enough to profile.
+    let rounds = std::env::var("ORCHESTRATE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(mode.rounds());
+    for _ in 0..rounds {
         let start = Instant::now();
         let out = orch.run(TaskSpec::new("bench")).await.expect("run");
         ours.push(start.elapsed().as_nanos() as f64 / STEPS as f64);

@@ -25,8 +25,8 @@ pub enum RunEvent {
     PlanMade {
         /// 0 for the first plan, then 1, 2… for each revision.
         revision: u32,
-        /// The plan (shared, not copied, between the event and the run state).
-        plan: std::sync::Arc<Plan>,
+        /// The plan.
+        plan: Plan,
     },
     /// A step was sent to an agent.
     StepDispatched {

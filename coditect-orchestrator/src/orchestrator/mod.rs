@@ -20,6 +20,7 @@ mod task;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::FuturesUnordered;
@@ -30,11 +31,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use event::{RunEvent, RunEventRecord, Signal};
+use plan::Graph;
 pub use plan::{Plan, PlanError, Step, StepId, StepInput, StepTarget};
 pub use planner::{Planner, PlanningContext, StaticPlanner, StepFailure};
 pub use policy::{RetryOn, RetryPolicy, RunPolicy};
 pub use router::{LeastLoaded, Router};
-pub use state::{RunState, RunStatus, StepState, StepStatus, TraceEntry, TraceNode};
+pub use state::{
+    OrderedMap, OrderedMapIter, RunState, RunStatus, StepState, StepStatus, TraceEntry, TraceNode,
+};
 pub use task::{RunError, RunErrorKind, RunOutcome, TaskSpec};
 
 use crate::agent::AgentCard;
@@ -91,7 +95,8 @@ struct Inner {
     planner: Arc<dyn Planner>,
     router: Arc<dyn Router>,
     extra_cards: Vec<AgentCard>,
-    load: Mutex<HashMap<AgentKind, usize>>,
+    /// Steps in flight per kind, over all of this orchestrator's runs.
+    load: Mutex<HashMap<AgentKind, Arc<AtomicUsize>>>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -289,21 +294,57 @@ impl RunHandle {
     }
 }
 
+/// Counts one step attempt against its agent kind's load while it is in
+/// flight; dropping it (the attempt finished, or the run dropped it) gives the
+/// count back.
+struct LoadGuard(Arc<AtomicUsize>);
+
+impl LoadGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a step was in the plan it was dispatched under: that plan's revision
+/// and the step's position in it.
+#[derive(Clone, Copy)]
+struct At {
+    rev: u32,
+    pos: usize,
+}
+
 /// One step attempt in flight, or a retry that is due.
 enum Completion {
     Step {
+        at: At,
         step: StepId,
         attempt: u32,
-        kind: Option<AgentKind>,
+        load: Option<LoadGuard>,
         result: Result<Body, RequestError>,
     },
     RetryDue {
+        at: At,
         step: StepId,
         attempt: u32,
     },
 }
 
 type InFlight = FuturesUnordered<Pin<Box<dyn std::future::Future<Output = Completion> + Send>>>;
+
+/// How a step of the current plan finds its agent.
+enum StepRoute {
+    /// Exactly the agent the step names (the card of its kind, if known).
+    Agent(Option<usize>),
+    /// The router picks among a set of candidate cards.
+    Pick(usize),
+}
 
 struct Driver {
     inner: Arc<Inner>,
@@ -312,16 +353,44 @@ struct Driver {
     cards: Vec<AgentCard>,
     cancel: CancellationToken,
     events: broadcast::Sender<RunEventRecord>,
+    /// Someone may still read the events (once nobody does, nobody can again).
+    publishing: bool,
     state: RunState,
     seq: u64,
     started: Instant,
-    /// Unfinished dependencies of each step of the current plan.
-    waiting_on: HashMap<StepId, usize>,
-    dependents: HashMap<StepId, Vec<StepId>>,
-    ready: VecDeque<StepId>,
-    in_flight: HashMap<StepId, u32>,
-    /// Where each step of the current plan is in it.
+    /// When the current piece of work began, in ms since the run started: the
+    /// time of the events it records (read once per wake-up, not per event).
+    now_ms: u64,
+    /// Per card: the load counter of its kind (shared by the orchestrator's
+    /// runs) and its kind as events name it.
+    loads: Vec<Arc<AtomicUsize>>,
+    names: Vec<String>,
+    /// Candidate cards for each capability the current plan uses.
+    candidates: Vec<Vec<usize>>,
+    /// The budget handed to the last step, reused while it is unchanged.
+    budget: Option<Arc<Budget>>,
+    // The current plan, by step position.
+    /// Its revision.
+    rev: u32,
+    /// Where each step's id is.
     index: HashMap<StepId, usize>,
+    routes: Vec<StepRoute>,
+    /// Unfinished dependencies of each waiting step.
+    waiting: Vec<u32>,
+    /// The steps waiting for each step: `dependents[dep_start[i]..dep_start[i + 1]]`.
+    dep_start: Vec<usize>,
+    dependents: Vec<usize>,
+    /// Whether a step's success has released its dependents.
+    released: Vec<bool>,
+    /// The sinks (steps nothing depends on), in plan order.
+    sinks: Vec<usize>,
+    /// The attempt in flight (or whose retry is due) of each step; 0: none.
+    attempts: Vec<u32>,
+    /// Attempts in flight of steps no longer in the plan, by id.
+    orphans: HashMap<StepId, u32>,
+    /// Step attempts in flight or due to retry.
+    in_flight: usize,
+    ready: VecDeque<usize>,
     replans: u32,
     revision: u32,
 }
@@ -339,6 +408,14 @@ impl Driver {
         cancel: CancellationToken,
         events: broadcast::Sender<RunEventRecord>,
     ) -> Self {
+        let loads = {
+            let mut table = inner.load.lock().unwrap_or_else(|p| p.into_inner());
+            cards
+                .iter()
+                .map(|c| table.entry(c.kind.clone()).or_default().clone())
+                .collect()
+        };
+        let names = cards.iter().map(|c| c.kind.to_string()).collect();
         Self {
             inner,
             run,
@@ -346,35 +423,62 @@ impl Driver {
             cards,
             cancel,
             events,
+            publishing: true,
             state: RunState::new(run),
             seq: 0,
             started: Instant::now(),
-            waiting_on: HashMap::default(),
-            dependents: HashMap::default(),
-            ready: VecDeque::new(),
-            in_flight: HashMap::default(),
+            now_ms: 0,
+            loads,
+            names,
+            candidates: Vec::new(),
+            budget: None,
+            rev: 0,
             index: HashMap::default(),
+            routes: Vec::new(),
+            waiting: Vec::new(),
+            dep_start: Vec::new(),
+            dependents: Vec::new(),
+            released: Vec::new(),
+            sinks: Vec::new(),
+            attempts: Vec::new(),
+            orphans: HashMap::default(),
+            in_flight: 0,
+            ready: VecDeque::new(),
             replans: 0,
             revision: 0,
         }
+    }
+
+    /// Reads the clock for the events of the work about to be done.
+    fn tick(&mut self) {
+        self.now_ms = self.started.elapsed().as_millis() as u64;
     }
 
     fn record(&mut self, event: RunEvent) {
         let record = RunEventRecord {
             run: self.run,
             seq: self.seq,
-            at_ms: self.started.elapsed().as_millis() as u64,
+            at_ms: self.now_ms,
             event,
         };
         self.seq += 1;
-        self.state.apply(&record);
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(record);
+        if self.publishing {
+            if self.events.receiver_count() > 0 {
+                self.state.apply(&record);
+                if self.events.send(record).is_err() {
+                    self.publishing = false;
+                }
+                return;
+            }
+            // Receivers are only made from receivers: none now, none ever.
+            self.publishing = false;
         }
+        self.state.apply_owned(record);
     }
 
     fn fail(mut self, kind: RunErrorKind, message: String) -> Result<RunOutcome, RunError> {
         self.cancel.cancel();
+        self.tick();
         let status = if matches!(kind, RunErrorKind::Cancelled) {
             RunStatus::Cancelled
         } else {
@@ -427,6 +531,7 @@ impl Driver {
         };
         let ctx = PlanningContext::new(self.cards.clone());
         let planned = self.inner.planner.plan(&self.task, &ctx).await;
+        self.tick();
         if let Some(Stop::Fail(kind, msg)) = self.planning_spent(&ctx) {
             return self.fail(kind, msg);
         }
@@ -437,42 +542,51 @@ impl Driver {
                 return self.fail(RunErrorKind::InvalidPlan(e), msg);
             }
         };
-        if let Err(e) = plan.validate(&self.cards, self.task.policy.max_steps) {
-            let msg = format!("invalid plan: {e}");
-            return self.fail(RunErrorKind::InvalidPlan(e), msg);
+        match plan.check(&self.cards, self.task.policy.max_steps) {
+            Ok(graph) => self.adopt(plan, graph),
+            Err(e) => {
+                let msg = format!("invalid plan: {e}");
+                return self.fail(RunErrorKind::InvalidPlan(e), msg);
+            }
         }
-        self.adopt(plan);
 
         let deadline = self.task.policy.deadline.map(|d| self.started + d);
+        // The token's own future takes two locks each time it is polled, and
+        // the loop polls it on every wake-up: a small task watches the token
+        // instead and reports through a oneshot, which is a lock-free poll.
+        let mut cancelled = watch_cancellation(self.cancel.clone());
+        let deadline_passed = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline_passed);
         let mut in_flight: InFlight = FuturesUnordered::new();
         loop {
-            while let Some(step) = self.ready.pop_front() {
-                if let Some(fut) = self.dispatch(&step, 1, deadline) {
+            while let Some(pos) = self.ready.pop_front() {
+                if let Some(fut) = self.dispatch(pos, 1, deadline) {
                     in_flight.push(fut);
                 } else {
-                    return self.fail_unroutable(&step);
+                    return self.fail_unroutable(pos);
                 }
             }
-            if self.in_flight.is_empty() && in_flight.is_empty() {
+            if self.in_flight == 0 && in_flight.is_empty() {
                 break;
             }
-            let deadline_sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
             let stop: Option<Stop> = tokio::select! {
                 biased;
-                () = self.cancel.cancelled() => Some(Stop::Fail(RunErrorKind::Cancelled, "the run was cancelled".into())),
-                () = deadline_sleep => Some(Stop::Fail(
+                _ = &mut cancelled => Some(Stop::Fail(RunErrorKind::Cancelled, "the run was cancelled".into())),
+                () = &mut deadline_passed => Some(Stop::Fail(
                     RunErrorKind::Deadline,
                     format!("the run's deadline of {:?} passed", self.task.policy.deadline.unwrap_or_default()),
                 )),
                 Some(delivery) = signals.next() => {
+                    self.tick();
                     self.on_signal(delivery.envelope.payload)
                 }
                 Some(done) = in_flight.next() => {
+                    self.tick();
                     self.on_completion(done, deadline, &mut in_flight).await.err()
                 }
             };
@@ -482,6 +596,7 @@ impl Driver {
             }
         }
         // Signals already on their way (the trace of the last steps).
+        self.tick();
         while let Some(Some(delivery)) = signals.now_or_never_opt() {
             if let Some(Stop::Fail(kind, msg)) = self.on_signal(delivery.envelope.payload) {
                 return self.fail(kind, msg);
@@ -504,11 +619,12 @@ impl Driver {
         })
     }
 
-    fn fail_unroutable(self, step: &StepId) -> Result<RunOutcome, RunError> {
+    fn fail_unroutable(self, pos: usize) -> Result<RunOutcome, RunError> {
+        let step = self.step_id(pos).unwrap_or_else(|| StepId::new("?"));
         let msg = format!("step {step}: no agent can take it");
         self.fail(
             RunErrorKind::StepFailed {
-                step: step.clone(),
+                step,
                 agent: None,
                 failure: Failure::new(crate::envelope::FailureKind::NoSuchAgent, msg.clone()),
             },
@@ -516,130 +632,248 @@ impl Driver {
         )
     }
 
-    /// Takes a (new or revised) plan: records it and works out what is ready.
-    fn adopt(&mut self, plan: Plan) {
-        let plan = Arc::new(plan);
+    /// The id of the step at a position of the current plan.
+    fn step_id(&self, pos: usize) -> Option<StepId> {
+        Some(self.state.plan()?.steps.get(pos)?.id.clone())
+    }
+
+    /// Takes a (new or revised) plan, already checked: records it and works
+    /// out, by step position, who waits for whom and what is ready.
+    fn adopt(&mut self, plan: Plan, graph: Graph) {
+        // Attempts in flight keep going across a revision: carry them by id.
+        let mut carried: Vec<(StepId, u32)> = self.orphans.drain().collect();
+        if let Some(old) = self.state.plan() {
+            for (pos, &a) in self.attempts.iter().enumerate() {
+                if a > 0
+                    && let Some(s) = old.steps.get(pos)
+                {
+                    carried.push((s.id.clone(), a));
+                }
+            }
+        }
         self.record(RunEvent::PlanMade {
             revision: self.revision,
-            plan: plan.clone(),
+            plan,
         });
+        self.rev = self.revision;
         self.revision += 1;
-        self.waiting_on.clear();
-        self.dependents.clear();
-        self.ready.clear();
-        self.index = plan
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id.clone(), i))
-            .collect();
-        let done = |st: &RunState, id: &StepId| {
-            st.steps
-                .get(id)
-                .is_some_and(|s| s.status == StepStatus::Succeeded)
+        let Graph { index, deps } = graph;
+        let n = deps.len();
+        let mut attempts = vec![0u32; n];
+        for (id, a) in carried {
+            match index.get(&id) {
+                Some(&p) => attempts[p] = a,
+                None => {
+                    self.orphans.insert(id, a);
+                }
+            }
+        }
+        let Some(plan) = self.state.plans.last() else {
+            return;
         };
-        for step in &plan.steps {
-            if done(&self.state, &step.id) || self.in_flight.contains_key(&step.id) {
+        // Steps that succeeded under an earlier plan stay done.
+        let any_done = self
+            .state
+            .steps
+            .values()
+            .any(|s| s.status == StepStatus::Succeeded);
+        let done: Vec<bool> = if any_done {
+            plan.steps
+                .iter()
+                .map(|s| {
+                    self.state
+                        .steps
+                        .get(&s.id)
+                        .is_some_and(|s| s.status == StepStatus::Succeeded)
+                })
+                .collect()
+        } else {
+            vec![false; n]
+        };
+        let mut waiting = vec![0u32; n];
+        let mut counts = vec![0usize; n + 1];
+        let mut has_dependents = vec![false; n];
+        let mut ready = VecDeque::new();
+        for (p, d) in deps.iter().enumerate() {
+            for &q in d {
+                has_dependents[q] = true;
+            }
+            if done[p] || attempts[p] > 0 {
                 continue;
             }
-            let deps = step.dependencies();
-            let mut n = 0;
-            for d in deps {
-                if !done(&self.state, &d) {
-                    n += 1;
-                    self.dependents.entry(d).or_default().push(step.id.clone());
+            let mut w = 0;
+            for &q in d {
+                if !done[q] {
+                    w += 1;
+                    counts[q + 1] += 1;
                 }
             }
-            if n == 0 {
-                self.ready.push_back(step.id.clone());
+            if w == 0 {
+                ready.push_back(p);
             } else {
-                self.waiting_on.insert(step.id.clone(), n);
+                waiting[p] = w;
             }
         }
-    }
-
-    /// A step of the current plan.
-    fn planned(&self, id: &StepId) -> Option<&Step> {
-        let i = *self.index.get(id)?;
-        self.state.plan()?.steps.get(i)
-    }
-
-    fn load_of(&self, kind: &AgentKind) -> usize {
-        self.inner
-            .load
-            .lock()
-            .map(|l| l.get(kind).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
-
-    fn change_load(&self, kind: &AgentKind, up: bool) {
-        if let Ok(mut l) = self.inner.load.lock() {
-            let e = l.entry(kind.clone()).or_insert(0);
-            if up {
-                *e += 1;
-            } else {
-                *e = e.saturating_sub(1);
+        for i in 0..n {
+            counts[i + 1] += counts[i];
+        }
+        let mut fill = counts.clone();
+        let mut dependents = vec![0usize; counts[n]];
+        for (p, d) in deps.iter().enumerate() {
+            if waiting[p] == 0 {
+                continue;
+            }
+            for &q in d {
+                if !done[q] {
+                    dependents[fill[q]] = p;
+                    fill[q] += 1;
+                }
             }
         }
-    }
-
-    /// Sends one attempt of a step; `None` if no agent can take it.
-    fn dispatch(
-        &mut self,
-        id: &StepId,
-        attempt: u32,
-        run_deadline: Option<Instant>,
-    ) -> Option<Pin<Box<dyn std::future::Future<Output = Completion> + Send>>> {
-        let (dest, kind, input) = {
-            // Borrowed, not cloned: a step may carry a large literal input.
-            let step = self.planned(id)?;
-            let (dest, kind) = match &step.target {
-                StepTarget::Agent(a) => (Destination::Agent(a.clone()), Some(a.kind().clone())),
+        // Where each step finds its agent; candidates per capability.
+        let mut sets: HashMap<&str, usize> = HashMap::default();
+        let mut candidates: Vec<Vec<usize>> = Vec::new();
+        let routes = plan
+            .steps
+            .iter()
+            .map(|s| match &s.target {
+                StepTarget::Agent(a) => {
+                    StepRoute::Agent(self.cards.iter().position(|c| &c.kind == a.kind()))
+                }
                 StepTarget::Capability(c) => {
-                    let candidates: Vec<&AgentCard> =
-                        self.cards.iter().filter(|k| k.can(c)).collect();
-                    if candidates.is_empty() {
-                        return None;
-                    }
-                    let kind = self
-                        .inner
-                        .router
-                        .route(c, &candidates, &|k| self.load_of(k));
-                    (Destination::Kind(kind.clone()), Some(kind))
+                    StepRoute::Pick(*sets.entry(c.as_str()).or_insert_with(|| {
+                        candidates.push(
+                            self.cards
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, k)| k.can(c))
+                                .map(|(i, _)| i)
+                                .collect(),
+                        );
+                        candidates.len() - 1
+                    }))
                 }
-            };
-            let outputs = |d: &StepId| self.state.steps.get(d).and_then(|s| s.output.clone());
-            let input = step
-                .input
-                .resolve(&self.task.goal, &self.task.input, &outputs)
-                .unwrap_or(serde_json::Value::Null);
-            (dest, kind, input)
-        };
-        let message = MessageId::new();
-        self.record(RunEvent::StepDispatched {
-            step: id.clone(),
-            attempt,
-            message,
-            to: match &dest {
-                Destination::Agent(a) => a.to_string(),
-                Destination::Kind(k) => k.to_string(),
-                other => other.to_string(),
-            },
-        });
-        self.in_flight.insert(id.clone(), attempt);
-        if let Some(k) = &kind {
-            self.change_load(k, true);
+            })
+            .collect();
+        self.sinks = (0..n).filter(|&p| !has_dependents[p]).collect();
+        self.routes = routes;
+        self.candidates = candidates;
+        self.index = index;
+        self.waiting = waiting;
+        self.dep_start = counts;
+        self.dependents = dependents;
+        self.released = vec![false; n];
+        self.attempts = attempts;
+        self.ready = ready;
+    }
+
+    /// The position in the current plan of a step dispatched at `at`.
+    fn locate(&self, at: At, step: &StepId) -> Option<usize> {
+        if at.rev == self.rev {
+            Some(at.pos)
+        } else {
+            self.index.get(step).copied()
         }
+    }
+
+    /// The router's pick among a capability's candidate cards: the kind, and
+    /// its card if it is one of ours.
+    fn pick(&self, capability: &str, set: &[usize]) -> Option<(AgentKind, Option<usize>)> {
+        let first = &self.cards[*set.first()?];
+        let mut few: [&AgentCard; 8] = [first; 8];
+        let many: Vec<&AgentCard>;
+        let cands: &[&AgentCard] = if set.len() <= few.len() {
+            for (slot, &i) in few.iter_mut().zip(set) {
+                *slot = &self.cards[i];
+            }
+            &few[..set.len()]
+        } else {
+            many = set.iter().map(|&i| &self.cards[i]).collect();
+            &many
+        };
+        let load = |k: &AgentKind| {
+            set.iter()
+                .find(|&&i| &self.cards[i].kind == k)
+                .map_or(0, |&i| self.loads[i].load(Ordering::Relaxed))
+        };
+        let kind = self.inner.router.route(capability, cands, &load);
+        let card = set
+            .iter()
+            .copied()
+            .find(|&i| self.cards[i].kind == kind)
+            .or_else(|| self.cards.iter().position(|c| c.kind == kind));
+        Some((kind, card))
+    }
+
+    /// The load counter of a kind none of the cards has (a router's choice).
+    fn foreign_load(&self, kind: &AgentKind) -> Arc<AtomicUsize> {
+        let mut table = self.inner.load.lock().unwrap_or_else(|p| p.into_inner());
+        table.entry(kind.clone()).or_default().clone()
+    }
+
+    /// The budget a step carries: what the run's policy leaves.
+    fn budget(&mut self) -> Arc<Budget> {
         let policy = &self.task.policy;
         let used = self.state.usage;
-        let budget = Arc::new(Budget {
+        let budget = Budget {
             max_depth: policy.max_depth,
             max_fanout: policy.max_fanout,
             tokens_left: policy
                 .max_tokens
                 .map(|m| m.saturating_sub(used.total_tokens())),
             cost_left: policy.max_cost_usd.map(|m| (m - used.cost_usd).max(0.0)),
+        };
+        match &self.budget {
+            Some(b) if **b == budget => b.clone(),
+            _ => {
+                let b = Arc::new(budget);
+                self.budget = Some(b.clone());
+                b
+            }
+        }
+    }
+
+    /// Sends one attempt of the step at `pos`; `None` if no agent can take it.
+    fn dispatch(
+        &mut self,
+        pos: usize,
+        attempt: u32,
+        run_deadline: Option<Instant>,
+    ) -> Option<Pin<Box<dyn std::future::Future<Output = Completion> + Send>>> {
+        let step = self.state.plan()?.steps.get(pos)?;
+        let (dest, to, load) = match (self.routes.get(pos)?, &step.target) {
+            (StepRoute::Agent(card), StepTarget::Agent(a)) => (
+                Destination::Agent(a.clone()),
+                a.to_string(),
+                card.map(|i| LoadGuard::new(&self.loads[i])),
+            ),
+            (StepRoute::Pick(set), StepTarget::Capability(c)) => {
+                let (kind, card) = self.pick(c, self.candidates.get(*set)?)?;
+                let (to, load) = match card {
+                    Some(i) => (self.names[i].clone(), LoadGuard::new(&self.loads[i])),
+                    None => (kind.to_string(), LoadGuard::new(&self.foreign_load(&kind))),
+                };
+                (Destination::Kind(kind), to, Some(load))
+            }
+            _ => return None,
+        };
+        let outputs = |d: &StepId| self.state.steps.get(d).and_then(|s| s.output.clone());
+        let input = step
+            .input
+            .resolve(&self.task.goal, &self.task.input, &outputs)
+            .unwrap_or(serde_json::Value::Null);
+        let id = step.id.clone();
+        let message = MessageId::new();
+        self.record(RunEvent::StepDispatched {
+            step: id.clone(),
+            attempt,
+            message,
+            to,
         });
+        if self.attempts[pos] == 0 {
+            self.in_flight += 1;
+        }
+        self.attempts[pos] = attempt;
         let origin = Origin {
             from: None,
             run: Some(self.run),
@@ -652,25 +886,28 @@ impl Driver {
             },
             step: Some(id.clone()),
             parent: None,
-            budget: Some(budget),
+            budget: Some(self.budget()),
             attempt,
         };
         let options = RequestOptions {
-            timeout: policy.step_timeout,
+            timeout: self.task.policy.step_timeout,
             delegation: false,
             id: Some(message),
         };
         let node = self.inner.runtime.inner.node.clone();
-        let cancel = self.cancel.clone();
-        let step_id = id.clone();
+        let at = At { rev: self.rev, pos };
+        // No cancellation token for the request: cancelling the run drops
+        // this future, which withdraws the request and tells the agent to
+        // stop, as a fired token would.
         Some(Box::pin(async move {
             let result = node
-                .request(&origin, dest, Body::new(input), &options, Some(&cancel))
+                .request(&origin, dest, Body::new(input), &options, None)
                 .await;
             Completion::Step {
-                step: step_id,
+                at,
+                step: id,
                 attempt,
-                kind,
+                load,
                 result,
             }
         }))
@@ -683,11 +920,15 @@ impl Driver {
         in_flight: &mut InFlight,
     ) -> Result<(), Stop> {
         match done {
-            Completion::RetryDue { step, attempt } => {
-                if self.planned(&step).is_none() {
+            Completion::RetryDue { at, step, attempt } => {
+                let Some(pos) = self.locate(at, &step) else {
+                    // The step left the plan while it waited: nothing to retry.
+                    if self.orphans.remove(&step).is_some() {
+                        self.in_flight -= 1;
+                    }
                     return Ok(());
-                }
-                match self.dispatch(&step, attempt, deadline) {
+                };
+                match self.dispatch(pos, attempt, deadline) {
                     Some(f) => in_flight.push(f),
                     None => {
                         return Err(Stop::Fail(
@@ -706,53 +947,62 @@ impl Driver {
                 Ok(())
             }
             Completion::Step {
+                at,
                 step,
                 attempt,
-                kind,
+                load,
                 result,
             } => {
-                if let Some(k) = &kind {
-                    self.change_load(k, false);
+                drop(load);
+                let pos = self.locate(at, &step);
+                match pos {
+                    Some(p) => {
+                        if self.attempts.get(p) != Some(&attempt) {
+                            // An attempt the run no longer waits for.
+                            return Ok(());
+                        }
+                        self.attempts[p] = 0;
+                    }
+                    None => {
+                        if self.orphans.get(&step) != Some(&attempt) {
+                            return Ok(());
+                        }
+                        self.orphans.remove(&step);
+                    }
                 }
-                if self.in_flight.get(&step) != Some(&attempt) {
-                    // An attempt the run no longer waits for (a replaced plan).
-                    return Ok(());
-                }
-                self.in_flight.remove(&step);
-                let still_planned = self.planned(&step).is_some();
+                self.in_flight -= 1;
                 match result {
                     Ok(body) => {
                         let output = body.to_json_value().unwrap_or(serde_json::Value::Null);
                         self.record(RunEvent::StepSucceeded {
-                            step: step.clone(),
+                            step,
                             attempt,
                             output,
                         });
-                        if still_planned {
-                            self.release_dependents(&step);
+                        if let Some(p) = pos {
+                            self.release_dependents(p);
                         }
                         Ok(())
                     }
-                    Err(e) => {
-                        if !still_planned {
-                            return Ok(());
-                        }
-                        self.on_step_error(step, attempt, e, in_flight).await
-                    }
+                    Err(e) => match pos {
+                        Some(p) => self.on_step_error(p, step, attempt, e, in_flight).await,
+                        None => Ok(()),
+                    },
                 }
             }
         }
     }
 
-    fn release_dependents(&mut self, step: &StepId) {
-        if let Some(deps) = self.dependents.remove(step) {
-            for d in deps {
-                if let Some(n) = self.waiting_on.get_mut(&d) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.waiting_on.remove(&d);
-                        self.ready.push_back(d);
-                    }
+    fn release_dependents(&mut self, pos: usize) {
+        if std::mem::replace(&mut self.released[pos], true) {
+            return;
+        }
+        for i in self.dep_start[pos]..self.dep_start[pos + 1] {
+            let d = self.dependents[i];
+            if self.waiting[d] > 0 {
+                self.waiting[d] -= 1;
+                if self.waiting[d] == 0 {
+                    self.ready.push_back(d);
                 }
             }
         }
@@ -760,6 +1010,7 @@ impl Driver {
 
     async fn on_step_error(
         &mut self,
+        pos: usize,
         step: StepId,
         attempt: u32,
         error: RequestError,
@@ -791,10 +1042,13 @@ impl Driver {
                 attempt: attempt + 1,
                 backoff_ms: backoff.as_millis() as u64,
             });
-            self.in_flight.insert(step.clone(), attempt + 1);
+            self.attempts[pos] = attempt + 1;
+            self.in_flight += 1;
+            let at = At { rev: self.rev, pos };
             in_flight.push(Box::pin(async move {
                 tokio::time::sleep(backoff).await;
                 Completion::RetryDue {
+                    at,
                     step,
                     attempt: attempt + 1,
                 }
@@ -807,8 +1061,6 @@ impl Driver {
             failure: failure.clone(),
             will_retry: false,
         });
-        // A retry that is due replaces the in-flight marker; clear it.
-        self.in_flight.remove(&step);
         if self.replans < self.task.policy.max_replans {
             self.replans += 1;
             let ctx = PlanningContext::new(self.cards.clone());
@@ -821,19 +1073,22 @@ impl Driver {
                 .planner
                 .replan(&self.task, &self.state, &sf, &ctx)
                 .await;
+            self.tick();
             if let Some(stop) = self.planning_spent(&ctx) {
                 return Err(stop);
             }
             match replanned {
                 Ok(Some(plan)) => {
-                    if let Err(e) = plan.validate(&self.cards, self.task.policy.max_steps) {
-                        return Err(Stop::Fail(
+                    return match plan.check(&self.cards, self.task.policy.max_steps) {
+                        Ok(graph) => {
+                            self.adopt(plan, graph);
+                            Ok(())
+                        }
+                        Err(e) => Err(Stop::Fail(
                             RunErrorKind::InvalidPlan(e.clone()),
                             format!("the revised plan after step {step} failed is invalid: {e}"),
-                        ));
-                    }
-                    self.adopt(plan);
-                    return Ok(());
+                        )),
+                    };
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -1001,16 +1256,36 @@ impl Driver {
         if let Some(out) = &plan.output {
             return output_of(out);
         }
-        let sinks = plan.sinks();
-        match sinks.as_slice() {
-            [one] => output_of(one),
-            many => serde_json::Value::Object(
-                many.iter()
-                    .map(|id| (id.to_string(), output_of(id)))
-                    .collect(),
-            ),
+        let mut sinks = self.sinks.iter().filter_map(|&p| plan.steps.get(p));
+        if let [_] = self.sinks.as_slice() {
+            return sinks.next().map(|s| output_of(&s.id)).unwrap_or_default();
         }
+        // Gathered at their exact size first: the map sorts its input in a
+        // Vec, which would otherwise grow by doubling.
+        let mut entries = Vec::with_capacity(self.sinks.len());
+        entries.extend(sinks.map(|s| (s.id.as_str().to_owned(), output_of(&s.id))));
+        serde_json::Value::Object(entries.into_iter().collect())
     }
+}
+
+/// Resolves once `token` fires (or its watcher is gone). The watcher task ends
+/// with the run: when the receiver is dropped, or when the token fires.
+fn watch_cancellation(token: CancellationToken) -> oneshot::Receiver<()> {
+    let (tx, rx) = oneshot::channel();
+    if token.is_cancelled() {
+        let _ = tx.send(());
+        return rx;
+    }
+    let mut tx = tx;
+    tokio::spawn(async move {
+        tokio::select! {
+            () = token.cancelled() => {
+                let _ = tx.send(());
+            }
+            () = tx.closed() => {}
+        }
+    });
+    rx
 }
 
 trait NowOrNeverOpt: Stream + Unpin {

@@ -299,6 +299,12 @@ impl Plan {
     /// # Errors
     /// The first [`PlanError`] found, naming the offending step.
     pub fn validate(&self, cards: &[AgentCard], max_steps: usize) -> Result<(), PlanError> {
+        self.check(cards, max_steps).map(|_| ())
+    }
+
+    /// [`validate`](Self::validate), returning the plan's dependency graph by
+    /// step position (what the orchestrator schedules with).
+    pub(crate) fn check(&self, cards: &[AgentCard], max_steps: usize) -> Result<Graph, PlanError> {
         if self.steps.is_empty() {
             return Err(PlanError::Empty);
         }
@@ -308,28 +314,56 @@ impl Plan {
                 max: max_steps,
             });
         }
-        let mut index: HashMap<&StepId, usize> = HashMap::with_capacity(self.steps.len());
+        let mut index: FastMap<StepId, usize> =
+            FastMap::with_capacity_and_hasher(self.steps.len(), Default::default());
         for (i, s) in self.steps.iter().enumerate() {
-            if index.insert(&s.id, i).is_some() {
+            if index.insert(s.id.clone(), i).is_some() {
                 return Err(PlanError::DuplicateStep { step: s.id.clone() });
             }
         }
-        let deps: Vec<Vec<usize>> = self
-            .steps
-            .iter()
-            .map(|s| {
-                s.dependencies()
-                    .into_iter()
-                    .map(|d| {
-                        index.get(&d).copied().ok_or(PlanError::DanglingDependency {
+        let mut deps: Vec<Vec<usize>> = Vec::with_capacity(self.steps.len());
+        let mut refs = Vec::new();
+        for s in &self.steps {
+            refs.clear();
+            s.input.refs(&mut refs);
+            let mut d = Vec::with_capacity(s.depends_on.len() + refs.len());
+            for id in s.depends_on.iter().chain(refs.iter().copied()) {
+                match index.get(id) {
+                    Some(&i) => d.push(i),
+                    None => {
+                        // Name the first missing one in id order, as always.
+                        let missing = s
+                            .dependencies()
+                            .into_iter()
+                            .find(|d| !index.contains_key(d))
+                            .unwrap_or_else(|| id.clone());
+                        return Err(PlanError::DanglingDependency {
                             step: s.id.clone(),
-                            missing: d,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .collect::<Result<_, _>>()?;
-        if let Some(cycle) = find_cycle(&deps) {
+                            missing,
+                        });
+                    }
+                }
+            }
+            if d.len() > 1 {
+                d.sort_unstable();
+                d.dedup();
+            }
+            deps.push(d);
+        }
+        if find_cycle(&deps).is_some() {
+            // Report the cycle found walking dependencies in id order, as
+            // always (the search's order decides which cycle it names).
+            let by_id: Vec<Vec<usize>> = self
+                .steps
+                .iter()
+                .map(|s| {
+                    s.dependencies()
+                        .iter()
+                        .filter_map(|d| index.get(d).copied())
+                        .collect()
+                })
+                .collect();
+            let cycle = find_cycle(&by_id).unwrap_or_default();
             return Err(PlanError::Cycle {
                 cycle: cycle
                     .into_iter()
@@ -337,15 +371,20 @@ impl Plan {
                     .collect(),
             });
         }
+        let mut offered: Option<&str> = None;
         for s in &self.steps {
             match &s.target {
                 StepTarget::Capability(c) => {
+                    if offered == Some(c.as_str()) {
+                        continue;
+                    }
                     if !cards.iter().any(|card| card.can(c)) {
                         return Err(PlanError::UnknownCapability {
                             step: s.id.clone(),
                             capability: c.clone(),
                         });
                     }
+                    offered = Some(c);
                 }
                 StepTarget::Agent(a) => {
                     if !cards.iter().any(|card| &card.kind == a.kind()) {
@@ -362,7 +401,7 @@ impl Plan {
         {
             return Err(PlanError::UnknownOutput { step: out.clone() });
         }
-        Ok(())
+        Ok(Graph { index, deps })
     }
 
     /// Steps no other step depends on.
@@ -374,6 +413,17 @@ impl Plan {
             .filter(|id| !depended.contains(*id))
             .collect()
     }
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A valid plan's dependencies by step position.
+#[derive(Debug, Default)]
+pub(crate) struct Graph {
+    /// The position of each step.
+    pub(crate) index: FastMap<StepId, usize>,
+    /// What each step waits for (positions, each once).
+    pub(crate) deps: Vec<Vec<usize>>,
 }
 
 /// Finds a cycle in a dependency graph (each node lists what it depends on).

@@ -2,8 +2,10 @@
 //! events in order.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::Hash;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::budget::Usage;
 use crate::envelope::Failure;
@@ -11,6 +13,265 @@ use crate::id::{AgentId, MessageId, RunId};
 use crate::orchestrator::event::{RunEvent, RunEventRecord};
 use crate::orchestrator::plan::{Plan, StepId};
 use crate::orchestrator::task::TaskSpec;
+
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A map that keeps its entries in the order they were first inserted and
+/// finds them by hashing: what a run's state uses for its steps and its trace,
+/// so applying an event is a constant-time lookup rather than a walk down an
+/// ordered tree comparing strings.
+///
+/// It serializes as a JSON object (a map) in insertion order, and compares
+/// equal to another map with the same entries in the same order.
+///
+/// ```
+/// use coditect_orchestrator::orchestrator::OrderedMap;
+/// let mut m: OrderedMap<String, u32> = OrderedMap::new();
+/// m.insert("b".into(), 1);
+/// m.insert("a".into(), 2);
+/// *m.get_or_insert_default("b".into()) += 10;
+/// assert_eq!(m[&"b".to_string()], 11);
+/// assert_eq!(m.keys().map(String::as_str).collect::<Vec<_>>(), ["b", "a"]);
+/// ```
+#[derive(Clone)]
+pub struct OrderedMap<K, V> {
+    entries: Vec<(K, V)>,
+    index: FastMap<K, usize>,
+}
+
+impl<K, V> Default for OrderedMap<K, V> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            index: FastMap::default(),
+        }
+    }
+}
+
+impl<K: Clone + Eq + Hash, V> OrderedMap<K, V> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Entries in the map.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The value of a key.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        let i = *self.index.get(key)?;
+        self.entries.get(i).map(|(_, v)| v)
+    }
+
+    /// The value of a key, to change.
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let i = *self.index.get(key)?;
+        self.entries.get_mut(i).map(|(_, v)| v)
+    }
+
+    /// Whether the map has a key.
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// Sets the value of a key, returning the old one. A new key goes last; a
+    /// key already there keeps its place.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        match self.index.get(&key) {
+            Some(&i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
+            None => {
+                self.index.insert(key.clone(), self.entries.len());
+                self.entries.push((key, value));
+                None
+            }
+        }
+    }
+
+    /// The value of a key, inserting the default value (last) if it is missing.
+    pub fn get_or_insert_default(&mut self, key: K) -> &mut V
+    where
+        V: Default,
+    {
+        let i = match self.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                let i = self.entries.len();
+                self.index.insert(key.clone(), i);
+                self.entries.push((key, V::default()));
+                i
+            }
+        };
+        &mut self.entries[i].1
+    }
+
+    /// The position of a key's entry, inserting the default value (last) if
+    /// it is missing; the key is cloned only then.
+    fn slot(&mut self, key: &K) -> usize
+    where
+        V: Default,
+    {
+        if let Some(&i) = self.index.get(key) {
+            return i;
+        }
+        let i = self.entries.len();
+        self.index.insert(key.clone(), i);
+        self.entries.push((key.clone(), V::default()));
+        i
+    }
+
+    /// Keeps only the entries for which `keep` is true, in their order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        let before = self.entries.len();
+        self.entries.retain_mut(|(k, v)| keep(k, v));
+        if self.entries.len() != before {
+            self.reindex();
+        }
+    }
+
+    /// Room for `additional` more entries.
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+        self.index.reserve(additional);
+    }
+
+    /// The entries, in order.
+    pub fn iter(&self) -> OrderedMapIter<'_, K, V> {
+        OrderedMapIter(self.entries.iter())
+    }
+
+    /// The keys, in order.
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &K> + ExactSizeIterator {
+        self.entries.iter().map(|(k, _)| k)
+    }
+
+    /// The values, in order.
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + ExactSizeIterator {
+        self.entries.iter().map(|(_, v)| v)
+    }
+
+    /// The values, in order, to change.
+    pub fn values_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut V> + ExactSizeIterator {
+        self.entries.iter_mut().map(|(_, v)| v)
+    }
+
+    fn reindex(&mut self) {
+        self.index.clear();
+        for (i, (k, _)) in self.entries.iter().enumerate() {
+            self.index.insert(k.clone(), i);
+        }
+    }
+}
+
+/// The entries of an [`OrderedMap`], in order.
+#[derive(Clone, Debug)]
+pub struct OrderedMapIter<'a, K, V>(std::slice::Iter<'a, (K, V)>);
+
+impl<'a, K, V> Iterator for OrderedMapIter<'a, K, V> {
+    type Item = (&'a K, &'a V);
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|(k, v)| (k, v))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl<K, V> DoubleEndedIterator for OrderedMapIter<'_, K, V> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.0.next_back().map(|(k, v)| (k, v))
+    }
+}
+
+impl<K, V> ExactSizeIterator for OrderedMapIter<'_, K, V> {}
+
+impl<'a, K: Clone + Eq + Hash, V> IntoIterator for &'a OrderedMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = OrderedMapIter<'a, K, V>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<K: Clone + Eq + Hash, V> FromIterator<(K, V)> for OrderedMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut m = Self::new();
+        for (k, v) in iter {
+            m.insert(k, v);
+        }
+        m
+    }
+}
+
+impl<K: Clone + Eq + Hash, V> std::ops::Index<&K> for OrderedMap<K, V> {
+    type Output = V;
+    /// # Panics
+    /// If the key is not in the map.
+    fn index(&self, key: &K) -> &V {
+        match self.get(key) {
+            Some(v) => v,
+            None => panic!("no such key in the map"),
+        }
+    }
+}
+
+impl<K: PartialEq, V: PartialEq> PartialEq for OrderedMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for OrderedMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.entries.iter().map(|(k, v)| (k, v)))
+            .finish()
+    }
+}
+
+impl<K: Serialize, V: Serialize> Serialize for OrderedMap<K, V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.entries.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de, K, V> Deserialize<'de> for OrderedMap<K, V>
+where
+    K: Deserialize<'de> + Clone + Eq + Hash,
+    V: Deserialize<'de>,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K, V> serde::de::Visitor<'de> for Visit<K, V>
+        where
+            K: Deserialize<'de> + Clone + Eq + Hash,
+            V: Deserialize<'de>,
+        {
+            type Value = OrderedMap<K, V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut m = OrderedMap::new();
+                m.reserve(access.size_hint().unwrap_or(0).min(4096));
+                while let Some((k, v)) = access.next_entry()? {
+                    m.insert(k, v);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
 
 /// Where a run stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,15 +385,16 @@ pub struct RunState {
     /// Where it stands.
     pub status: RunStatus,
     /// The plan and every revision of it, the current one last.
-    pub plans: Vec<std::sync::Arc<Plan>>,
-    /// Each step of the current plan (and finished steps of earlier ones).
-    pub steps: BTreeMap<StepId, StepState>,
+    pub plans: Vec<Plan>,
+    /// Each step of the current plan (and finished steps of earlier ones),
+    /// in the order the plans listed them.
+    pub steps: OrderedMap<StepId, StepState>,
     /// Usage over the whole run.
     pub usage: Usage,
     /// Units of work done: step attempts dispatched plus subtasks delegated.
     pub units: usize,
-    /// Every message of the run, by id.
-    pub trace: BTreeMap<MessageId, TraceEntry>,
+    /// Every message of the run, by id, in the order they were recorded.
+    pub trace: OrderedMap<MessageId, TraceEntry>,
     /// The result, once the run succeeded.
     pub output: Option<serde_json::Value>,
     /// What went wrong, if it failed.
@@ -152,26 +414,106 @@ impl RunState {
 
     /// The current plan.
     pub fn plan(&self) -> Option<&Plan> {
-        self.plans.last().map(|p| &**p)
+        self.plans.last()
     }
 
     /// Applies one event. Applying a step's success twice records it once.
     pub fn apply(&mut self, record: &RunEventRecord) {
         self.events += 1;
         match &record.event {
-            RunEvent::RunStarted { task } => {
-                self.task = Some(task.clone());
-                self.status = RunStatus::Running;
-            }
-            RunEvent::PlanMade { plan, .. } => {
-                // Finished steps keep their results; everything else follows
-                // the new plan.
-                self.steps.retain(|_, s| s.status == StepStatus::Succeeded);
-                for step in &plan.steps {
-                    self.steps.entry(step.id.clone()).or_default();
+            RunEvent::RunStarted { task } => self.run_started(task.clone()),
+            RunEvent::PlanMade { plan, .. } => self.plan_made(plan.clone()),
+            RunEvent::StepSucceeded { step, output, .. } => {
+                if let Some(s) = self.succeeding(step) {
+                    s.output = Some(output.clone());
                 }
-                self.plans.push(plan.clone());
             }
+            RunEvent::RunFinished {
+                status,
+                output,
+                error,
+            } => self.run_finished(*status, output.clone(), error.clone()),
+            other => self.apply_small(other),
+        }
+    }
+
+    /// [`apply`](Self::apply) taking the event by value, so its large parts
+    /// (the plan, outputs) move into the state instead of being copied. The
+    /// same change as `apply`, through the same code.
+    pub(crate) fn apply_owned(&mut self, record: RunEventRecord) {
+        self.events += 1;
+        match record.event {
+            RunEvent::RunStarted { task } => self.run_started(task),
+            RunEvent::PlanMade { plan, .. } => self.plan_made(plan),
+            RunEvent::StepSucceeded { step, output, .. } => {
+                if let Some(s) = self.succeeding(&step) {
+                    s.output = Some(output);
+                }
+            }
+            RunEvent::RunFinished {
+                status,
+                output,
+                error,
+            } => self.run_finished(status, output, error),
+            other => self.apply_small(&other),
+        }
+    }
+
+    fn run_started(&mut self, task: TaskSpec) {
+        self.task = Some(task);
+        self.status = RunStatus::Running;
+    }
+
+    fn plan_made(&mut self, plan: Plan) {
+        // Finished steps keep their results; everything else follows the new
+        // plan.
+        self.steps.retain(|_, s| s.status == StepStatus::Succeeded);
+        self.steps.reserve(plan.steps.len());
+        // Each step's message will join the trace.
+        self.trace.reserve(plan.steps.len());
+        for step in &plan.steps {
+            self.steps.slot(&step.id);
+        }
+        self.plans.push(plan);
+    }
+
+    /// Marks a step succeeded and returns it for its output, unless it had
+    /// already succeeded.
+    fn succeeding(&mut self, step: &StepId) -> Option<&mut StepState> {
+        let i = self.steps.slot(step);
+        let s = &mut self.steps.entries[i].1;
+        if s.status == StepStatus::Succeeded {
+            return None;
+        }
+        s.status = StepStatus::Succeeded;
+        s.failure = None;
+        if let Some(m) = s.message
+            && let Some(t) = self.trace.get_mut(&m)
+        {
+            t.outcome = Some(Ok(()));
+        }
+        Some(&mut self.steps.entries[i].1)
+    }
+
+    fn run_finished(
+        &mut self,
+        status: RunStatus,
+        output: Option<serde_json::Value>,
+        error: Option<String>,
+    ) {
+        self.status = status;
+        self.output = output;
+        self.error = error;
+    }
+
+    /// The events whose parts are small enough to copy.
+    fn apply_small(&mut self, event: &RunEvent) {
+        match event {
+            RunEvent::RunStarted { .. }
+            | RunEvent::PlanMade { .. }
+            | RunEvent::StepSucceeded { .. }
+            | RunEvent::RunFinished { .. }
+            | RunEvent::StepProgress { .. } => {}
             RunEvent::StepDispatched {
                 step,
                 attempt,
@@ -179,7 +521,8 @@ impl RunState {
                 ..
             } => {
                 self.units += 1;
-                let s = self.steps.entry(step.clone()).or_default();
+                let i = self.steps.slot(step);
+                let s = &mut self.steps.entries[i].1;
                 if s.status != StepStatus::Succeeded {
                     s.status = StepStatus::Running;
                     s.attempts = *attempt;
@@ -210,27 +553,14 @@ impl RunState {
                     t.agent = Some(agent.clone());
                 }
             }
-            RunEvent::StepProgress { .. } => {}
-            RunEvent::StepSucceeded { step, output, .. } => {
-                let s = self.steps.entry(step.clone()).or_default();
-                if s.status != StepStatus::Succeeded {
-                    s.status = StepStatus::Succeeded;
-                    s.output = Some(output.clone());
-                    s.failure = None;
-                    if let Some(m) = s.message
-                        && let Some(t) = self.trace.get_mut(&m)
-                    {
-                        t.outcome = Some(Ok(()));
-                    }
-                }
-            }
             RunEvent::StepFailed {
                 step,
                 failure,
                 will_retry,
                 ..
             } => {
-                let s = self.steps.entry(step.clone()).or_default();
+                let i = self.steps.slot(step);
+                let s = &mut self.steps.entries[i].1;
                 if s.status != StepStatus::Succeeded {
                     s.failure = Some(failure.clone());
                     s.status = if *will_retry {
@@ -287,31 +617,27 @@ impl RunState {
                     s.usage += *usage;
                 }
             }
-            RunEvent::RunFinished {
-                status,
-                output,
-                error,
-            } => {
-                self.status = *status;
-                self.output = output.clone();
-                self.error = error.clone();
-            }
         }
     }
 
     /// The results of the steps that succeeded.
     pub fn outputs(&self) -> BTreeMap<StepId, serde_json::Value> {
-        self.steps
-            .iter()
-            .filter_map(|(id, s)| s.output.clone().map(|o| (id.clone(), o)))
-            .collect()
+        // Gathered at full size first: the map sorts its input in a Vec,
+        // which would otherwise grow by doubling.
+        let mut done = Vec::with_capacity(self.steps.len());
+        done.extend(
+            self.steps
+                .iter()
+                .filter_map(|(id, s)| s.output.clone().map(|o| (id.clone(), o))),
+        );
+        done.into_iter().collect()
     }
 
     /// The trace as a tree: one root per step message, in dispatch order, and
     /// under each the subtasks its handler delegated, in order.
     pub fn trace_tree(&self) -> Vec<TraceNode> {
-        let mut children: BTreeMap<MessageId, Vec<(u64, MessageId)>> = BTreeMap::new();
-        let mut roots: Vec<(u64, MessageId)> = Vec::new();
+        let mut children: FastMap<MessageId, Vec<(u64, MessageId)>> = FastMap::default();
+        let mut roots: Vec<(u64, MessageId)> = Vec::with_capacity(self.trace.len());
         for (id, e) in &self.trace {
             match e.parent {
                 Some(p) if self.trace.contains_key(&p) => {
@@ -328,7 +654,7 @@ impl RunState {
         fn build(
             root: MessageId,
             state: &RunState,
-            children: &BTreeMap<MessageId, Vec<(u64, MessageId)>>,
+            children: &FastMap<MessageId, Vec<(u64, MessageId)>>,
         ) -> TraceNode {
             let node_of = |id: MessageId| {
                 let e = state.trace.get(&id);
@@ -361,7 +687,17 @@ impl RunState {
         }
         roots
             .into_iter()
-            .map(|(_, id)| build(id, self, &children))
+            .map(|(_, id)| match self.trace.get(&id) {
+                // Most roots delegated nothing: no walk needed.
+                Some(e) if !children.contains_key(&id) => TraceNode {
+                    message: id,
+                    step: e.step.clone(),
+                    agent: e.agent.clone(),
+                    ok: e.outcome.as_ref().map(Result::is_ok),
+                    children: Vec::new(),
+                },
+                _ => build(id, self, &children),
+            })
             .collect()
     }
 }
@@ -387,7 +723,7 @@ mod tests {
             0,
             RunEvent::PlanMade {
                 revision: 0,
-                plan: Plan::new([Step::new("a", "x", StepInput::Goal)]).into(),
+                plan: Plan::new([Step::new("a", "x", StepInput::Goal)]),
             },
         ));
         let ok = |v: i32| RunEvent::StepSucceeded {
