@@ -277,7 +277,7 @@ async fn a_transient_failure_is_retried_and_counted() {
     let out = timeout(T, handle.outcome()).await.unwrap().unwrap();
     assert_eq!(out.output, json!("ok(x)"));
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    let step = &out.state.steps[&"s".into()];
+    let step = &out.state.steps["s"];
     assert_eq!(step.attempts, 3);
     let events: Vec<_> = events.collect().await;
     let retried = events
@@ -365,7 +365,7 @@ async fn a_permanent_failure_is_replanned_then_fails_cleanly() {
     let r = replans.clone();
     let planner = StaticPlanner::new(plan).with_replan(move |state, failure| {
         r.fetch_add(1, Ordering::SeqCst);
-        assert!(state.steps[&"first".into()].output.is_some());
+        assert!(state.steps["first"].output.is_some());
         if failure.step.as_str() == "second" {
             // Try another agent for the failed step; keep the finished one.
             Some(Plan::new([
@@ -403,7 +403,7 @@ async fn a_permanent_failure_is_replanned_then_fails_cleanly() {
         err.message
     );
     // The finished step keeps its result, and it ran once.
-    assert_eq!(err.finished_steps()[&"first".into()], json!("good(g)"));
+    assert_eq!(err.finished_steps()["first"], json!("good(g)"));
     let events: Vec<_> = events.collect().await;
     let dispatched_first = events
         .iter()
@@ -1087,7 +1087,7 @@ async fn usage_spent_by_a_delegated_agent_counts_against_the_run() {
         }
     );
     // The usage is attributed to the step that caused it.
-    assert_eq!(err.state.steps[&"s".into()].usage.total_tokens(), 1200);
+    assert_eq!(err.state.steps["s"].usage.total_tokens(), 1200);
 }
 
 /// A planner that spends tokens on every plan it makes.

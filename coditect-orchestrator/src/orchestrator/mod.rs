@@ -36,9 +36,7 @@ pub use plan::{Plan, PlanError, Step, StepId, StepInput, StepTarget};
 pub use planner::{Planner, PlanningContext, StaticPlanner, StepFailure};
 pub use policy::{RetryOn, RetryPolicy, RunPolicy};
 pub use router::{LeastLoaded, Router};
-pub use state::{
-    OrderedMap, OrderedMapIter, RunState, RunStatus, StepState, StepStatus, TraceEntry, TraceNode,
-};
+pub use state::{OrderedMap, RunState, RunStatus, StepState, StepStatus, TraceEntry, TraceNode};
 pub use task::{RunError, RunErrorKind, RunOutcome, TaskSpec};
 
 use crate::agent::AgentCard;

@@ -40,6 +40,13 @@ impl fmt::Debug for StepId {
     }
 }
 
+/// Lets maps keyed by step id be read with a plain `&str` (`state.steps["a"]`).
+impl std::borrow::Borrow<str> for StepId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl From<&str> for StepId {
     fn from(s: &str) -> Self {
         Self::new(s)

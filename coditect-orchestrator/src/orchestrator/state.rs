@@ -1,11 +1,8 @@
 //! A run's state: one plain, serializable value, changed only by applying its
 //! events in order.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
-use std::hash::Hash;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::budget::Usage;
 use crate::envelope::Failure;
@@ -14,262 +11,31 @@ use crate::orchestrator::event::{RunEvent, RunEventRecord};
 use crate::orchestrator::plan::{Plan, StepId};
 use crate::orchestrator::task::TaskSpec;
 
-type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-
 /// A map that keeps its entries in the order they were first inserted and
-/// finds them by hashing: what a run's state uses for its steps and its trace,
-/// so applying an event is a constant-time lookup rather than a walk down an
-/// ordered tree comparing strings.
-///
-/// It serializes as a JSON object (a map) in insertion order, and compares
-/// equal to another map with the same entries in the same order.
+/// finds them by hashing (an [`indexmap::IndexMap`] with a fast hasher): what a
+/// run's state uses for its steps and its trace, so applying an event is a
+/// constant-time lookup rather than a walk down an ordered tree comparing
+/// strings. It serializes as a map, in insertion order.
 ///
 /// ```
 /// use coditect_orchestrator::orchestrator::OrderedMap;
-/// let mut m: OrderedMap<String, u32> = OrderedMap::new();
+/// let mut m: OrderedMap<String, u32> = OrderedMap::default();
 /// m.insert("b".into(), 1);
 /// m.insert("a".into(), 2);
-/// *m.get_or_insert_default("b".into()) += 10;
-/// assert_eq!(m[&"b".to_string()], 11);
+/// *m.entry("b".into()).or_default() += 10;
+/// assert_eq!(m["b"], 11);
 /// assert_eq!(m.keys().map(String::as_str).collect::<Vec<_>>(), ["b", "a"]);
 /// ```
-#[derive(Clone)]
-pub struct OrderedMap<K, V> {
-    entries: Vec<(K, V)>,
-    index: FastMap<K, usize>,
-}
+pub type OrderedMap<K, V> = indexmap::IndexMap<K, V, foldhash::fast::RandomState>;
 
-impl<K, V> Default for OrderedMap<K, V> {
-    fn default() -> Self {
-        Self {
-            entries: Vec::new(),
-            index: FastMap::default(),
-        }
-    }
-}
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-impl<K: Clone + Eq + Hash, V> OrderedMap<K, V> {
-    /// An empty map.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Entries in the map.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether the map is empty.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The value of a key.
-    pub fn get(&self, key: &K) -> Option<&V> {
-        let i = *self.index.get(key)?;
-        self.entries.get(i).map(|(_, v)| v)
-    }
-
-    /// The value of a key, to change.
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let i = *self.index.get(key)?;
-        self.entries.get_mut(i).map(|(_, v)| v)
-    }
-
-    /// Whether the map has a key.
-    pub fn contains_key(&self, key: &K) -> bool {
-        self.index.contains_key(key)
-    }
-
-    /// Sets the value of a key, returning the old one. A new key goes last; a
-    /// key already there keeps its place.
-    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        match self.index.get(&key) {
-            Some(&i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
-            None => {
-                self.index.insert(key.clone(), self.entries.len());
-                self.entries.push((key, value));
-                None
-            }
-        }
-    }
-
-    /// The value of a key, inserting the default value (last) if it is missing.
-    pub fn get_or_insert_default(&mut self, key: K) -> &mut V
-    where
-        V: Default,
-    {
-        let i = match self.index.get(&key) {
-            Some(&i) => i,
-            None => {
-                let i = self.entries.len();
-                self.index.insert(key.clone(), i);
-                self.entries.push((key, V::default()));
-                i
-            }
-        };
-        &mut self.entries[i].1
-    }
-
-    /// The position of a key's entry, inserting the default value (last) if
-    /// it is missing; the key is cloned only then.
-    fn slot(&mut self, key: &K) -> usize
-    where
-        V: Default,
-    {
-        if let Some(&i) = self.index.get(key) {
-            return i;
-        }
-        let i = self.entries.len();
-        self.index.insert(key.clone(), i);
-        self.entries.push((key.clone(), V::default()));
-        i
-    }
-
-    /// Keeps only the entries for which `keep` is true, in their order.
-    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        let before = self.entries.len();
-        self.entries.retain_mut(|(k, v)| keep(k, v));
-        if self.entries.len() != before {
-            self.reindex();
-        }
-    }
-
-    /// Room for `additional` more entries.
-    pub fn reserve(&mut self, additional: usize) {
-        self.entries.reserve(additional);
-        self.index.reserve(additional);
-    }
-
-    /// The entries, in order.
-    pub fn iter(&self) -> OrderedMapIter<'_, K, V> {
-        OrderedMapIter(self.entries.iter())
-    }
-
-    /// The keys, in order.
-    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &K> + ExactSizeIterator {
-        self.entries.iter().map(|(k, _)| k)
-    }
-
-    /// The values, in order.
-    pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + ExactSizeIterator {
-        self.entries.iter().map(|(_, v)| v)
-    }
-
-    /// The values, in order, to change.
-    pub fn values_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut V> + ExactSizeIterator {
-        self.entries.iter_mut().map(|(_, v)| v)
-    }
-
-    fn reindex(&mut self) {
-        self.index.clear();
-        for (i, (k, _)) in self.entries.iter().enumerate() {
-            self.index.insert(k.clone(), i);
-        }
-    }
-}
-
-/// The entries of an [`OrderedMap`], in order.
-#[derive(Clone, Debug)]
-pub struct OrderedMapIter<'a, K, V>(std::slice::Iter<'a, (K, V)>);
-
-impl<'a, K, V> Iterator for OrderedMapIter<'a, K, V> {
-    type Item = (&'a K, &'a V);
-    fn next(&mut self) -> Option<Self::Item> {
-        self.0.next().map(|(k, v)| (k, v))
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.0.size_hint()
-    }
-}
-
-impl<K, V> DoubleEndedIterator for OrderedMapIter<'_, K, V> {
-    fn next_back(&mut self) -> Option<Self::Item> {
-        self.0.next_back().map(|(k, v)| (k, v))
-    }
-}
-
-impl<K, V> ExactSizeIterator for OrderedMapIter<'_, K, V> {}
-
-impl<'a, K: Clone + Eq + Hash, V> IntoIterator for &'a OrderedMap<K, V> {
-    type Item = (&'a K, &'a V);
-    type IntoIter = OrderedMapIter<'a, K, V>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-impl<K: Clone + Eq + Hash, V> FromIterator<(K, V)> for OrderedMap<K, V> {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut m = Self::new();
-        for (k, v) in iter {
-            m.insert(k, v);
-        }
-        m
-    }
-}
-
-impl<K: Clone + Eq + Hash, V> std::ops::Index<&K> for OrderedMap<K, V> {
-    type Output = V;
-    /// # Panics
-    /// If the key is not in the map.
-    fn index(&self, key: &K) -> &V {
-        match self.get(key) {
-            Some(v) => v,
-            None => panic!("no such key in the map"),
-        }
-    }
-}
-
-impl<K: PartialEq, V: PartialEq> PartialEq for OrderedMap<K, V> {
-    fn eq(&self, other: &Self) -> bool {
-        self.entries == other.entries
-    }
-}
-
-impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for OrderedMap<K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.entries.iter().map(|(k, v)| (k, v)))
-            .finish()
-    }
-}
-
-impl<K: Serialize, V: Serialize> Serialize for OrderedMap<K, V> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.entries.iter().map(|(k, v)| (k, v)))
-    }
-}
-
-impl<'de, K, V> Deserialize<'de> for OrderedMap<K, V>
-where
-    K: Deserialize<'de> + Clone + Eq + Hash,
-    V: Deserialize<'de>,
-{
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<K, V>(std::marker::PhantomData<(K, V)>);
-        impl<'de, K, V> serde::de::Visitor<'de> for Visit<K, V>
-        where
-            K: Deserialize<'de> + Clone + Eq + Hash,
-            V: Deserialize<'de>,
-        {
-            type Value = OrderedMap<K, V>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut access: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut m = OrderedMap::new();
-                m.reserve(access.size_hint().unwrap_or(0).min(4096));
-                while let Some((k, v)) = access.next_entry()? {
-                    m.insert(k, v);
-                }
-                Ok(m)
-            }
-        }
-        d.deserialize_map(Visit(std::marker::PhantomData))
+/// The position of a step's entry, inserting a default one (last) if it is
+/// missing; the id is cloned only then.
+fn slot<V: Default>(map: &mut OrderedMap<StepId, V>, key: &StepId) -> usize {
+    match map.get_index_of(key) {
+        Some(i) => i,
+        None => map.insert_full(key.clone(), V::default()).0,
     }
 }
 
@@ -472,7 +238,7 @@ impl RunState {
         // Each step's message will join the trace.
         self.trace.reserve(plan.steps.len());
         for step in &plan.steps {
-            self.steps.slot(&step.id);
+            slot(&mut self.steps, &step.id);
         }
         self.plans.push(plan);
     }
@@ -480,8 +246,8 @@ impl RunState {
     /// Marks a step succeeded and returns it for its output, unless it had
     /// already succeeded.
     fn succeeding(&mut self, step: &StepId) -> Option<&mut StepState> {
-        let i = self.steps.slot(step);
-        let s = &mut self.steps.entries[i].1;
+        let i = slot(&mut self.steps, step);
+        let s = &mut self.steps[i];
         if s.status == StepStatus::Succeeded {
             return None;
         }
@@ -492,7 +258,7 @@ impl RunState {
         {
             t.outcome = Some(Ok(()));
         }
-        Some(&mut self.steps.entries[i].1)
+        Some(&mut self.steps[i])
     }
 
     fn run_finished(
@@ -521,8 +287,8 @@ impl RunState {
                 ..
             } => {
                 self.units += 1;
-                let i = self.steps.slot(step);
-                let s = &mut self.steps.entries[i].1;
+                let i = slot(&mut self.steps, step);
+                let s = &mut self.steps[i];
                 if s.status != StepStatus::Succeeded {
                     s.status = StepStatus::Running;
                     s.attempts = *attempt;
@@ -559,8 +325,8 @@ impl RunState {
                 will_retry,
                 ..
             } => {
-                let i = self.steps.slot(step);
-                let s = &mut self.steps.entries[i].1;
+                let i = slot(&mut self.steps, step);
+                let s = &mut self.steps[i];
                 if s.status != StepStatus::Succeeded {
                     s.failure = Some(failure.clone());
                     s.status = if *will_retry {
@@ -745,5 +511,32 @@ mod tests {
             },
         ));
         assert_eq!(st.steps[&StepId::new("a")].status, StepStatus::Succeeded);
+    }
+
+    #[test]
+    fn the_state_round_trips_through_json_keeping_plan_order() {
+        let mut st = RunState::new(RunId::new());
+        let plan = Plan::new([
+            Step::new("zeta", "x", StepInput::Goal),
+            Step::new("alpha", "x", StepInput::output("zeta")),
+            Step::new("mid", "x", StepInput::Goal),
+        ]);
+        st.apply(&rec(0, RunEvent::PlanMade { revision: 0, plan }));
+        st.apply(&rec(
+            1,
+            RunEvent::StepDispatched {
+                step: "alpha".into(),
+                attempt: 1,
+                message: MessageId::new(),
+                to: "x".into(),
+            },
+        ));
+        let json = serde_json::to_string(&st).unwrap();
+        let back: RunState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, st);
+        let order: Vec<&str> = back.steps.keys().map(StepId::as_str).collect();
+        assert_eq!(order, ["zeta", "alpha", "mid"]);
+        assert_eq!(back.steps["alpha"].status, StepStatus::Running);
+        assert_eq!(back.trace.len(), 1);
     }
 }
