@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::agent::DynAgent;
 use crate::body::Body;
 use crate::context::AgentContext;
-use crate::envelope::{Destination, Envelope, Failure, FailureKind, Payload};
+use crate::envelope::{Deadline, Destination, Envelope, Failure, FailureKind, Payload};
 use crate::id::{AgentId, MessageId};
 use crate::id::{RunId, Topic};
 use crate::orchestrator::Signal;
@@ -212,7 +212,7 @@ fn finish<'a>(
 /// Tells the run's orchestrator what this runtime does with one of its
 /// messages (best effort: a lost signal only thins the trace). Sent at once
 /// when the transport can; otherwise the returned future finishes the send.
-pub(crate) fn signal(node: &Node, env: &Envelope, run: RunId, signal: Signal) -> Rest<'static> {
+fn signal(node: &Node, env: &Envelope, run: RunId, signal: Signal) -> Rest<'static> {
     let mut out = Envelope::new(
         env.tenant.clone(),
         Destination::Topic(Topic::for_run(run)),
@@ -236,6 +236,34 @@ pub(crate) fn signal(node: &Node, env: &Envelope, run: RunId, signal: Signal) ->
             }))
         }
     }
+}
+
+/// The "started" signal of a message of a run: which agent took it.
+pub(crate) fn signal_started(node: &Node, env: &Envelope, agent: &AgentId) -> Rest<'static> {
+    let run = env.run?;
+    let started = Signal::Started {
+        message: env.id,
+        parent: env.parent,
+        step: env.step.clone(),
+        agent: agent.clone(),
+        depth: env.depth,
+    };
+    signal(node, env, run, started)
+}
+
+/// The "finished" signal of delegated work. A step's own message (no
+/// parent) is answered to the orchestrator by its reply, so it has none.
+pub(crate) fn signal_finished(
+    node: &Node,
+    env: &Envelope,
+    result: &Result<Body, Failure>,
+) -> Rest<'static> {
+    let run = env.run.filter(|_| env.parent.is_some())?;
+    let finished = Signal::Finished {
+        message: env.id,
+        failure: result.as_ref().err().cloned(),
+    };
+    signal(node, env, run, finished)
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -307,17 +335,8 @@ async fn handle_one(
     if rt.is_stopped() {
         cancel.cancel();
     }
-    if let Some(run) = envelope.run {
-        let started = Signal::Started {
-            message: envelope.id,
-            parent: envelope.parent,
-            step: envelope.step.clone(),
-            agent: id.clone(),
-            depth: envelope.depth,
-        };
-        if let Some(rest) = signal(&rt.node, &envelope, run, started) {
-            rest.await;
-        }
+    if let Some(rest) = signal_started(&rt.node, &envelope, id) {
+        rest.await;
     }
     let span = tracing::debug_span!(
         "coditect.handle",
@@ -363,16 +382,8 @@ async fn handle_one(
     }
     let AgentContext { env: envelope, .. } = ctx;
     let result = result.map_err(|f| if f.agent.is_none() { f.at(id) } else { f });
-    // A step's own message (no parent) is answered to the orchestrator by its
-    // reply; only delegated work needs a separate "finished" signal.
-    if let Some(run) = envelope.run.filter(|_| envelope.parent.is_some()) {
-        let finished = Signal::Finished {
-            message: envelope.id,
-            failure: result.as_ref().err().cloned(),
-        };
-        if let Some(rest) = signal(&rt.node, &envelope, run, finished) {
-            rest.await;
-        }
+    if let Some(rest) = signal_finished(&rt.node, &envelope, &result) {
+        rest.await;
     }
     if let Some(rest) = finish(rt, &envelope, acker, result) {
         rest.await;
@@ -381,13 +392,13 @@ async fn handle_one(
 }
 
 /// Why a handler was stopped before it finished.
-pub(crate) fn stop_reason(node: &Node, ctx: &AgentContext) -> Failure {
+pub(crate) fn stop_reason(node: &Node, deadline: Option<Deadline>) -> Failure {
     if node.is_stopped() {
         Failure::new(
             FailureKind::ShuttingDown,
             "the runtime shut down while the handler ran",
         )
-    } else if ctx.env.deadline.is_some_and(|d| d.is_past()) {
+    } else if deadline.is_some_and(|d| d.is_past()) {
         Failure::new(
             FailureKind::Timeout,
             "the deadline passed while the handler ran",
@@ -410,7 +421,7 @@ pub(crate) fn settle(
         Ok(Ok(body)) => (Ok(body), true),
         // An error after the signal fired is most likely the handler giving
         // up because of it: report why it was stopped.
-        Ok(Err(_)) if ctx.cancel.is_cancelled() => (Err(stop_reason(node, ctx)), true),
+        Ok(Err(_)) if ctx.cancel.is_cancelled() => (Err(stop_reason(node, ctx.env.deadline)), true),
         Ok(Err(e)) => (Err(e.to_failure(ctx.id())), true),
         Err(panic) => {
             let msg = panic_message(&*panic);
@@ -433,7 +444,7 @@ pub(crate) async fn wind_down<F: Future<Output = HandlerOutcome>>(
     handler: Pin<&mut F>,
     ctx: &AgentContext,
 ) -> (Result<Body, Failure>, bool) {
-    let stopped = stop_reason(node, ctx);
+    let stopped = stop_reason(node, ctx.env.deadline);
     let keep = match tokio::time::timeout(node.cancel_grace, handler).await {
         Ok(Err(_panic)) => false,
         Ok(Ok(_)) => true,

@@ -33,10 +33,11 @@ use tracing::Instrument;
 use crate::agent::DynAgent;
 use crate::body::Body;
 use crate::context::AgentContext;
-use crate::envelope::{Deadline, Destination, Envelope, Failure, FailureKind, Payload};
+use crate::envelope::{Deadline, Destination, Envelope, Failure, Payload};
 use crate::error::RequestError;
-use crate::orchestrator::Signal;
-use crate::runtime::activation::{Activation, settle, signal, wind_down};
+use crate::runtime::activation::{
+    Activation, settle, signal_finished, signal_started, stop_reason, wind_down,
+};
 use crate::runtime::call::Node;
 use crate::runtime::cancel::{HandlerCancel, UntilCancelled};
 use crate::runtime::deadlines::{DeadlineKey, Expiry};
@@ -107,14 +108,7 @@ impl Parts {
             node.deadlines.remove(key);
         }
         let env = &ctx.env;
-        let mut rest = None;
-        if let Some(run) = env.run.filter(|_| env.parent.is_some()) {
-            let finished = Signal::Finished {
-                message: env.id,
-                failure: result.as_ref().err().cloned(),
-            };
-            rest = signal(node, env, run, finished);
-        }
+        let rest = signal_finished(node, env, &result);
         if let Some(host) = self.host() {
             host.release(&self.act, agent, self.cancel.clone());
         }
@@ -172,7 +166,7 @@ impl Drop for InFlight {
 /// when the target is not an idle agent of this node.
 pub(crate) async fn try_call(
     node: &Arc<Node>,
-    env: Box<Envelope>,
+    mut env: Box<Envelope>,
     timeout: Duration,
     cancel: Option<&CancellationToken>,
     to: &Destination,
@@ -185,21 +179,32 @@ pub(crate) async fn try_call(
     // direct call against the task's cooperative budget, as a channel
     // operation is, so that it yields now and then.
     tokio::task::consume_budget().await;
+    // Only a message can be answered in place.
+    let body = match std::mem::replace(&mut env.payload, Payload::Cancel(env.id)) {
+        Payload::Message(body) => body,
+        other => {
+            env.payload = other;
+            return Err(env);
+        }
+    };
     let claim = match inbox.as_any().and_then(|a| a.downcast_ref::<KindHost>()) {
         Some(host) => host.claim(node, &env),
         None => None,
     };
     let Some(claim) = claim else {
+        env.payload = Payload::Message(body);
         return Err(env);
     };
-    Ok(call(node, inbox, claim, env, timeout, cancel, to).await)
+    Ok(call(node, inbox, claim, env, body, timeout, cancel, to).await)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn call(
     node: &Arc<Node>,
     inbox: Arc<dyn Inbox>,
     claim: Claim,
     env: Box<Envelope>,
+    body: Body,
     timeout: Duration,
     cancel: Option<&CancellationToken>,
     to: &Destination,
@@ -207,10 +212,7 @@ async fn call(
     // Everything up to the handler's first poll is synchronous, and the
     // future of a request holds little besides the call: requests in flight
     // by the thousand (a wide plan) each keep one.
-    let (mut flight, started) = match start(node, inbox, claim, env) {
-        Ok(started) => started,
-        Err(err) => return Err(err),
-    };
+    let (mut flight, started) = start(node, inbox, claim, env, body);
     if let Some(rest) = started {
         rest.await;
     }
@@ -242,8 +244,9 @@ fn start(
     node: &Arc<Node>,
     inbox: Arc<dyn Inbox>,
     claim: Claim,
-    mut env: Box<Envelope>,
-) -> Result<(InFlight, Option<Rest>), RequestError> {
+    env: Box<Envelope>,
+    body: Body,
+) -> (InFlight, Option<Rest>) {
     let Claim {
         act,
         agent,
@@ -257,33 +260,7 @@ fn start(
         deadline: None,
         _tracked: node.tracker.token(),
     };
-    let body = match std::mem::replace(&mut env.payload, Payload::Cancel(env.id)) {
-        Payload::Message(body) => body,
-        // A request is always a message.
-        _ => {
-            if let Some(host) = parts.host() {
-                host.release(&parts.act, Some(agent), parts.cancel.clone());
-            }
-            node.concurrency.release();
-            return Err(RequestError::Failed(Failure::new(
-                FailureKind::BadInput,
-                "not a message",
-            )));
-        }
-    };
-    let started = match env.run {
-        Some(run) => {
-            let started = Signal::Started {
-                message: env.id,
-                parent: env.parent,
-                step: env.step.clone(),
-                agent: parts.act.id.clone(),
-                depth: env.depth,
-            };
-            signal(node, &env, run, started)
-        }
-        None => None,
-    };
+    let started = signal_started(node, &env, &parts.act.id);
     let span = tracing::debug_span!(
         "coditect.handle",
         agent = %parts.act.id,
@@ -302,13 +279,13 @@ fn start(
     } else {
         Box::pin(run(agent, ctx, body).instrument(span))
     };
-    Ok((
+    (
         InFlight {
             call: Some(call),
             parts: Some(parts),
         },
         started,
-    ))
+    )
 }
 
 /// Ends a call whose handler finished.
@@ -364,18 +341,9 @@ async fn wait(
                 to: to.clone(),
                 after: timeout,
             }
-        } else if node.is_stopped() {
-            RequestError::Failed(
-                Failure::new(
-                    FailureKind::ShuttingDown,
-                    "the runtime shut down while the handler ran",
-                )
-                .at(at),
-            )
         } else {
-            RequestError::Failed(
-                Failure::new(FailureKind::Cancelled, "the request was cancelled").at(at),
-            )
+            // Shut down, or cancelled by a `Cancel` message.
+            RequestError::Failed(stop_reason(node, None).at(at))
         };
         return Err(err);
     };

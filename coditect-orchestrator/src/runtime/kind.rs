@@ -263,6 +263,11 @@ impl KindHost {
             }
             return Ok(Target::Done);
         }
+        self.route(env)
+    }
+
+    /// Where a message (not a cancel) for this kind goes.
+    fn route(&self, env: &Envelope) -> Result<Target, Failure> {
         match &env.to {
             Destination::Agent(id) if id.kind() == &self.kind => {
                 if env.chain.contains(id) {
@@ -425,7 +430,7 @@ impl KindHost {
         if node.draining.load(Ordering::Acquire) || node.is_stopped() {
             return None;
         }
-        let act = match self.target(env) {
+        let act = match self.route(env) {
             Ok(Target::Key(_, Some(act))) => act,
             Ok(Target::Key(key, None)) => self.get(&key)?,
             _ => return None,
