@@ -8,11 +8,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, Message};
 use crate::budget::{Budget, Usage};
-use crate::envelope::{CallChain, Deadline, Destination, Envelope, TraceContext};
+use crate::envelope::{CallChain, Deadline, Destination, Envelope};
 use crate::envelope::{Failure, FailureKind};
 use crate::error::RequestError;
-use crate::id::{AgentId, AgentKind, MessageId, RunId, TenantId, Topic};
-use crate::orchestrator::{Signal, StepId};
+use crate::id::{AgentId, AgentKind, MessageId, RunId, StepId, TenantId, Topic};
+use crate::report::{ReportError, Signal, SignalKind, TallyCell};
 use crate::runtime::call::{Node, Origin, RequestOptions};
 use crate::runtime::cancel::HandlerCancel;
 use crate::transport::SendError;
@@ -29,37 +29,50 @@ pub struct AgentContext {
     /// copied field by field, and moved back out for the reply.
     pub(crate) env: Box<Envelope>,
     pub(crate) cancel: Arc<HandlerCancel>,
+    /// What this handling has reported, delegations included: its reply
+    /// carries it.
+    pub(crate) tally: TallyCell,
 }
 
 impl AgentContext {
+    pub(crate) fn new(
+        node: Arc<Node>,
+        me: AgentId,
+        env: Box<Envelope>,
+        cancel: Arc<HandlerCancel>,
+    ) -> Self {
+        Self {
+            node,
+            me,
+            env,
+            cancel,
+            tally: TallyCell::started(),
+        }
+    }
+
     fn origin(&self) -> Origin {
         Origin {
             from: Some(self.me.clone()),
-            run: self.env.run,
-            depth: self.env.depth,
-            chain: self.env.chain.clone(),
-            deadline: self.env.deadline,
-            trace: TraceContext {
-                trace_id: self.env.trace.trace_id,
-                parent_span: self.env.id.as_u128() as u64,
-            },
-            step: self.env.step.clone(),
-            parent: Some(self.env.id),
-            budget: self.env.budget.clone(),
-            attempt: 0,
+            ctx: self.env.ctx.child_of(self.env.id),
         }
+    }
+
+    /// The run context of the message being handled (run, step, depth,
+    /// deadline, attempt, trace, call chain, budget).
+    pub fn call_context(&self) -> &crate::CallContext {
+        &self.env.ctx
     }
 
     /// The plan step this work belongs to, if it runs for an orchestrated run.
     pub fn step(&self) -> Option<&StepId> {
-        self.env.step.as_ref()
+        self.env.ctx.step.as_ref()
     }
 
     /// What remains of the run's limits (delegation depth, fan-out, tokens,
     /// cost) when this message was sent. Outside a run: the default limits.
     pub fn budget(&self) -> &Budget {
         static DEFAULT: std::sync::OnceLock<Budget> = std::sync::OnceLock::new();
-        match &self.env.budget {
+        match &self.env.ctx.budget {
             Some(b) => b,
             None => DEFAULT.get_or_init(Budget::default),
         }
@@ -87,27 +100,27 @@ impl AgentContext {
 
     /// The run the message belongs to, if any.
     pub fn run(&self) -> Option<RunId> {
-        self.env.run
+        self.env.ctx.run
     }
 
     /// How many delegations deep this message is.
     pub fn depth(&self) -> u16 {
-        self.env.depth
+        self.env.ctx.depth
     }
 
     /// When the caller stops waiting, if it waits.
     pub fn deadline(&self) -> Option<Deadline> {
-        self.env.deadline
+        self.env.ctx.deadline
     }
 
     /// Which attempt at this message this is (1 for the first).
     pub fn attempt(&self) -> u32 {
-        self.env.attempt
+        self.env.ctx.attempt
     }
 
     /// The agents waiting, each on the next, for this message's answer.
     pub fn call_chain(&self) -> &CallChain {
-        &self.env.chain
+        &self.env.ctx.chain
     }
 
     /// The token that fires when the caller gives up, the deadline passes, the
@@ -188,6 +201,7 @@ impl AgentContext {
                 message,
                 &options,
                 Some(self.cancel.token()),
+                Some(&self.tally),
             )
             .await
     }
@@ -208,12 +222,12 @@ impl AgentContext {
         message: impl Message,
     ) -> Result<R, RequestError> {
         let max = self.budget().max_depth;
-        if self.env.depth >= max {
+        if self.env.ctx.depth >= max {
             return Err(RequestError::Failed(Failure::new(
                 FailureKind::Policy,
                 format!(
                     "max delegation depth {max} reached: {} at depth {} cannot delegate {capability:?}",
-                    self.me, self.env.depth
+                    self.me, self.env.ctx.depth
                 ),
             )));
         }
@@ -258,22 +272,35 @@ impl AgentContext {
     }
 
     /// Reports tokens and money spent (by a model call, say). It counts
-    /// against the run's budgets; the orchestrator ends the run when one is
-    /// spent.
+    /// against the run's budgets exactly once: it travels at once as a signal
+    /// (so the orchestrator can stop a run that overspends while this handler
+    /// still works) and again in this handler's reply, which is what the run
+    /// counts if the signal was lost.
     ///
     /// # Errors
-    /// [`SendError`] if the transport fails.
-    pub async fn report_usage(&self, usage: Usage) -> Result<(), SendError> {
-        let Some(run) = self.env.run else {
+    /// [`ReportError`] if the transport fails (the usage still reaches the
+    /// run with the reply).
+    pub async fn report_usage(&self, usage: Usage) -> Result<(), ReportError> {
+        self.tally.add_usage(usage);
+        self.report(SignalKind::Usage { usage }).await
+    }
+
+    /// Sends one report about the message being handled to its run.
+    async fn report(&self, kind: SignalKind) -> Result<(), ReportError> {
+        let Some(run) = self.env.ctx.run else {
             return Ok(());
         };
-        let signal = Signal::Usage {
+        let signal = Signal {
             message: self.env.id,
-            step: self.env.step.clone(),
+            root: self.env.ctx.root.unwrap_or(self.env.id),
+            seq: self.tally.next_report(),
+            step: self.env.ctx.step.clone(),
             agent: self.me.clone(),
-            usage,
+            kind,
         };
-        self.publish(&Topic::for_run(run), signal).await
+        self.publish(&Topic::for_run(run), signal)
+            .await
+            .map_err(ReportError::send)
     }
 
     fn resolve_capability(&self, capability: &str) -> Result<AgentKind, RequestError> {
@@ -290,23 +317,19 @@ impl AgentContext {
     }
 
     /// Reports progress. It reaches the run's event stream (as a step
-    /// progress event) through the run's topic; outside a run it is only traced.
+    /// progress event, after the step's start and before its result) through
+    /// the run's topic; outside a run it is only traced.
     ///
     /// # Errors
-    /// [`SendError`] if the transport fails.
-    pub async fn emit(&self, data: impl Serialize) -> Result<(), SendError> {
-        let data = serde_json::to_value(data).unwrap_or(serde_json::Value::Null);
+    /// [`ReportError`] of kind
+    /// [`Encode`](crate::ReportErrorKind::Encode) if `data` cannot be encoded
+    /// as JSON (nothing is sent), or [`Send`](crate::ReportErrorKind::Send) if
+    /// the transport fails.
+    pub async fn emit<T: Serialize>(&self, data: T) -> Result<(), ReportError> {
+        let data = serde_json::to_value(data)
+            .map_err(|e| ReportError::encode(std::any::type_name::<T>(), e))?;
         tracing::debug!(agent = %self.me, message = %self.env.id, %data, "agent progress");
-        let Some(run) = self.env.run else {
-            return Ok(());
-        };
-        let signal = Signal::Progress {
-            message: self.env.id,
-            step: self.env.step.clone(),
-            agent: self.me.clone(),
-            data,
-        };
-        self.publish(&Topic::for_run(run), signal).await
+        self.report(SignalKind::Progress { data }).await
     }
 
     /// The default request timeout of the runtime.
@@ -320,9 +343,9 @@ impl std::fmt::Debug for AgentContext {
         f.debug_struct("AgentContext")
             .field("agent", &self.me)
             .field("message", &self.env.id)
-            .field("run", &self.env.run)
-            .field("depth", &self.env.depth)
-            .field("deadline", &self.env.deadline)
+            .field("run", &self.env.ctx.run)
+            .field("depth", &self.env.ctx.depth)
+            .field("deadline", &self.env.ctx.deadline)
             .finish_non_exhaustive()
     }
 }

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::body::Body;
-use crate::budget::Budget;
+use crate::call_context::CallContext;
 use crate::id::{AgentId, AgentKind, MessageId, NodeId, RunId, TenantId, Topic};
-use crate::orchestrator::StepId;
+use crate::report::Tally;
 
 /// Where a message goes.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -295,6 +295,10 @@ pub enum FailureKind {
     NoSuchAgent,
     /// The body was not what the agent takes.
     BadInput,
+    /// The handler's result could not be encoded (it names the type).
+    BadOutput,
+    /// A step's input refers to an output that is not there.
+    UnresolvedInput,
     /// The deadline passed before the handler finished.
     Timeout,
     /// The request was cancelled (its caller gave up or its run was cancelled).
@@ -326,6 +330,8 @@ impl fmt::Display for FailureKind {
             FailureKind::Panicked => "handler panicked",
             FailureKind::NoSuchAgent => "no such agent",
             FailureKind::BadInput => "bad input",
+            FailureKind::BadOutput => "bad output",
+            FailureKind::UnresolvedInput => "unresolved input",
             FailureKind::Timeout => "timed out",
             FailureKind::Cancelled => "cancelled",
             FailureKind::CallCycle => "call cycle",
@@ -353,8 +359,6 @@ pub enum Payload {
 pub struct Envelope {
     /// This message's id.
     pub id: MessageId,
-    /// The run it belongs to, if any.
-    pub run: Option<RunId>,
     /// The tenant it belongs to.
     pub tenant: TenantId,
     /// The agent that sent it (none for messages from outside any agent).
@@ -365,22 +369,11 @@ pub struct Envelope {
     pub correlation: Option<MessageId>,
     /// For a request: the node the reply goes to.
     pub reply_to: Option<NodeId>,
-    /// How many delegations deep this message is within its run.
-    pub depth: u16,
-    /// When the sender stops waiting.
-    pub deadline: Option<Deadline>,
-    /// Which attempt this is (1 for the first).
-    pub attempt: u32,
-    /// Trace context.
-    pub trace: TraceContext,
-    /// The agents waiting on this request, each on the next.
-    pub chain: CallChain,
-    /// The plan step this message works for, within its run.
-    pub step: Option<StepId>,
-    /// The message whose handler sent this one (the parent in a run's trace).
-    pub parent: Option<MessageId>,
-    /// What remains of the run's limits.
-    pub budget: Option<Arc<Budget>>,
+    /// The run context: run, step, parent, depth, deadline, attempt, trace,
+    /// call chain and budget.
+    pub ctx: CallContext,
+    /// For a reply of a message of a run: what its handling reported.
+    pub tally: Option<Box<Tally>>,
     /// What it carries.
     pub payload: Payload,
 }
@@ -400,22 +393,20 @@ impl Envelope {
     ) -> Self {
         Self {
             id,
-            run: None,
             tenant,
             from: None,
             to,
             correlation: None,
             reply_to: None,
-            depth: 0,
-            deadline: None,
-            attempt: 1,
-            trace: TraceContext::default(),
-            chain: CallChain::new(),
-            step: None,
-            parent: None,
-            budget: None,
+            ctx: CallContext::default(),
+            tally: None,
             payload,
         }
+    }
+
+    /// The run it belongs to, if any.
+    pub fn run(&self) -> Option<RunId> {
+        self.ctx.run
     }
 
     /// Whether the sender waits for a reply.
@@ -427,33 +418,46 @@ impl Envelope {
     /// is not a request.
     pub fn reply(&self, result: Result<Body, Failure>) -> Option<Envelope> {
         let node = self.reply_to.clone()?;
-        let mut reply = Envelope {
+        // A reply has the id of its request: one answer per request, which is
+        // also what de-duplicates a reply published twice.
+        Some(Envelope {
             id: self.id,
-            run: None,
             tenant: self.tenant.clone(),
             from: None,
             to: Destination::Reply(node),
-            correlation: None,
+            correlation: Some(self.id),
             reply_to: None,
-            depth: 0,
-            deadline: None,
-            attempt: 1,
-            trace: TraceContext::default(),
-            chain: CallChain::new(),
-            step: None,
-            parent: None,
-            budget: None,
+            ctx: CallContext {
+                run: self.ctx.run,
+                depth: self.ctx.depth,
+                attempt: self.ctx.attempt,
+                trace: self.ctx.trace,
+                ..CallContext::default()
+            },
+            tally: None,
             payload: Payload::Reply(result),
+        })
+    }
+
+    /// A copy of a message for one more subscriber (the same id: it is the
+    /// same message). `None` for a reply, or a body that cannot be copied.
+    pub(crate) fn copy(&mut self) -> Option<Envelope> {
+        let payload = match &mut self.payload {
+            Payload::Message(body) => Payload::Message(body.try_clone().ok()?),
+            Payload::Cancel(id) => Payload::Cancel(*id),
+            Payload::Reply(_) => return None,
         };
-        // A reply has the id of its request: one answer per request, which is
-        // also what de-duplicates a reply published twice.
-        reply.id = self.id;
-        reply.correlation = Some(self.id);
-        reply.run = self.run;
-        reply.trace = self.trace;
-        reply.depth = self.depth;
-        reply.attempt = self.attempt;
-        Some(reply)
+        Some(Envelope {
+            id: self.id,
+            tenant: self.tenant.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            correlation: self.correlation,
+            reply_to: self.reply_to.clone(),
+            ctx: self.ctx.clone(),
+            tally: self.tally.clone(),
+            payload,
+        })
     }
 }
 

@@ -455,6 +455,120 @@ fn next_v7(now: Instant) -> Uuid {
     Uuid::from_u64_pair(hi, lo)
 }
 
+/// The id of a step within a plan (`research`, `draft-2`).
+///
+/// Validated like every other name (ASCII letters, digits, `-` and `_`, at
+/// most [`MAX_NAME_LEN`] bytes) when it is parsed with [`StepId::new`] or
+/// read from JSON. The infallible `From<&str>` keeps plans written in code
+/// short; such ids are checked when the plan is
+/// ([`Plan::check`](crate::orchestrator::Plan::check)), before anything runs.
+///
+/// ```
+/// use coditect_orchestrator::StepId;
+/// assert_eq!(StepId::new("draft-2")?.as_str(), "draft-2");
+/// assert!(StepId::new("no spaces").is_err());
+/// assert!(serde_json::from_str::<StepId>("\"a.b\"").is_err());
+/// # Ok::<(), coditect_orchestrator::IdError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct StepId(SmolStr);
+
+impl<'de> Deserialize<'de> for StepId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = SmolStr::deserialize(d)?;
+        validate_token("step id", &s).map_err(serde::de::Error::custom)?;
+        Ok(Self(s))
+    }
+}
+
+impl StepId {
+    /// Parses and validates a step id.
+    ///
+    /// # Errors
+    /// [`IdError`] if the id is empty, longer than [`MAX_NAME_LEN`] bytes, or
+    /// holds anything but ASCII letters, digits, `-` and `_`.
+    pub fn new(id: impl AsRef<str>) -> Result<Self, IdError> {
+        let id = id.as_ref();
+        validate_token("step id", id)?;
+        Ok(Self(SmolStr::new(id)))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Checks an id made with `From<&str>`.
+    ///
+    /// # Errors
+    /// As [`StepId::new`].
+    pub fn validate(&self) -> Result<(), IdError> {
+        validate_token("step id", &self.0)
+    }
+}
+
+impl fmt::Display for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Lets maps keyed by step id be read with a plain `&str` (`state.steps["a"]`).
+impl std::borrow::Borrow<str> for StepId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for StepId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Unchecked: the id is validated with its plan (see the type's docs).
+impl From<&str> for StepId {
+    fn from(s: &str) -> Self {
+        Self(SmolStr::new(s))
+    }
+}
+
+/// Unchecked: the id is validated with its plan (see the type's docs).
+impl From<String> for StepId {
+    fn from(s: String) -> Self {
+        Self(SmolStr::new(s))
+    }
+}
+
+impl From<StepId> for String {
+    fn from(id: StepId) -> String {
+        id.0.to_string()
+    }
+}
+
+impl FromStr for StepId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::new(s)
+    }
+}
+
+impl schemars::JsonSchema for StepId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StepId".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <String as schemars::JsonSchema>::json_schema(generator)
+    }
+}
+
 macro_rules! uuid_type {
     ($(#[$meta:meta])* $name:ident, $what:literal) => {
         $(#[$meta])*

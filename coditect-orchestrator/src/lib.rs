@@ -45,11 +45,13 @@
 mod agent;
 mod body;
 mod budget;
+mod call_context;
 mod context;
 mod envelope;
 mod error;
 mod id;
 pub mod orchestrator;
+pub mod report;
 pub mod runtime;
 pub mod transport;
 
@@ -59,6 +61,7 @@ pub mod testing;
 pub use agent::{Agent, AgentCard, AgentError, AgentErrorKind};
 pub use body::{Body, BodyError, Message};
 pub use budget::{Budget, Usage};
+pub use call_context::CallContext;
 pub use context::AgentContext;
 pub use envelope::{
     CallChain, Deadline, Destination, Envelope, Failure, FailureKind, Payload, TraceContext,
@@ -66,13 +69,14 @@ pub use envelope::{
 pub use error::{RegisterError, RequestError};
 pub use id::{
     AgentId, AgentKey, AgentKind, IdError, IdErrorReason, MAX_NAME_LEN, MessageId, NodeId, RunId,
-    TenantId, Topic,
+    StepId, TenantId, Topic,
 };
 pub use orchestrator::{Orchestrator, Plan, Step, StepInput, TaskSpec};
-pub use runtime::{KindBuilder, RequestOptions, Runtime, RuntimeBuilder, ShutdownReport};
+pub use report::{ReportError, ReportErrorKind, Signal, SignalKind, Tally};
+pub use runtime::{Answer, KindBuilder, RequestOptions, Runtime, RuntimeBuilder, ShutdownReport};
 pub use transport::{
-    Acker, Delivery, InMemoryTransport, Inbox, Route, RouteTarget, SendError, SendErrorKind,
-    Subscription, Transport, TransportError, TransportErrorKind, TransportExt,
+    Acker, Delivery, DeliveryStream, InMemoryTransport, Inbox, Route, RouteTarget, SendError,
+    SendErrorKind, Subscription, Transport, TransportError, TransportErrorKind, TransportExt,
 };
 
 // The README's example is compiled and run as a doc test, so it stays true.

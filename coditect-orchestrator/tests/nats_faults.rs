@@ -16,9 +16,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use coditect_orchestrator::testing::NatsServer;
+use coditect_orchestrator::transport::Refused;
 use coditect_orchestrator::transport::nats::wire;
 use coditect_orchestrator::transport::nats::{KindDelivery, NatsOptions, NatsTransport};
-use coditect_orchestrator::transport::{Refused, TryDeliver};
 use coditect_orchestrator::{
     Agent, AgentContext, AgentError, AgentKind, Body, Delivery, Destination, Envelope, Failure,
     FailureKind, Inbox, Payload, Route, Runtime, SendErrorKind, TenantId, Transport, TransportExt,
@@ -413,9 +413,6 @@ impl Inbox for Refusing {
             delivery,
             reason: Failure::new(FailureKind::ShuttingDown, "refusing on purpose"),
         }))
-    }
-    fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
-        Err(TryDeliver::Wait(delivery))
     }
 }
 

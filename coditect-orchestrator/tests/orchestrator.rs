@@ -591,7 +591,7 @@ async fn a_delegation_loop_is_stopped_by_max_depth() {
     let plan = Plan::new([Step::new(
         "loop",
         "ping",
-        StepInput::literal(("pong", "ping")),
+        StepInput::literal(serde_json::json!(["pong", "ping"])),
     )]);
     let policy = RunPolicy {
         max_depth: 4,

@@ -1,12 +1,14 @@
-//! What happens in a run: the events the orchestrator records (the source of
-//! truth of a run's state) and the signals participants send it.
+//! What happens in a run: the events the orchestrator records, the source of
+//! truth of a run's state. (What participants report to it is the runtime's
+//! own protocol, [`report`](crate::report).)
 
 use serde::{Deserialize, Serialize};
 
 use crate::budget::Usage;
 use crate::envelope::Failure;
+use crate::id::StepId;
 use crate::id::{AgentId, MessageId, RunId};
-use crate::orchestrator::plan::{Plan, StepId};
+use crate::orchestrator::plan::Plan;
 use crate::orchestrator::state::RunStatus;
 use crate::orchestrator::task::TaskSpec;
 
@@ -137,54 +139,4 @@ pub struct RunEventRecord {
     pub at_ms: u64,
     /// What happened.
     pub event: RunEvent,
-}
-
-/// What runtimes and agents tell the orchestrator about a run, published on the
-/// run's topic (`run.<run id>`) over whatever transport carries the run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "signal", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Signal {
-    /// A runtime began handling a message of the run.
-    Started {
-        /// The message.
-        message: MessageId,
-        /// The message whose handler sent it (none: the orchestrator did).
-        parent: Option<MessageId>,
-        /// The step it works for.
-        step: Option<StepId>,
-        /// The agent handling it.
-        agent: AgentId,
-        /// Its delegation depth.
-        depth: u16,
-    },
-    /// A runtime finished handling a message of the run.
-    Finished {
-        /// The message.
-        message: MessageId,
-        /// Why it failed, if it did.
-        failure: Option<Failure>,
-    },
-    /// An agent reported progress.
-    Progress {
-        /// The message it handles.
-        message: MessageId,
-        /// The step it works for.
-        step: Option<StepId>,
-        /// The agent.
-        agent: AgentId,
-        /// What it reported.
-        data: serde_json::Value,
-    },
-    /// An agent spent tokens or money.
-    Usage {
-        /// The message it handles.
-        message: MessageId,
-        /// The step it works for.
-        step: Option<StepId>,
-        /// The agent.
-        agent: AgentId,
-        /// What it spent.
-        usage: Usage,
-    },
 }

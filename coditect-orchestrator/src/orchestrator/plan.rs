@@ -1,63 +1,13 @@
 //! Plans: a DAG of steps, validated before anything runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentCard;
 use crate::id::AgentId;
 
-/// The id of a step within a plan (`research`, `draft-2`).
-#[derive(
-    Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(transparent)]
-pub struct StepId(#[schemars(with = "String")] Arc<str>);
-
-impl StepId {
-    /// A step id.
-    pub fn new(id: impl AsRef<str>) -> Self {
-        Self(Arc::from(id.as_ref()))
-    }
-
-    /// The id as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for StepId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for StepId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-/// Lets maps keyed by step id be read with a plain `&str` (`state.steps["a"]`).
-impl std::borrow::Borrow<str> for StepId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for StepId {
-    fn from(s: &str) -> Self {
-        Self::new(s)
-    }
-}
-
-impl From<String> for StepId {
-    fn from(s: String) -> Self {
-        Self::new(s)
-    }
-}
+pub use crate::id::StepId;
 
 /// Who does a step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -88,9 +38,19 @@ pub enum StepInput {
 }
 
 impl StepInput {
-    /// A literal input.
-    pub fn literal(value: impl Serialize) -> Self {
-        StepInput::Literal(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+    /// A literal input (anything that converts into a JSON value: a string,
+    /// a number, `json!(…)`).
+    pub fn literal(value: impl Into<serde_json::Value>) -> Self {
+        StepInput::Literal(value.into())
+    }
+
+    /// A literal input from any serializable value.
+    ///
+    /// # Errors
+    /// The value's serialization error, if it cannot be written as JSON: a
+    /// value that cannot be encoded is refused here, never sent as `null`.
+    pub fn try_literal(value: impl Serialize) -> Result<Self, serde_json::Error> {
+        serde_json::to_value(value).map(StepInput::Literal)
     }
 
     /// The output of step `id`.
@@ -108,15 +68,18 @@ impl StepInput {
     }
 
     /// Builds the value from the outputs of finished steps.
+    ///
+    /// # Errors
+    /// The first referenced step whose output is not there.
     pub(crate) fn resolve(
         &self,
         goal: &str,
         task_input: &serde_json::Value,
         outputs: &dyn Fn(&StepId) -> Option<serde_json::Value>,
-    ) -> Option<serde_json::Value> {
-        Some(match self {
+    ) -> Result<serde_json::Value, StepId> {
+        Ok(match self {
             StepInput::Literal(v) => v.clone(),
-            StepInput::Output(id) => outputs(id)?,
+            StepInput::Output(id) => outputs(id).ok_or_else(|| id.clone())?,
             StepInput::TaskInput => task_input.clone(),
             StepInput::Goal => serde_json::Value::String(goal.to_owned()),
             StepInput::Object(m) => {
@@ -129,7 +92,7 @@ impl StepInput {
             StepInput::Array(a) => serde_json::Value::Array(
                 a.iter()
                     .map(|v| v.resolve(goal, task_input, outputs))
-                    .collect::<Option<Vec<_>>>()?,
+                    .collect::<Result<Vec<_>, _>>()?,
             ),
         })
     }
@@ -257,6 +220,14 @@ pub enum PlanError {
         /// The agent.
         agent: String,
     },
+    /// A step's id is not a valid name.
+    #[error("invalid step id {step:?}: {reason}")]
+    InvalidStepId {
+        /// The id as given.
+        step: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// More steps than the run's policy allows.
     #[error("the plan has {count} steps; the policy allows {max}")]
     TooManySteps {
@@ -311,6 +282,23 @@ impl Plan {
 
     /// [`validate`](Self::validate), returning the plan's dependency graph by
     /// step position (what the orchestrator schedules with).
+    /// [`check`](Self::check) against one card offering capability `x`.
+    #[cfg(test)]
+    pub(crate) fn check_graph(&self) -> Result<Graph, PlanError> {
+        let card = AgentCard {
+            kind: crate::id::AgentKind::new("x").map_err(|e| PlanError::InvalidStepId {
+                step: "x".into(),
+                reason: e.to_string(),
+            })?,
+            name: "x".into(),
+            description: String::new(),
+            capabilities: vec!["x".into()],
+            input_schema: serde_json::Value::Null,
+            output_schema: serde_json::Value::Null,
+        };
+        self.check(&[card], 1000)
+    }
+
     pub(crate) fn check(&self, cards: &[AgentCard], max_steps: usize) -> Result<Graph, PlanError> {
         if self.steps.is_empty() {
             return Err(PlanError::Empty);
@@ -320,6 +308,12 @@ impl Plan {
                 count: self.steps.len(),
                 max: max_steps,
             });
+        }
+        for s in &self.steps {
+            s.id.validate().map_err(|e| PlanError::InvalidStepId {
+                step: s.id.as_str().to_owned(),
+                reason: e.to_string(),
+            })?;
         }
         let mut index: FastMap<StepId, usize> =
             FastMap::with_capacity_and_hasher(self.steps.len(), Default::default());

@@ -32,6 +32,13 @@ pub struct RunPolicy {
     pub retry: RetryPolicy,
     /// How many times the planner may revise the plan after failures.
     pub max_replans: u32,
+    /// How long a step's result waits for reports its reply says were made
+    /// but that have not arrived (lost on an at-most-once transport) before
+    /// it is recorded anyway; their usage is counted from the reply. Reports
+    /// normally arrive with or before the reply, so this wait is rarely
+    /// spent.
+    #[serde(with = "ms")]
+    pub report_wait: Duration,
 }
 
 impl Default for RunPolicy {
@@ -46,6 +53,7 @@ impl Default for RunPolicy {
             max_cost_usd: None,
             retry: RetryPolicy::default(),
             max_replans: 2,
+            report_wait: Duration::from_millis(500),
         }
     }
 }

@@ -499,7 +499,7 @@ mod tests {
         };
         st.apply(&rec(1, ok(1)));
         st.apply(&rec(2, ok(2)));
-        assert_eq!(st.outputs()[&StepId::new("a")], serde_json::json!(1));
+        assert_eq!(st.outputs()["a"], serde_json::json!(1));
         // A late failure does not undo a success.
         st.apply(&rec(
             3,
@@ -510,7 +510,7 @@ mod tests {
                 will_retry: false,
             },
         ));
-        assert_eq!(st.steps[&StepId::new("a")].status, StepStatus::Succeeded);
+        assert_eq!(st.steps["a"].status, StepStatus::Succeeded);
     }
 
     #[test]

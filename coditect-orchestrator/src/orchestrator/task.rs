@@ -141,11 +141,9 @@ pub enum RunErrorKind {
     Deadline,
     /// The run was cancelled.
     Cancelled,
-    /// The orchestrator could not do its own work (transport down, say).
-    Internal {
-        /// What went wrong.
-        message: String,
-    },
+    /// The orchestrator could not do its own work (transport down, say);
+    /// the error's message says what went wrong.
+    Internal,
 }
 
 /// A run that ended without a result; the results of the steps that did finish

@@ -26,7 +26,7 @@ use crate::context::AgentContext;
 use crate::envelope::{Deadline, Destination, Envelope, Failure, FailureKind, Payload};
 use crate::id::{AgentId, MessageId};
 use crate::id::{RunId, Topic};
-use crate::orchestrator::Signal;
+use crate::report::{Signal, SignalKind, Tally};
 use crate::runtime::RuntimeInner;
 use crate::runtime::call::Node;
 use crate::runtime::cancel::{HandlerCancel, UntilCancelled};
@@ -170,6 +170,7 @@ fn finish<'a>(
     env: &Envelope,
     acker: Acker,
     result: Result<Body, Failure>,
+    tally: Option<Box<Tally>>,
 ) -> Rest<'a> {
     if let Err(f) = &result
         && env.reply_to.is_none()
@@ -180,11 +181,13 @@ fn finish<'a>(
     if env.reply_to.as_ref() == Some(&rt.node.id) {
         // The requester waits in this very process: hand it the answer
         // directly instead of routing a reply envelope back to ourselves.
-        if !rt.node.pending.complete(&env.id, result) {
+        let answer = crate::runtime::replies::ReplyResult { result, tally };
+        if !rt.node.pending.complete(&env.id, answer) {
             tracing::debug!(request = %env.id, "reply for a request that is no longer waiting; dropped");
         }
-    } else if let Some(reply) = env.reply(result) {
-        match crate::transport::send_fast(rt.node.transport.as_ref(), reply) {
+    } else if let Some(mut reply) = env.reply(result) {
+        reply.tally = tally;
+        match rt.node.send_fast(reply) {
             Either::Left(sent) => {
                 if let Err(e) = sent.into_inner() {
                     tracing::debug!(error = %e, request = %env.id, "reply could not be sent (the requester is gone)");
@@ -201,7 +204,7 @@ fn finish<'a>(
         if let Some(send) = sending
             && let Err(e) = send.await
         {
-            tracing::debug!(error = %e, request = %id, "reply could not be sent (the requester is gone)");
+            bad_reply(rt, e).await;
         }
         if let Err(e) = acker.ack().await {
             tracing::warn!(error = %e, message = %id, "ack failed; the transport may deliver the message again");
@@ -209,23 +212,51 @@ fn finish<'a>(
     }))
 }
 
-/// Tells the run's orchestrator what this runtime does with one of its
-/// messages (best effort: a lost signal only thins the trace). Sent at once
-/// when the transport can; otherwise the returned future finishes the send.
+/// A reply the transport would not send. One whose body cannot be encoded
+/// is answered with a `BadOutput` failure instead, so the requester learns
+/// why rather than waiting for its deadline.
+async fn bad_reply(rt: &RuntimeInner, e: crate::transport::SendError) {
+    use crate::transport::SendErrorKind;
+    if e.kind() != SendErrorKind::Encode {
+        tracing::debug!(error = %e, "reply could not be sent (the requester is gone)");
+        return;
+    }
+    let message = e.to_string();
+    let Some(mut reply) = e.into_envelope() else {
+        return;
+    };
+    let type_name = match &reply.payload {
+        Payload::Reply(Ok(body)) => body.type_name(),
+        _ => "reply",
+    };
+    tracing::warn!(request = ?reply.correlation, %message, "a handler's result cannot be encoded; answering with a failure");
+    reply.payload = Payload::Reply(Err(Failure::new(
+        FailureKind::BadOutput,
+        format!("the handler's result, a {type_name}, cannot be encoded: {message}"),
+    )));
+    if let Err(e) = rt.node.transport.send(reply).await {
+        tracing::debug!(error = %e, "failure reply could not be sent");
+    }
+}
+
+/// Tells the run's driver what this runtime does with one of its messages
+/// (best effort: the reply's tally says how many reports there were, so a
+/// lost one is noticed). Sent at once when the transport can; otherwise the
+/// returned future finishes the send.
 fn signal(node: &Node, env: &Envelope, run: RunId, signal: Signal) -> Rest<'static> {
     let mut out = Envelope::new(
         env.tenant.clone(),
         Destination::Topic(Topic::for_run(run)),
         Payload::Message(Body::new(signal)),
     );
-    out.run = Some(run);
-    match node.transport.try_send(out) {
+    out.ctx.run = Some(run);
+    match node.try_send(out) {
         Ok(()) => None,
         Err(crate::transport::TrySend::Failed(e)) => {
             tracing::debug!(error = %e, %run, "run signal not sent");
             None
         }
-        // Rare (a transport without a fast path, or a full inbox): the send
+        // A transport without a fast path (NATS), or a full inbox: the send
         // owns a handle to the transport, so it can outlive this borrow.
         Err(crate::transport::TrySend::Wait(out)) => {
             let transport = node.transport.clone();
@@ -238,32 +269,55 @@ fn signal(node: &Node, env: &Envelope, run: RunId, signal: Signal) -> Rest<'stat
     }
 }
 
-/// The "started" signal of a message of a run: which agent took it.
+/// The "started" signal of a message of a run (its report number 0): which
+/// agent took it.
 pub(crate) fn signal_started(node: &Node, env: &Envelope, agent: &AgentId) -> Rest<'static> {
-    let run = env.run?;
-    let started = Signal::Started {
+    let run = env.ctx.run?;
+    let started = Signal {
         message: env.id,
-        parent: env.parent,
-        step: env.step.clone(),
+        root: env.ctx.root.unwrap_or(env.id),
+        seq: 0,
+        step: env.ctx.step.clone(),
         agent: agent.clone(),
-        depth: env.depth,
+        kind: SignalKind::Started {
+            parent: env.ctx.parent,
+            depth: env.ctx.depth,
+        },
     };
     signal(node, env, run, started)
 }
 
-/// The "finished" signal of delegated work. A step's own message (no
-/// parent) is answered to the orchestrator by its reply, so it has none.
-pub(crate) fn signal_finished(
+/// Closes the tally of a handled message of a run and sends the "finished"
+/// signal of delegated work (a step's own message, which has no parent, is
+/// answered to the orchestrator by its reply alone). `None` outside a run.
+pub(crate) fn close_tally(
     node: &Node,
     env: &Envelope,
+    agent: &AgentId,
+    tally: &crate::report::TallyCell,
     result: &Result<Body, Failure>,
-) -> Rest<'static> {
-    let run = env.run.filter(|_| env.parent.is_some())?;
-    let finished = Signal::Finished {
-        message: env.id,
-        failure: result.as_ref().err().cloned(),
+) -> (Option<Box<Tally>>, Rest<'static>) {
+    let Some(run) = env.ctx.run else {
+        return (None, None);
     };
-    signal(node, env, run, finished)
+    let rest = if env.ctx.parent.is_some() {
+        let finished = Signal {
+            message: env.id,
+            root: env.ctx.root.unwrap_or(env.id),
+            seq: tally.next_report(),
+            step: env.ctx.step.clone(),
+            agent: agent.clone(),
+            kind: SignalKind::Finished {
+                failure: result.as_ref().err().cloned(),
+            },
+        };
+        signal(node, env, run, finished)
+    } else {
+        None
+    };
+    let mut t = tally.take();
+    t.agent = Some(agent.clone());
+    (Some(Box::new(t)), rest)
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -309,7 +363,7 @@ async fn handle_one(
     let body = match refused {
         Ok(body) => body,
         Err(f) => {
-            if let Some(rest) = finish(rt, &envelope, acker, Err(f.at(id))) {
+            if let Some(rest) = finish(rt, &envelope, acker, Err(f.at(id)), None) {
                 rest.await;
             }
             return agent;
@@ -321,7 +375,7 @@ async fn handle_one(
         None => match Box::pin(host.activate(id)).await {
             Ok(a) => a,
             Err(f) => {
-                if let Some(rest) = finish(rt, &envelope, acker, Err(f)) {
+                if let Some(rest) = finish(rt, &envelope, acker, Err(f), None) {
                     rest.await;
                 }
                 return None;
@@ -342,20 +396,15 @@ async fn handle_one(
         "coditect.handle",
         agent = %id,
         message = %envelope.id,
-        run = envelope.run.map(tracing::field::display),
+        run = envelope.ctx.run.map(tracing::field::display),
         tenant = %envelope.tenant,
     );
-    let ctx = AgentContext {
-        node: rt.node.clone(),
-        me: id.clone(),
-        env: envelope,
-        cancel: cancel.clone(),
-    };
+    let ctx = AgentContext::new(rt.node.clone(), id.clone(), envelope, cancel.clone());
     // The node's deadline table fires the signal when the deadline passes. A
     // request from this very node needs no entry: its caller's own deadline
     // entry sends a cancel to this handler when it expires.
     let local_caller = ctx.env.reply_to.as_ref() == Some(&rt.node.id);
-    let deadline_key = ctx.env.deadline.filter(|_| !local_caller).map(|d| {
+    let deadline_key = ctx.env.ctx.deadline.filter(|_| !local_caller).map(|d| {
         rt.node
             .deadlines
             .insert(d.instant(), Expiry::Cancel(cancel.clone()))
@@ -380,12 +429,13 @@ async fn handle_one(
     if let Some(key) = deadline_key {
         rt.node.deadlines.remove(key);
     }
-    let AgentContext { env: envelope, .. } = ctx;
     let result = result.map_err(|f| if f.agent.is_none() { f.at(id) } else { f });
-    if let Some(rest) = signal_finished(&rt.node, &envelope, &result) {
+    let (tally, rest) = close_tally(&rt.node, &ctx.env, id, &ctx.tally, &result);
+    if let Some(rest) = rest {
         rest.await;
     }
-    if let Some(rest) = finish(rt, &envelope, acker, result) {
+    let AgentContext { env: envelope, .. } = ctx;
+    if let Some(rest) = finish(rt, &envelope, acker, result, tally) {
         rest.await;
     }
     keep.then_some(agent)
@@ -421,7 +471,9 @@ pub(crate) fn settle(
         Ok(Ok(body)) => (Ok(body), true),
         // An error after the signal fired is most likely the handler giving
         // up because of it: report why it was stopped.
-        Ok(Err(_)) if ctx.cancel.is_cancelled() => (Err(stop_reason(node, ctx.env.deadline)), true),
+        Ok(Err(_)) if ctx.cancel.is_cancelled() => {
+            (Err(stop_reason(node, ctx.env.ctx.deadline)), true)
+        }
         Ok(Err(e)) => (Err(e.to_failure(ctx.id())), true),
         Err(panic) => {
             let msg = panic_message(&*panic);
@@ -444,7 +496,7 @@ pub(crate) async fn wind_down<F: Future<Output = HandlerOutcome>>(
     handler: Pin<&mut F>,
     ctx: &AgentContext,
 ) -> (Result<Body, Failure>, bool) {
-    let stopped = stop_reason(node, ctx.env.deadline);
+    let stopped = stop_reason(node, ctx.env.ctx.deadline);
     let keep = match tokio::time::timeout(node.cancel_grace, handler).await {
         Ok(Err(_panic)) => false,
         Ok(Ok(_)) => true,
@@ -452,35 +504,4 @@ pub(crate) async fn wind_down<F: Future<Output = HandlerOutcome>>(
         Err(_) => false,
     };
     (Err(stopped), keep)
-}
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        eprintln!(
-            "Envelope {}",
-            std::mem::size_of::<crate::envelope::Envelope>()
-        );
-        eprintln!(
-            "AgentContext {}",
-            std::mem::size_of::<crate::context::AgentContext>()
-        );
-        eprintln!(
-            "Origin {}",
-            std::mem::size_of::<crate::runtime::call::Origin>()
-        );
-        eprintln!(
-            "Destination {}",
-            std::mem::size_of::<crate::envelope::Destination>()
-        );
-        eprintln!(
-            "Payload {}",
-            std::mem::size_of::<crate::envelope::Payload>()
-        );
-        eprintln!(
-            "Failure {}",
-            std::mem::size_of::<crate::envelope::Failure>()
-        );
-    }
 }

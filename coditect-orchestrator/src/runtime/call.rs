@@ -8,20 +8,26 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
-use crate::envelope::{
-    CallChain, Deadline, Destination, Envelope, FailureKind, Payload, TraceContext,
-};
+use crate::call_context::CallContext;
+use crate::envelope::{Deadline, Destination, Envelope, FailureKind, Payload};
 use crate::error::RequestError;
-use crate::id::{AgentId, NodeId, RunId, TenantId};
+use crate::id::{AgentId, NodeId, TenantId};
+use crate::report::{Tally, TallyCell};
 use crate::runtime::deadlines::{DeadlineKey, Deadlines, Expiry};
 use crate::runtime::replies::PendingReplies;
-use crate::transport::{SendError, Transport};
+use crate::transport::{
+    DeliveryStream, InMemoryTransport, LocalInbox, Route, SendError, Subscription, Transport,
+    TransportError, TransportExt, TrySend,
+};
 
 /// What one node needs to talk to the others.
 pub(crate) struct Node {
     pub(crate) id: NodeId,
     pub(crate) tenant: TenantId,
     pub(crate) transport: Arc<dyn Transport>,
+    /// The same transport when it is the in-memory one: the in-process fast
+    /// paths (sends without waiting, direct calls) go through it.
+    pub(crate) memory: Option<InMemoryTransport>,
     pub(crate) pending: Arc<PendingReplies>,
     pub(crate) deadlines: Arc<Deadlines>,
     pub(crate) default_timeout: Duration,
@@ -45,18 +51,16 @@ pub(crate) struct Node {
 #[derive(Clone, Default)]
 pub(crate) struct Origin {
     pub(crate) from: Option<AgentId>,
-    pub(crate) run: Option<RunId>,
-    pub(crate) depth: u16,
-    /// The callers waiting on the sender (not including the sender).
-    pub(crate) chain: CallChain,
-    pub(crate) deadline: Option<Deadline>,
-    pub(crate) trace: TraceContext,
-    pub(crate) step: Option<crate::orchestrator::StepId>,
-    /// The message whose handler is sending.
-    pub(crate) parent: Option<crate::id::MessageId>,
-    pub(crate) budget: Option<Arc<crate::budget::Budget>>,
-    pub(crate) attempt: u32,
+    /// The run context the sent message carries. Its chain is the callers
+    /// waiting on the sender (not the sender itself).
+    pub(crate) ctx: CallContext,
 }
+
+/// The future of [`Node::send_fast`]: done already, or the transport's boxed send.
+pub(crate) type SendFast<'a> = futures::future::Either<
+    futures::future::Ready<Result<(), SendError>>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SendError>> + Send + 'a>>,
+>;
 
 /// Options of one request.
 #[derive(Clone, Debug, Default)]
@@ -111,10 +115,10 @@ fn send_cancel(node: &Arc<Node>, to: &Destination, id: crate::id::MessageId) {
         return;
     };
     let env = Envelope::new(node.tenant.clone(), to.clone(), Payload::Cancel(id));
-    let transport = node.transport.clone();
+    let node = node.clone();
     handle.spawn(async move {
         // Best effort: the callee also enforces the deadline on its own.
-        let _ = crate::transport::send_fast(transport.as_ref(), env).await;
+        let _ = node.send_fast(env).await;
     });
 }
 
@@ -122,6 +126,63 @@ impl Node {
     /// Whether the shutdown grace period has ended.
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Sends through the in-process fast path when it can, the transport's
+    /// own send otherwise.
+    ///
+    /// Not an `async fn`: the fast path runs when this is called, and the
+    /// future returned holds no envelope — only the boxed send when one is
+    /// needed — so the futures of every caller stay small.
+    pub(crate) fn send_fast(&self, envelope: Envelope) -> SendFast<'_> {
+        use futures::future::{Either, ready};
+        let Some(memory) = &self.memory else {
+            return Either::Right(self.transport.send(envelope));
+        };
+        match memory.try_send(envelope) {
+            Ok(()) => Either::Left(ready(Ok(()))),
+            Err(TrySend::Failed(e)) => Either::Left(ready(Err(*e))),
+            Err(TrySend::Wait(env)) => Either::Right(self.transport.send(*env)),
+        }
+    }
+
+    /// Sends without waiting if the transport can take the envelope at once;
+    /// hands it back otherwise.
+    pub(crate) fn try_send(&self, envelope: Envelope) -> Result<(), TrySend> {
+        match &self.memory {
+            Some(memory) => memory.try_send(envelope),
+            None => Err(TrySend::Wait(Box::new(envelope))),
+        }
+    }
+
+    /// Attaches one of the runtime's own inboxes: through the in-process door
+    /// on the in-memory transport, so it takes deliveries without waiting.
+    pub(crate) async fn attach<I: LocalInbox>(
+        &self,
+        route: Route,
+        inbox: Arc<I>,
+    ) -> Result<Subscription, TransportError> {
+        match &self.memory {
+            Some(memory) => memory.attach_local(route, inbox),
+            None => self.transport.attach(route, inbox).await,
+        }
+    }
+
+    /// The deliveries of a route as a stream (see [`TransportExt::subscribe`]),
+    /// taken without waiting on the in-memory transport.
+    pub(crate) async fn subscribe(
+        &self,
+        route: Route,
+        capacity: usize,
+    ) -> Result<DeliveryStream, TransportError> {
+        match &self.memory {
+            Some(memory) => {
+                let (inbox, rx) = crate::transport::ChannelInbox::new(capacity);
+                let sub = memory.attach_local(route, Arc::new(inbox))?;
+                Ok(DeliveryStream { rx, _sub: sub })
+            }
+            None => self.transport.subscribe(route, capacity).await,
+        }
     }
 
     pub(crate) fn envelope(&self, origin: &Origin, to: Destination, body: Body) -> Envelope {
@@ -137,16 +198,7 @@ impl Node {
     ) -> Envelope {
         let mut env = Envelope::with_id(id, self.tenant.clone(), to, Payload::Message(body));
         env.from = origin.from.clone();
-        env.run = origin.run;
-        env.depth = origin.depth;
-        env.deadline = origin.deadline;
-        env.trace = origin.trace;
-        env.step = origin.step.clone();
-        env.parent = origin.parent;
-        env.budget = origin.budget.clone();
-        if origin.attempt > 0 {
-            env.attempt = origin.attempt;
-        }
+        env.ctx = origin.ctx.clone();
         env
     }
 
@@ -157,7 +209,7 @@ impl Node {
         body: Body,
     ) -> Result<(), SendError> {
         let env = self.envelope(origin, to, body);
-        crate::transport::send_fast(self.transport.as_ref(), env).await
+        self.send_fast(env).await
     }
 
     /// [`request`](Self::request) with a typed message and a typed answer:
@@ -169,13 +221,16 @@ impl Node {
         message: impl crate::body::Message,
         options: &RequestOptions,
         cancel: Option<&CancellationToken>,
+        tally: Option<&TallyCell>,
     ) -> Result<R, RequestError> {
         let body = self
-            .request(origin, to, Body::new(message), options, cancel)
+            .request(origin, to, Body::new(message), options, cancel, tally)
             .await?;
         body.take::<R>().map_err(RequestError::BadReply)
     }
 
+    /// A request whose reply's tally (what the callee's handling reported)
+    /// is added to `tally`, the caller's own.
     pub(crate) async fn request(
         self: &Arc<Self>,
         origin: &Origin,
@@ -183,34 +238,51 @@ impl Node {
         body: Body,
         options: &RequestOptions,
         cancel: Option<&CancellationToken>,
+        tally: Option<&TallyCell>,
     ) -> Result<Body, RequestError> {
+        let (result, reported) = self.call(origin, to, body, options, cancel).await;
+        if let (Some(cell), Some(t)) = (tally, reported) {
+            cell.absorb(&t);
+        }
+        result
+    }
+
+    /// A request, answered with the reply's tally.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        origin: &Origin,
+        to: Destination,
+        body: Body,
+        options: &RequestOptions,
+        cancel: Option<&CancellationToken>,
+    ) -> (Result<Body, RequestError>, Option<Box<Tally>>) {
         // The chain of callers that will be waiting once this request is out.
         let chain = match &origin.from {
-            Some(me) => origin.chain.with(me),
-            None => origin.chain.clone(),
+            Some(me) => origin.ctx.chain.with(me),
+            None => origin.ctx.chain.clone(),
         };
         if let Destination::Agent(target) = &to
             && chain.contains(target)
         {
-            return Err(RequestError::CallCycle(chain.with(target)));
+            return (Err(RequestError::CallCycle(chain.with(target))), None);
         }
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(RequestError::ShuttingDown);
+            return (Err(RequestError::ShuttingDown), None);
         }
         let timeout = options.timeout.unwrap_or(self.default_timeout);
         // One clock read for the deadline and the message id.
         let now = tokio::time::Instant::now();
         let own = Deadline::after_from(now, timeout);
-        let deadline = origin.deadline.map_or(own, |d| d.min(own));
+        let deadline = origin.ctx.deadline.map_or(own, |d| d.min(own));
         let id = options
             .id
             .unwrap_or_else(|| crate::id::MessageId::at(now.into_std()));
         let mut env = Box::new(self.envelope_with_id(id, origin, to.clone(), body));
-        env.deadline = Some(deadline);
+        env.ctx.deadline = Some(deadline);
         env.reply_to = Some(self.id.clone());
-        env.chain = chain;
+        env.ctx.chain = chain;
         if options.delegation {
-            env.depth = origin.depth.saturating_add(1);
+            env.ctx.depth = origin.ctx.depth.saturating_add(1);
         }
         // An idle agent of this very node answers in this task.
         let env = match crate::runtime::direct::try_call(self, env, timeout, cancel, &to).await {
@@ -231,7 +303,7 @@ impl Node {
         deadline: Deadline,
         timeout: Duration,
         cancel: Option<&CancellationToken>,
-    ) -> Result<Body, RequestError> {
+    ) -> (Result<Body, RequestError>, Option<Box<Tally>>) {
         let id = env.id;
         let mut rx = self.pending.insert(id);
         let mut guard = PendingGuard {
@@ -241,10 +313,10 @@ impl Node {
             deadline: None,
             armed: true,
         };
-        if let Err(e) = crate::transport::send_fast(self.transport.as_ref(), env).await {
+        if let Err(e) = self.send_fast(env).await {
             guard.armed = false;
             self.pending.remove(&id);
-            return Err(RequestError::from_send(e, &to));
+            return (Err(RequestError::from_send(e, &to)), None);
         }
         // The node's deadline table fails the request with a timeout failure
         // when the deadline passes (see `deadlines`): no timer per request.
@@ -263,27 +335,29 @@ impl Node {
             r = &mut rx => r,
             () = cancelled => {
                 drop(guard);
-                return Err(RequestError::Cancelled(to));
+                return (Err(RequestError::Cancelled(to)), None);
             }
         };
-        match outcome {
-            Ok(Ok(body)) => {
+        let Ok(answer) = outcome else {
+            guard.armed = false;
+            return (Err(RequestError::ShuttingDown), None);
+        };
+        let tally = answer.tally;
+        let result = match answer.result {
+            Ok(body) => {
                 guard.armed = false;
                 Ok(body)
             }
-            Ok(Err(failure)) if failure.kind == FailureKind::Timeout && failure.agent.is_none() => {
+            Err(failure) if failure.kind == FailureKind::Timeout && failure.agent.is_none() => {
                 // Our own deadline passed: tell the callee to stop.
                 drop(guard);
                 Err(RequestError::Timeout { to, after: timeout })
             }
-            Ok(Err(failure)) => {
+            Err(failure) => {
                 guard.armed = false;
                 Err(RequestError::from_failure(failure, &to))
             }
-            Err(_closed) => {
-                guard.armed = false;
-                Err(RequestError::ShuttingDown)
-            }
-        }
+        };
+        (result, tally)
     }
 }

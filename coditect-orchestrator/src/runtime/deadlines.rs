@@ -145,10 +145,10 @@ impl Deadlines {
                         if let Some(p) = pending.upgrade() {
                             p.complete(
                                 &id,
-                                Err(Failure::new(
+                                crate::runtime::replies::ReplyResult::bare(Err(Failure::new(
                                     FailureKind::Timeout,
                                     "no reply before the deadline",
-                                )),
+                                ))),
                             );
                         }
                     }
@@ -192,7 +192,7 @@ mod tests {
             .await
             .unwrap();
         assert!(!kept.is_cancelled());
-        let failure = rx.try_recv().unwrap().unwrap_err();
+        let failure = rx.try_recv().unwrap().result.unwrap_err();
         assert_eq!(failure.kind, FailureKind::Timeout);
         assert_eq!(d.len(), 0);
         stop.cancel();

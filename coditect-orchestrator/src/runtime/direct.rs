@@ -35,14 +35,15 @@ use crate::body::Body;
 use crate::context::AgentContext;
 use crate::envelope::{Deadline, Destination, Envelope, Failure, Payload};
 use crate::error::RequestError;
+use crate::report::Tally;
 use crate::runtime::activation::{
-    Activation, settle, signal_finished, signal_started, stop_reason, wind_down,
+    Activation, close_tally, settle, signal_started, stop_reason, wind_down,
 };
 use crate::runtime::call::Node;
 use crate::runtime::cancel::{HandlerCancel, UntilCancelled};
 use crate::runtime::deadlines::{DeadlineKey, Expiry};
 use crate::runtime::kind::{Claim, KindHost};
-use crate::transport::Inbox;
+use crate::transport::LocalInbox;
 
 /// What a finished handler leaves: its result, the agent if still sound, and
 /// the context (which holds the message's envelope).
@@ -53,6 +54,12 @@ struct Done {
 }
 
 type Call = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// A handler's result with what its handling reported.
+type Answer = (Result<Body, Failure>, Option<Box<Tally>>);
+
+/// What a request gets back: its result and the reply's tally.
+type Reply = (Result<Body, RequestError>, Option<Box<Tally>>);
 
 /// A send still to finish, owning what it needs.
 type Rest = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -85,7 +92,7 @@ async fn run(mut agent: Box<dyn DynAgent>, ctx: AgentContext, body: Body) -> Don
 struct Parts {
     /// When the caller stops waiting.
     due: Option<Deadline>,
-    host: Arc<dyn Inbox>,
+    host: Arc<dyn LocalInbox>,
     act: Arc<Activation>,
     cancel: Arc<HandlerCancel>,
     deadline: Option<DeadlineKey>,
@@ -94,26 +101,25 @@ struct Parts {
 
 impl Parts {
     fn host(&self) -> Option<&KindHost> {
-        self.host.as_any()?.downcast_ref::<KindHost>()
+        self.host.as_any().downcast_ref::<KindHost>()
     }
 
     /// Ends the call: removes the deadline entry, sends the "finished" signal
     /// of delegated work, gives the activation and the concurrency slot back.
     /// What must wait (a signal the transport could not take at once) is
     /// returned, boxed.
-    fn end(self, done: Done) -> (Result<Body, Failure>, Option<Rest>) {
+    fn end(self, done: Done) -> (Answer, Option<Rest>) {
         let Done { result, agent, ctx } = done;
         let node = &ctx.node;
         if let Some(key) = self.deadline {
             node.deadlines.remove(key);
         }
-        let env = &ctx.env;
-        let rest = signal_finished(node, env, &result);
+        let (tally, rest) = close_tally(node, &ctx.env, &self.act.id, &ctx.tally, &result);
         if let Some(host) = self.host() {
             host.release(&self.act, agent, self.cancel.clone());
         }
         node.concurrency.release();
-        (result, rest)
+        ((result, tally), rest)
     }
 
     /// Ends a call whose handler was dropped unfinished: the agent value goes
@@ -170,8 +176,12 @@ pub(crate) async fn try_call(
     timeout: Duration,
     cancel: Option<&CancellationToken>,
     to: &Destination,
-) -> Result<Result<Body, RequestError>, Box<Envelope>> {
-    let Some(inbox) = node.transport.local_inbox(&env.tenant, &env.to) else {
+) -> Result<Reply, Box<Envelope>> {
+    let Some(inbox) = node
+        .memory
+        .as_ref()
+        .and_then(|m| m.local_inbox(&env.tenant, &env.to))
+    else {
         return Err(env);
     };
     // A handler that answers at once never makes the caller wait, so a task
@@ -187,7 +197,7 @@ pub(crate) async fn try_call(
             return Err(env);
         }
     };
-    let claim = match inbox.as_any().and_then(|a| a.downcast_ref::<KindHost>()) {
+    let claim = match inbox.as_any().downcast_ref::<KindHost>() {
         Some(host) => host.claim(node, &env),
         None => None,
     };
@@ -201,14 +211,14 @@ pub(crate) async fn try_call(
 #[allow(clippy::too_many_arguments)]
 async fn call(
     node: &Arc<Node>,
-    inbox: Arc<dyn Inbox>,
+    inbox: Arc<dyn LocalInbox>,
     claim: Claim,
     env: Box<Envelope>,
     body: Body,
     timeout: Duration,
     cancel: Option<&CancellationToken>,
     to: &Destination,
-) -> Result<Body, RequestError> {
+) -> Reply {
     // Everything up to the handler's first poll is synchronous, and the
     // future of a request holds little besides the call: requests in flight
     // by the thousand (a wide plan) each keep one.
@@ -227,11 +237,11 @@ async fn call(
     .await;
     match first {
         Poll::Ready(done) => {
-            let (result, rest) = finish(&mut flight, done);
+            let ((result, tally), rest) = finish(&mut flight, done);
             if let Some(rest) = rest {
                 rest.await;
             }
-            result.map_err(|f| RequestError::from_failure(f, to))
+            (result.map_err(|f| RequestError::from_failure(f, to)), tally)
         }
         // A handler that waits: boxed, so the common case stays small.
         Poll::Pending => Box::pin(wait(node, flight, timeout, cancel, to)).await,
@@ -242,7 +252,7 @@ async fn call(
 /// "started" signal (returned if it must still be sent), and the call.
 fn start(
     node: &Arc<Node>,
-    inbox: Arc<dyn Inbox>,
+    inbox: Arc<dyn LocalInbox>,
     claim: Claim,
     env: Box<Envelope>,
     body: Body,
@@ -253,7 +263,7 @@ fn start(
         cancel: cell,
     } = claim;
     let parts = Parts {
-        due: env.deadline,
+        due: env.ctx.deadline,
         host: inbox,
         act,
         cancel: cell,
@@ -265,15 +275,15 @@ fn start(
         "coditect.handle",
         agent = %parts.act.id,
         message = %env.id,
-        run = env.run.map(tracing::field::display),
+        run = env.ctx.run.map(tracing::field::display),
         tenant = %env.tenant,
     );
-    let ctx = AgentContext {
-        node: node.clone(),
-        me: parts.act.id.clone(),
+    let ctx = AgentContext::new(
+        node.clone(),
+        parts.act.id.clone(),
         env,
-        cancel: parts.cancel.clone(),
-    };
+        parts.cancel.clone(),
+    );
     let call: Call = if span.is_disabled() {
         Box::pin(run(agent, ctx, body))
     } else {
@@ -289,11 +299,11 @@ fn start(
 }
 
 /// Ends a call whose handler finished.
-fn finish(flight: &mut InFlight, done: Done) -> (Result<Body, Failure>, Option<Rest>) {
+fn finish(flight: &mut InFlight, done: Done) -> (Answer, Option<Rest>) {
     flight.call = None;
     match flight.parts.take() {
         Some(parts) => parts.end(done),
-        None => (done.result, None),
+        None => ((done.result, None), None),
     }
 }
 
@@ -305,9 +315,9 @@ async fn wait(
     timeout: Duration,
     cancel: Option<&CancellationToken>,
     to: &Destination,
-) -> Result<Body, RequestError> {
+) -> Reply {
     let (Some(call), Some(parts)) = (flight.call.as_mut(), flight.parts.as_mut()) else {
-        return Err(RequestError::ShuttingDown);
+        return (Err(RequestError::ShuttingDown), None);
     };
     let deadline = parts.due.unwrap_or_else(|| Deadline::after(timeout));
     parts.deadline = Some(
@@ -345,11 +355,11 @@ async fn wait(
             // Shut down, or cancelled by a `Cancel` message.
             RequestError::Failed(stop_reason(node, None).at(at))
         };
-        return Err(err);
+        return (Err(err), None);
     };
-    let (result, rest) = finish(&mut flight, done);
+    let ((result, tally), rest) = finish(&mut flight, done);
     if let Some(rest) = rest {
         rest.await;
     }
-    result.map_err(|f| RequestError::from_failure(f, to))
+    (result.map_err(|f| RequestError::from_failure(f, to)), tally)
 }

@@ -18,7 +18,7 @@ use crate::id::{AgentId, AgentKey, AgentKind, Topic};
 use crate::runtime::activation::{Activation, drain};
 use crate::runtime::cancel::HandlerCancel;
 use crate::runtime::{Runtime, RuntimeInner};
-use crate::transport::{Delivery, Inbox, Refused, Route, TryDeliver};
+use crate::transport::{Delivery, Inbox, LocalInbox, Refused, Route, TryDeliver};
 
 const SHARDS: usize = 16;
 
@@ -270,10 +270,10 @@ impl KindHost {
     fn route(&self, env: &Envelope) -> Result<Target, Failure> {
         match &env.to {
             Destination::Agent(id) if id.kind() == &self.kind => {
-                if env.chain.contains(id) {
+                if env.ctx.chain.contains(id) {
                     // The target waits in this very chain: answer at once
                     // instead of queueing behind a handler that cannot finish.
-                    let chain = env.chain.with(id);
+                    let chain = env.ctx.chain.with(id);
                     return Ok(Target::Cycle(
                         Failure::new(
                             FailureKind::CallCycle,
@@ -284,16 +284,18 @@ impl KindHost {
                 }
                 Ok(Target::Key(id.key().clone(), None))
             }
-            Destination::Kind(_) | Destination::Topic(_) => match self.pick_instance(&env.chain) {
-                Some((k, act)) => Ok(Target::Key(k, act)),
-                None => Ok(Target::Cycle(Failure::new(
-                    FailureKind::CallCycle,
-                    format!(
-                        "call cycle: every instance of {} is waiting in the call chain {}",
-                        self.kind, env.chain
-                    ),
-                ))),
-            },
+            Destination::Kind(_) | Destination::Topic(_) => {
+                match self.pick_instance(&env.ctx.chain) {
+                    Some((k, act)) => Ok(Target::Key(k, act)),
+                    None => Ok(Target::Cycle(Failure::new(
+                        FailureKind::CallCycle,
+                        format!(
+                            "call cycle: every instance of {} is waiting in the call chain {}",
+                            self.kind, env.ctx.chain
+                        ),
+                    ))),
+                }
+            }
             other => Err(Failure::new(
                 FailureKind::NoSuchAgent,
                 format!("kind {} does not take messages for {other}", self.kind),
@@ -358,8 +360,7 @@ impl KindHost {
     }
 }
 
-#[async_trait]
-impl Inbox for KindHost {
+impl LocalInbox for KindHost {
     fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
         let _span = deliver_span(&self.kind, &delivery.envelope).entered();
         let rt = match self.runtime() {
@@ -377,17 +378,26 @@ impl Inbox for KindHost {
         }
     }
 
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[async_trait]
+impl Inbox for KindHost {
     async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
+        // The fast path first: most deliveries find room at once.
+        let delivery = match LocalInbox::try_deliver(self, delivery) {
+            Ok(()) => return Ok(()),
+            Err(TryDeliver::Refused(r)) => return Err(r),
+            Err(TryDeliver::Wait(d)) => d,
+        };
         let span = deliver_span(&self.kind, &delivery.envelope);
         self.deliver_waiting(delivery).instrument(span).await
     }
 
     fn load(&self) -> usize {
         self.load.load(Ordering::Relaxed)
-    }
-
-    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
-        Some(self)
     }
 }
 
@@ -398,7 +408,7 @@ fn deliver_span(kind: &AgentKind, env: &Envelope) -> tracing::Span {
         kind = %kind,
         to = %env.to,
         message = %env.id,
-        run = env.run.map(tracing::field::display),
+        run = env.ctx.run.map(tracing::field::display),
         tenant = %env.tenant,
     )
 }
@@ -512,7 +522,7 @@ impl KindHost {
             Ok(Target::Done) => return Ok(()),
             Ok(Target::Cycle(failure)) => {
                 if let Some(reply) = delivery.envelope.reply(Err(failure)) {
-                    let _ = crate::transport::send_fast(rt.node.transport.as_ref(), reply).await;
+                    let _ = rt.node.send_fast(reply).await;
                 }
                 let _ = delivery.acker.ack().await;
                 return Ok(());

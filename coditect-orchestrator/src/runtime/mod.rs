@@ -56,10 +56,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent::{Agent, AgentCard};
 use crate::body::{Body, Message};
+use crate::call_context::CallContext;
 use crate::envelope::Destination;
 use crate::error::{RegisterError, RequestError};
-use crate::id::{AgentId, AgentKind, NodeId, TenantId, Topic};
-use crate::transport::{Route, SendError, Subscription, Transport, TransportError};
+use crate::id::{AgentId, AgentKind, MessageId, NodeId, TenantId, Topic};
+use crate::report::Tally;
+use crate::transport::{
+    DeliveryStream, InMemoryTransport, Route, SendError, Subscription, Transport, TransportError,
+};
 
 pub use call::RequestOptions;
 pub use kind::KindBuilder;
@@ -148,10 +152,17 @@ impl RuntimeBuilder {
         let node_id = self.node.unwrap_or_else(NodeId::random);
         let pending = Arc::new(PendingReplies::new());
         let deadlines = Arc::new(Deadlines::new());
+        // The in-process fast paths need the in-memory transport itself.
+        let any: Arc<dyn std::any::Any + Send + Sync> = self.transport.clone();
+        let memory = any
+            .downcast::<InMemoryTransport>()
+            .ok()
+            .map(|m| (*m).clone());
         let node = Arc::new(Node {
             id: node_id.clone(),
             tenant: self.tenant.clone(),
             transport: self.transport.clone(),
+            memory,
             pending: pending.clone(),
             deadlines: deadlines.clone(),
             default_timeout: self.default_timeout,
@@ -163,8 +174,7 @@ impl RuntimeBuilder {
             draining: AtomicBool::new(false),
             cancel_grace: self.config.cancel_grace,
         });
-        let reply_sub = self
-            .transport
+        let reply_sub = node
             .attach(
                 Route::replies(self.tenant.clone(), node_id),
                 Arc::new(ReplyInbox(pending)),
@@ -238,7 +248,7 @@ impl RuntimeInner {
         }
         let mut subs = Vec::with_capacity(routes.len());
         for route in routes {
-            match self.node.transport.attach(route, host.clone()).await {
+            match self.node.attach(route, host.clone()).await {
                 Ok(s) => subs.push(s),
                 Err(e) => {
                     if let Ok(mut kinds) = self.kinds.write() {
@@ -299,6 +309,16 @@ impl std::fmt::Debug for Runtime {
             .field("transport", &self.inner.node.transport.name())
             .finish_non_exhaustive()
     }
+}
+
+/// The answer to [`Runtime::call`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Answer {
+    /// The result.
+    pub result: Result<Body, RequestError>,
+    /// What the handling reported, for a message of a run whose reply came.
+    pub tally: Option<Tally>,
 }
 
 /// What a shutdown achieved.
@@ -440,8 +460,77 @@ impl Runtime {
     ) -> Result<R, RequestError> {
         self.inner
             .node
-            .ask(&Origin::default(), to.into(), message, &options, None)
+            .ask(&Origin::default(), to.into(), message, &options, None, None)
             .await
+    }
+
+    /// Sends a request carrying a run context and awaits the answer: the
+    /// door an orchestrator (or any code driving runs of its own) uses to
+    /// dispatch a step. The message gets `id` if one is given, so the caller
+    /// can record it before the request leaves.
+    ///
+    /// The answer holds the result and, for a message of a run, the reply's
+    /// [`Tally`]: what the handling and its delegations reported (see
+    /// [`report`](crate::report)).
+    ///
+    /// ```
+    /// use coditect_orchestrator::{Agent, AgentContext, AgentError, Body, CallContext, Destination,
+    ///     InMemoryTransport, RequestOptions, RunId, Runtime, StepId};
+    ///
+    /// struct Echo;
+    /// impl Agent for Echo {
+    ///     type Input = String;
+    ///     type Output = String;
+    ///     async fn handle(&mut self, s: String, ctx: &AgentContext) -> Result<String, AgentError> {
+    ///         ctx.emit("working").await?;
+    ///         Ok(s)
+    ///     }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let runtime = Runtime::builder(InMemoryTransport::new()).build().await?;
+    /// let kind = runtime.register("echo", |_| Echo).await?;
+    /// let ctx = CallContext::for_step(RunId::new(), StepId::new("a")?, 1);
+    /// let answer = runtime
+    ///     .call(Destination::Kind(kind), Body::new("hi".to_string()), ctx, None, RequestOptions::default())
+    ///     .await;
+    /// assert_eq!(answer.result?.take::<String>()?, "hi");
+    /// // Started, then one progress report.
+    /// assert_eq!(answer.tally.map(|t| t.reports), Some(2));
+    /// # Ok(()) }
+    /// ```
+    pub async fn call(
+        &self,
+        to: Destination,
+        body: Body,
+        ctx: CallContext,
+        id: Option<MessageId>,
+        options: RequestOptions,
+    ) -> Answer {
+        let origin = call::Origin { from: None, ctx };
+        let options = RequestOptions { id, ..options };
+        let (result, tally) = self
+            .inner
+            .node
+            .call(&origin, to, body, &options, None)
+            .await;
+        Answer {
+            result,
+            tally: tally.map(|t| *t),
+        }
+    }
+
+    /// The deliveries of a route as a stream, like
+    /// [`TransportExt::subscribe`](crate::TransportExt::subscribe), through
+    /// the runtime's in-process fast path where there is one.
+    ///
+    /// # Errors
+    /// [`TransportError`] if the route cannot be attached.
+    pub async fn subscribe(
+        &self,
+        route: Route,
+        capacity: usize,
+    ) -> Result<DeliveryStream, TransportError> {
+        self.inner.node.subscribe(route, capacity).await
     }
 
     /// Stops taking new messages, lets queued and running work finish for up to

@@ -9,9 +9,25 @@ use tokio::sync::oneshot;
 use crate::body::Body;
 use crate::envelope::{Envelope, Failure, Payload};
 use crate::id::MessageId;
-use crate::transport::{Delivery, Inbox, Refused, TryDeliver};
+use crate::report::Tally;
+use crate::transport::{Delivery, Inbox, LocalInbox, Refused, TryDeliver};
 
-pub(crate) type ReplyResult = Result<Body, Failure>;
+/// What a waiting request gets: the answer, and for a message of a run, what
+/// its handling reported.
+pub(crate) struct ReplyResult {
+    pub(crate) result: Result<Body, Failure>,
+    pub(crate) tally: Option<Box<Tally>>,
+}
+
+impl ReplyResult {
+    /// An answer without a tally.
+    pub(crate) fn bare(result: Result<Body, Failure>) -> Self {
+        Self {
+            result,
+            tally: None,
+        }
+    }
+}
 
 const SHARDS: usize = 16;
 
@@ -73,7 +89,11 @@ impl ReplyInbox {
         let envelope = *envelope;
         match (envelope.correlation, envelope.payload) {
             (Some(correlation), Payload::Reply(result)) => {
-                if !self.0.complete(&correlation, result) {
+                let answer = ReplyResult {
+                    result,
+                    tally: envelope.tally,
+                };
+                if !self.0.complete(&correlation, answer) {
                     tracing::debug!(%correlation, "reply for a request that is no longer waiting (late or duplicate); dropped");
                 }
             }
@@ -88,8 +108,7 @@ impl ReplyInbox {
     }
 }
 
-#[async_trait]
-impl Inbox for ReplyInbox {
+impl LocalInbox for ReplyInbox {
     fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
         if !delivery.acker.is_noop() {
             return Err(TryDeliver::Wait(delivery));
@@ -98,6 +117,13 @@ impl Inbox for ReplyInbox {
         Ok(())
     }
 
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[async_trait]
+impl Inbox for ReplyInbox {
     async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
         let Delivery { envelope, acker } = delivery;
         self.complete(envelope);
@@ -125,9 +151,15 @@ mod tests {
         let p = PendingReplies::new();
         let id = MessageId::new();
         let mut rx = p.insert(id);
-        assert!(p.complete(&id, Ok(Body::new(1u32))));
-        assert!(!p.complete(&id, Ok(Body::new(2u32))));
-        let got = rx.try_recv().unwrap().unwrap().take::<u32>().unwrap();
+        assert!(p.complete(&id, ReplyResult::bare(Ok(Body::new(1u32)))));
+        assert!(!p.complete(&id, ReplyResult::bare(Ok(Body::new(2u32)))));
+        let got = rx
+            .try_recv()
+            .unwrap()
+            .result
+            .unwrap()
+            .take::<u32>()
+            .unwrap();
         assert_eq!(got, 1);
         assert_eq!(p.len(), 0);
     }

@@ -10,10 +10,10 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 
 use super::{
-    Delivery, Inbox, Route, RouteTarget, SendError, SendErrorKind, Subscription, Transport,
-    TransportError, TransportErrorKind, TryDeliver, TrySend,
+    Delivery, Inbox, LocalInbox, Route, RouteTarget, SendError, SendErrorKind, Subscription,
+    Transport, TransportError, TransportErrorKind, TryDeliver, TrySend,
 };
-use crate::envelope::{Destination, Envelope, Payload};
+use crate::envelope::{Destination, Envelope};
 use crate::id::{AgentId, AgentKind, NodeId, TenantId, Topic};
 
 /// Moves envelopes between inboxes of one process.
@@ -55,11 +55,15 @@ struct TenantRoutes {
 struct Sub {
     id: u64,
     inbox: Arc<dyn Inbox>,
+    /// The same inbox when it was attached through the crate's own door
+    /// ([`InMemoryTransport::attach_local`]): it takes deliveries without
+    /// waiting when it can.
+    local: Option<Arc<dyn LocalInbox>>,
 }
 
 enum Targets {
     None,
-    One(Arc<dyn Inbox>),
+    One(Sub),
     Many(Vec<Arc<dyn Inbox>>),
 }
 
@@ -72,6 +76,67 @@ impl std::fmt::Debug for InMemoryTransport {
 }
 
 impl InMemoryTransport {
+    /// Sends without waiting when the receiving inbox can take the message
+    /// at once: the in-process fast path of the runtime.
+    pub(crate) fn try_send(&self, envelope: Envelope) -> Result<(), TrySend> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(TrySend::Failed(Box::new(SendError::new(
+                SendErrorKind::Closed,
+                envelope,
+                "transport closed",
+            ))));
+        }
+        match self.resolve(&envelope.tenant, &envelope.to) {
+            Targets::One(Sub {
+                local: Some(inbox), ..
+            }) => match inbox.try_deliver(Delivery::new(envelope)) {
+                Ok(()) => Ok(()),
+                Err(TryDeliver::Refused(r)) => {
+                    Err(TrySend::Failed(Box::new(SendError::refused(*r))))
+                }
+                Err(TryDeliver::Wait(d)) => Err(TrySend::Wait(d.envelope)),
+            },
+            Targets::One(_) => Err(TrySend::Wait(Box::new(envelope))),
+            Targets::None if matches!(envelope.to, Destination::Topic(_)) => Ok(()),
+            Targets::None => {
+                let msg = format!("no agent is registered for {}", envelope.to);
+                Err(TrySend::Failed(Box::new(SendError::new(
+                    SendErrorKind::NoRoute,
+                    envelope,
+                    msg,
+                ))))
+            }
+            Targets::Many(_) => Err(TrySend::Wait(Box::new(envelope))),
+        }
+    }
+
+    /// The inbox of this process a message to `to` would be delivered to,
+    /// if it was attached through [`attach_local`](Self::attach_local).
+    pub(crate) fn local_inbox(
+        &self,
+        tenant: &TenantId,
+        to: &Destination,
+    ) -> Option<Arc<dyn LocalInbox>> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        match self.resolve(tenant, to) {
+            Targets::One(sub) => sub.local,
+            Targets::None | Targets::Many(_) => None,
+        }
+    }
+
+    /// Attaches one of the crate's own inboxes, which can take deliveries
+    /// without waiting (see [`LocalInbox`]).
+    pub(crate) fn attach_local(
+        &self,
+        route: Route,
+        inbox: Arc<dyn LocalInbox>,
+    ) -> Result<Subscription, TransportError> {
+        let plain: Arc<dyn Inbox> = inbox.clone();
+        self.attach_sub(route, plain, Some(inbox))
+    }
+
     /// A new, empty transport.
     pub fn new() -> Self {
         Self::default()
@@ -86,10 +151,10 @@ impl InMemoryTransport {
         }
     }
 
-    fn pick_least_loaded(&self, subs: &[Sub]) -> Option<Arc<dyn Inbox>> {
+    fn pick_least_loaded(&self, subs: &[Sub]) -> Option<Sub> {
         match subs {
             [] => None,
-            [one] => Some(one.inbox.clone()),
+            [one] => Some(one.clone()),
             many => {
                 let start = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % many.len();
                 let mut best = &many[start];
@@ -102,18 +167,18 @@ impl InMemoryTransport {
                         best_load = l;
                     }
                 }
-                Some(best.inbox.clone())
+                Some(best.clone())
             }
         }
     }
 
-    fn pick_by_key(&self, subs: &[Sub], key: &impl Hash) -> Option<Arc<dyn Inbox>> {
+    fn pick_by_key(&self, subs: &[Sub], key: &impl Hash) -> Option<Sub> {
         match subs {
             [] => None,
-            [one] => Some(one.inbox.clone()),
+            [one] => Some(one.clone()),
             many => {
                 let h = self.inner.hasher.hash_one(key) as usize;
-                Some(many[h % many.len()].inbox.clone())
+                Some(many[h % many.len()].clone())
             }
         }
     }
@@ -125,7 +190,7 @@ impl InMemoryTransport {
         let Some(routes) = tenants.get(tenant) else {
             return Targets::None;
         };
-        let one = |o: Option<Arc<dyn Inbox>>| o.map_or(Targets::None, Targets::One);
+        let one = |o: Option<Sub>| o.map_or(Targets::None, Targets::One);
         match to {
             Destination::Agent(id) => match routes.agents.get(id).filter(|s| !s.is_empty()) {
                 Some(subs) => one(self.pick_by_key(subs, id.key())),
@@ -139,13 +204,13 @@ impl InMemoryTransport {
                 .get(kind)
                 .and_then(|subs| self.pick_least_loaded(subs))),
             Destination::Topic(topic) => match routes.topics.get(topic).map(Vec::as_slice) {
-                Some([one]) => Targets::One(one.inbox.clone()),
+                Some([one]) => Targets::One(one.clone()),
                 Some(subs) if !subs.is_empty() => {
                     Targets::Many(subs.iter().map(|s| s.inbox.clone()).collect())
                 }
                 _ => Targets::None,
             },
-            Destination::Reply(node) => one(routes.replies.get(node).map(|s| s.inbox.clone())),
+            Destination::Reply(node) => one(routes.replies.get(node).cloned()),
         }
     }
 
@@ -177,72 +242,8 @@ impl InMemoryTransport {
     }
 }
 
-/// A copy of an envelope for one more topic subscriber (same id: it is the same
-/// message).
-fn copy_for_fanout(env: &mut Envelope) -> Option<Envelope> {
-    let payload = match &mut env.payload {
-        Payload::Message(body) => Payload::Message(body.try_clone().ok()?),
-        Payload::Cancel(id) => Payload::Cancel(*id),
-        Payload::Reply(_) => return None,
-    };
-    let mut copy = Envelope::new(env.tenant.clone(), env.to.clone(), payload);
-    copy.id = env.id;
-    copy.run = env.run;
-    copy.from = env.from.clone();
-    copy.correlation = env.correlation;
-    copy.reply_to = env.reply_to.clone();
-    copy.depth = env.depth;
-    copy.deadline = env.deadline;
-    copy.attempt = env.attempt;
-    copy.trace = env.trace;
-    copy.chain = env.chain.clone();
-    copy.step = env.step.clone();
-    copy.parent = env.parent;
-    copy.budget = env.budget.clone();
-    Some(copy)
-}
-
 #[async_trait]
 impl Transport for InMemoryTransport {
-    fn try_send(&self, envelope: Envelope) -> Result<(), TrySend> {
-        if self.inner.closed.load(Ordering::Relaxed) {
-            return Err(TrySend::Failed(Box::new(SendError::new(
-                SendErrorKind::Closed,
-                envelope,
-                "transport closed",
-            ))));
-        }
-        match self.resolve(&envelope.tenant, &envelope.to) {
-            Targets::One(inbox) => match inbox.try_deliver(Delivery::new(envelope)) {
-                Ok(()) => Ok(()),
-                Err(TryDeliver::Refused(r)) => {
-                    Err(TrySend::Failed(Box::new(SendError::refused(*r))))
-                }
-                Err(TryDeliver::Wait(d)) => Err(TrySend::Wait(d.envelope)),
-            },
-            Targets::None if matches!(envelope.to, Destination::Topic(_)) => Ok(()),
-            Targets::None => {
-                let msg = format!("no agent is registered for {}", envelope.to);
-                Err(TrySend::Failed(Box::new(SendError::new(
-                    SendErrorKind::NoRoute,
-                    envelope,
-                    msg,
-                ))))
-            }
-            Targets::Many(_) => Err(TrySend::Wait(Box::new(envelope))),
-        }
-    }
-
-    fn local_inbox(&self, tenant: &TenantId, to: &Destination) -> Option<Arc<dyn Inbox>> {
-        if self.inner.closed.load(Ordering::Relaxed) {
-            return None;
-        }
-        match self.resolve(tenant, to) {
-            Targets::One(inbox) => Some(inbox),
-            Targets::None | Targets::Many(_) => None,
-        }
-    }
-
     async fn send(&self, mut envelope: Envelope) -> Result<(), SendError> {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(SendError::new(
@@ -260,17 +261,23 @@ impl Transport for InMemoryTransport {
                 let msg = format!("no agent is registered for {}", envelope.to);
                 Err(SendError::new(SendErrorKind::NoRoute, envelope, msg))
             }
-            Targets::One(inbox) => match inbox.try_deliver(Delivery::new(envelope)) {
+            Targets::One(Sub {
+                local: Some(inbox), ..
+            }) => match inbox.try_deliver(Delivery::new(envelope)) {
                 Ok(()) => Ok(()),
                 Err(TryDeliver::Refused(r)) => Err(SendError::refused(*r)),
                 Err(TryDeliver::Wait(d)) => {
                     inbox.deliver(d).await.map_err(|r| SendError::refused(*r))
                 }
             },
+            Targets::One(Sub { inbox, .. }) => inbox
+                .deliver(Delivery::new(envelope))
+                .await
+                .map_err(|r| SendError::refused(*r)),
             Targets::Many(mut inboxes) => {
                 let last = inboxes.pop();
                 for inbox in inboxes {
-                    let Some(copy) = copy_for_fanout(&mut envelope) else {
+                    let Some(copy) = envelope.copy() else {
                         let msg = "topic message body cannot be encoded for fan-out";
                         return Err(SendError::new(SendErrorKind::Encode, envelope, msg));
                     };
@@ -293,6 +300,21 @@ impl Transport for InMemoryTransport {
         route: Route,
         inbox: Arc<dyn Inbox>,
     ) -> Result<Subscription, TransportError> {
+        self.attach_sub(route, inbox, None)
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+impl InMemoryTransport {
+    fn attach_sub(
+        &self,
+        route: Route,
+        inbox: Arc<dyn Inbox>,
+        local: Option<Arc<dyn LocalInbox>>,
+    ) -> Result<Subscription, TransportError> {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(TransportError::new(
                 TransportErrorKind::Closed,
@@ -300,7 +322,7 @@ impl Transport for InMemoryTransport {
             ));
         }
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        let sub = Sub { id, inbox };
+        let sub = Sub { id, inbox, local };
         {
             let mut tenants = self.inner.tenants.write().map_err(|_| {
                 TransportError::new(TransportErrorKind::Other, "route table poisoned")
@@ -327,9 +349,5 @@ impl Transport for InMemoryTransport {
                 InMemoryTransport::detach(&inner, &route, id);
             }
         }))
-    }
-
-    fn name(&self) -> &'static str {
-        "memory"
     }
 }

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use futures::Stream;
 use tokio::sync::mpsc;
 
-use crate::envelope::{Destination, Envelope, Failure};
+use crate::envelope::{Envelope, Failure};
 use crate::id::{AgentId, AgentKind, NodeId, TenantId, Topic};
 
 pub use memory::InMemoryTransport;
@@ -206,9 +206,9 @@ impl Delivery {
     }
 }
 
-/// What [`Inbox::try_deliver`] gives back when it cannot take a delivery at once.
+/// What [`LocalInbox::try_deliver`] gives back when it cannot take a delivery at once.
 #[derive(Debug)]
-pub enum TryDeliver {
+pub(crate) enum TryDeliver {
     /// The inbox would have to wait (full): use [`Inbox::deliver`].
     Wait(Delivery),
     /// The inbox refuses it.
@@ -225,8 +225,10 @@ pub struct Refused {
 }
 
 /// Where a transport pushes the deliveries of a route.
+///
+/// One required method: [`deliver`](Inbox::deliver).
 #[async_trait]
-pub trait Inbox: Send + Sync + 'static {
+pub trait Inbox: std::any::Any + Send + Sync {
     /// Takes one delivery, waiting while the inbox is full (backpressure).
     ///
     /// # Errors
@@ -235,26 +237,26 @@ pub trait Inbox: Send + Sync + 'static {
     /// redelivers elsewhere.
     async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>>;
 
-    /// Takes one delivery if that needs no waiting — the fast path a transport
-    /// tries first. The default always answers [`TryDeliver::Wait`].
-    ///
-    /// # Errors
-    /// [`TryDeliver::Wait`] hands the delivery back when the inbox is full;
-    /// [`TryDeliver::Refused`] when it will not take it at all.
-    fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
-        Err(TryDeliver::Wait(delivery))
-    }
-
     /// How much work is queued or running here: what load balancing compares.
     fn load(&self) -> usize {
         0
     }
+}
 
-    /// The inbox as `Any`, so that a runtime can recognise its own inboxes
-    /// behind [`Transport::local_inbox`]. Other inboxes keep the default.
-    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
-        None
-    }
+/// An inbox of this crate that takes a delivery without waiting when it can:
+/// the in-process fast path. Crate-private, so the public [`Inbox`] keeps one
+/// required method; the in-memory transport uses it for inboxes attached
+/// through [`InMemoryTransport::attach_local`](memory::InMemoryTransport).
+pub(crate) trait LocalInbox: Inbox {
+    /// Takes one delivery if that needs no waiting.
+    ///
+    /// # Errors
+    /// [`TryDeliver::Wait`] hands the delivery back when the inbox is full;
+    /// [`TryDeliver::Refused`] when it will not take it at all.
+    fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver>;
+
+    /// The inbox as `Any`, so the runtime can recognise its own kind hosts.
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync);
 }
 
 /// Keeps a route attached; dropping it (or calling [`Subscription::close`])
@@ -292,10 +294,15 @@ impl fmt::Debug for Subscription {
 
 /// A transport: moves envelopes to the inboxes attached to their routes.
 ///
+/// What a transport author implements: [`send`](Transport::send),
+/// [`attach`](Transport::attach) and a [`name`](Transport::name); deliveries
+/// carry an [`Acker`]. Request/reply, deadlines and the in-process shortcut
+/// (direct calls) are the runtime's business, above this trait.
+///
 /// Implementations: [`InMemoryTransport`] (one process, exactly once), and the
 /// NATS transport behind the `nats` feature.
 #[async_trait]
-pub trait Transport: Send + Sync + 'static {
+pub trait Transport: std::any::Any + Send + Sync {
     /// Sends one envelope.
     ///
     /// # Errors
@@ -303,17 +310,6 @@ pub trait Transport: Send + Sync + 'static {
     /// ([`SendErrorKind::NoRoute`] — no such agent), too large, the transport
     /// closed, or the receiving inbox refused it.
     async fn send(&self, envelope: Envelope) -> Result<(), SendError>;
-
-    /// Sends one envelope if that needs no waiting: the fast path a caller
-    /// tries before [`send`](Self::send). The default hands the envelope back
-    /// with [`TrySend::Wait`].
-    ///
-    /// # Errors
-    /// [`TrySend::Wait`] with the envelope when sending would have to wait (or
-    /// the transport has no fast path); [`TrySend::Failed`] as for `send`.
-    fn try_send(&self, envelope: Envelope) -> Result<(), TrySend> {
-        Err(TrySend::Wait(Box::new(envelope)))
-    }
 
     /// Attaches an inbox to a route until the returned subscription is dropped.
     ///
@@ -328,28 +324,12 @@ pub trait Transport: Send + Sync + 'static {
 
     /// A short name for logs (`"memory"`, `"nats"`).
     fn name(&self) -> &'static str;
-
-    /// The inbox of this very process a message to `to` would be delivered
-    /// to, when the transport delivers in process (as [`InMemoryTransport`]
-    /// does); `None` (the default) when delivery goes through anything else.
-    ///
-    /// A runtime uses it to answer a request to one of its own idle agents in
-    /// the caller's task, without a hop through the agent's mailbox: a
-    /// transport that must see every message (to persist it, say) keeps the
-    /// default.
-    fn local_inbox(&self, tenant: &TenantId, to: &Destination) -> Option<Arc<dyn Inbox>> {
-        let _ = (tenant, to);
-        None
-    }
 }
 
 #[async_trait]
 impl<T: Transport + ?Sized> Transport for Arc<T> {
     async fn send(&self, envelope: Envelope) -> Result<(), SendError> {
         (**self).send(envelope).await
-    }
-    fn try_send(&self, envelope: Envelope) -> Result<(), TrySend> {
-        (**self).try_send(envelope)
     }
     async fn attach(
         &self,
@@ -361,38 +341,15 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
     fn name(&self) -> &'static str {
         (**self).name()
     }
-    fn local_inbox(&self, tenant: &TenantId, to: &Destination) -> Option<Arc<dyn Inbox>> {
-        (**self).local_inbox(tenant, to)
-    }
 }
 
-/// What [`Transport::try_send`] gives back when it did not send at once.
+/// What [`InMemoryTransport`]'s fast path gives back when it did not send at once.
 #[derive(Debug)]
-pub enum TrySend {
+pub(crate) enum TrySend {
     /// Sending would have to wait: use [`Transport::send`] with this envelope.
     Wait(Box<Envelope>),
     /// Sending failed.
     Failed(Box<SendError>),
-}
-
-/// The future of [`send_fast`]: done already, or the transport's boxed send.
-pub(crate) type SendFast<'a> = futures::future::Either<
-    futures::future::Ready<Result<(), SendError>>,
-    Pin<Box<dyn std::future::Future<Output = Result<(), SendError>> + Send + 'a>>,
->;
-
-/// Sends through the fast path when it can, the async one otherwise.
-///
-/// Not an `async fn`: the fast path runs when this is called, and the future
-/// returned holds no envelope — only the boxed send when one is needed — so
-/// the futures of every caller stay small.
-pub(crate) fn send_fast(transport: &dyn Transport, envelope: Envelope) -> SendFast<'_> {
-    use futures::future::{Either, ready};
-    match transport.try_send(envelope) {
-        Ok(()) => Either::Left(ready(Ok(()))),
-        Err(TrySend::Failed(e)) => Either::Left(ready(Err(*e))),
-        Err(TrySend::Wait(env)) => Either::Right(transport.send(*env)),
-    }
 }
 
 /// Pull-style access to a transport.
@@ -409,30 +366,26 @@ pub trait TransportExt: Transport {
         route: Route,
         capacity: usize,
     ) -> Result<DeliveryStream, TransportError> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let sub = self.attach(route, Arc::new(ChannelInbox(tx))).await?;
+        let (inbox, rx) = ChannelInbox::new(capacity);
+        let sub = self.attach(route, Arc::new(inbox)).await?;
         Ok(DeliveryStream { rx, _sub: sub })
     }
 }
 
 impl<T: Transport + ?Sized> TransportExt for T {}
 
-struct ChannelInbox(mpsc::Sender<Delivery>);
+/// An inbox that hands its deliveries to a stream.
+pub(crate) struct ChannelInbox(mpsc::Sender<Delivery>);
 
-#[async_trait]
-impl Inbox for ChannelInbox {
-    async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
-        self.0.send(delivery).await.map_err(|e| {
-            Box::new(Refused {
-                delivery: e.0,
-                reason: Failure::new(
-                    crate::envelope::FailureKind::ShuttingDown,
-                    "subscriber stream dropped",
-                ),
-            })
-        })
+impl ChannelInbox {
+    /// The inbox and the receiving end of its channel of `capacity`.
+    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<Delivery>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self(tx), rx)
     }
+}
 
+impl LocalInbox for ChannelInbox {
     fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
         use tokio::sync::mpsc::error::TrySendError;
         match self.0.try_send(delivery) {
@@ -448,6 +401,25 @@ impl Inbox for ChannelInbox {
         }
     }
 
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[async_trait]
+impl Inbox for ChannelInbox {
+    async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
+        self.0.send(delivery).await.map_err(|e| {
+            Box::new(Refused {
+                delivery: e.0,
+                reason: Failure::new(
+                    crate::envelope::FailureKind::ShuttingDown,
+                    "subscriber stream dropped",
+                ),
+            })
+        })
+    }
+
     fn load(&self) -> usize {
         self.0.max_capacity() - self.0.capacity()
     }
@@ -456,8 +428,8 @@ impl Inbox for ChannelInbox {
 /// The deliveries of a route, as a stream. See [`TransportExt::subscribe`].
 #[derive(Debug)]
 pub struct DeliveryStream {
-    rx: mpsc::Receiver<Delivery>,
-    _sub: Subscription,
+    pub(crate) rx: mpsc::Receiver<Delivery>,
+    pub(crate) _sub: Subscription,
 }
 
 impl Stream for DeliveryStream {

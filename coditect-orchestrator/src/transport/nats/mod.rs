@@ -74,7 +74,7 @@ use crate::envelope::{Destination, Envelope, Failure, FailureKind, Payload};
 use crate::id::{AgentKind, MessageId, TenantId};
 use crate::transport::{
     Delivery, Inbox, Route, RouteTarget, SendError, SendErrorKind, Subscription, Transport,
-    TransportError, TransportErrorKind, TryDeliver,
+    TransportError, TransportErrorKind,
 };
 
 pub use error::{NatsError, NatsErrorKind};
@@ -617,16 +617,12 @@ fn no_responder_reply(subject: &str, tenant: Option<&str>) -> Option<Envelope> {
     Some(env)
 }
 
-/// Tries the inbox's fast path, then waits (backpressure).
+/// Hands a delivery to an inbox, waiting while it is full (backpressure).
 pub(crate) async fn deliver(
     inbox: &dyn Inbox,
     delivery: Delivery,
 ) -> Result<(), Box<crate::transport::Refused>> {
-    match inbox.try_deliver(delivery) {
-        Ok(()) => Ok(()),
-        Err(TryDeliver::Refused(r)) => Err(r),
-        Err(TryDeliver::Wait(d)) => inbox.deliver(d).await,
-    }
+    inbox.deliver(delivery).await
 }
 
 /// A core delivery was refused: tell a waiting requester why.

@@ -23,13 +23,11 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use std::sync::Arc;
-
 use crate::body::Body;
-use crate::budget::Budget;
-use crate::envelope::{CallChain, Deadline, Destination, Envelope, Failure, Payload, TraceContext};
-use crate::id::{AgentId, AgentKind, MessageId, NodeId, RunId, TenantId};
-use crate::orchestrator::StepId;
+use crate::call_context::CallContext;
+use crate::envelope::{Destination, Envelope, Failure, Payload, TraceContext};
+use crate::id::{AgentId, AgentKind, MessageId, NodeId, TenantId};
+use crate::report::Tally;
 
 /// The root token of every coditect subject.
 pub const PREFIX: &str = "coditect";
@@ -40,12 +38,11 @@ pub const DEAD_REASON_HEADER: &str = "Coditect-Dead-Reason";
 /// The header of a dead letter naming the subject it was found on.
 pub const DEAD_SUBJECT_HEADER: &str = "Coditect-Dead-Subject";
 
-/// Everything about an envelope but its body.
+/// Everything about an envelope but its body. The run context is the
+/// [`CallContext`] as it is, so a new field there travels with no edit here.
 #[derive(Serialize, Deserialize)]
 struct Meta {
     id: MessageId,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    run: Option<RunId>,
     tenant: TenantId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     from: Option<AgentId>,
@@ -55,13 +52,7 @@ struct Meta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reply_to: Option<NodeId>,
     #[serde(default)]
-    depth: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    deadline: Option<Deadline>,
-    #[serde(default = "one")]
-    attempt: u32,
-    #[serde(default, skip_serializing_if = "CallChain::is_empty")]
-    chain: CallChain,
+    ctx: CallContext,
     /// `m` message, `r` reply, `c` cancel.
     p: char,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,15 +60,7 @@ struct Meta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cancel: Option<MessageId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    step: Option<StepId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    parent: Option<MessageId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    budget: Option<Arc<Budget>>,
-}
-
-fn one() -> u32 {
-    1
+    tally: Option<Box<Tally>>,
 }
 
 /// Why bytes off the wire are not an envelope.
@@ -176,28 +159,22 @@ pub fn encode(env: &Envelope) -> Result<(HeaderMap, Bytes), WireError> {
     };
     let meta = Meta {
         id: env.id,
-        run: env.run,
         tenant: env.tenant.clone(),
         from: env.from.clone(),
         to: env.to.clone(),
         correlation: env.correlation,
         reply_to: env.reply_to.clone(),
-        depth: env.depth,
-        deadline: env.deadline,
-        attempt: env.attempt,
-        chain: env.chain.clone(),
+        ctx: env.ctx.clone(),
         p,
         failure,
         cancel,
-        step: env.step.clone(),
-        parent: env.parent,
-        budget: env.budget.clone(),
+        tally: env.tally.clone(),
     };
     let json = serde_json::to_string(&meta).map_err(|e| WireError::Encode(e.to_string()))?;
     let mut headers = HeaderMap::new();
     headers.insert(META_HEADER, json.as_str());
-    if !env.trace.is_empty() {
-        headers.insert("traceparent", env.trace.traceparent().as_str());
+    if !env.ctx.trace.is_empty() {
+        headers.insert("traceparent", env.ctx.trace.traceparent().as_str());
     }
     Ok((headers, payload))
 }
@@ -261,22 +238,18 @@ pub fn decode(
         .and_then(|h| h.get("traceparent"))
         .and_then(|v| TraceContext::from_traceparent(v.as_str()))
         .unwrap_or_default();
+    let mut ctx = meta.ctx;
+    ctx.trace = trace;
+    ctx.attempt = ctx.attempt.max(1);
     Ok(Envelope {
         id: meta.id,
-        run: meta.run,
         tenant: meta.tenant,
         from: meta.from,
         to: meta.to,
         correlation: meta.correlation,
         reply_to: meta.reply_to,
-        depth: meta.depth,
-        deadline: meta.deadline,
-        attempt: meta.attempt.max(1),
-        trace,
-        chain: meta.chain,
-        step: meta.step,
-        parent: meta.parent,
-        budget: meta.budget,
+        ctx,
+        tally: meta.tally,
         payload,
     })
 }
@@ -299,16 +272,16 @@ mod tests {
             Payload::Message(Body::new(vec![1, 2, 3])),
         );
         env.reply_to = Some(NodeId::new("n1").unwrap());
-        env.chain = CallChain::new().with(&id);
-        env.trace = TraceContext {
+        env.ctx.chain = crate::envelope::CallChain::new().with(&id);
+        env.ctx.trace = TraceContext {
             trace_id: 7,
             parent_span: 9,
         };
         let (h, p) = encode(&env).unwrap();
         let back = decode(Some(&h), p, Some("acme"), 1 << 20).unwrap();
         assert_eq!(back.id, env.id);
-        assert_eq!(back.chain, env.chain);
-        assert_eq!(back.trace, env.trace);
+        assert_eq!(back.ctx.chain, env.ctx.chain);
+        assert_eq!(back.ctx.trace, env.ctx.trace);
         assert_eq!(back.reply_to, env.reply_to);
         let Payload::Message(b) = back.payload else {
             panic!("not a message")
