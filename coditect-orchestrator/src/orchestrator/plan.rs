@@ -613,4 +613,27 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn an_unresolvable_input_names_the_missing_reference() {
+        let input = StepInput::Object(
+            [("x".to_owned(), StepInput::output("gone"))]
+                .into_iter()
+                .collect(),
+        );
+        let outputs = |_: &StepId| None;
+        let missing = input
+            .resolve("goal", &serde_json::Value::Null, &outputs)
+            .unwrap_err();
+        assert_eq!(missing.as_str(), "gone");
+    }
+
+    #[test]
+    fn invalid_step_ids_are_refused_with_the_plan() {
+        let plan = Plan::new([Step::new("has space", "x", StepInput::Goal)]);
+        assert!(matches!(
+            plan.check_graph(),
+            Err(PlanError::InvalidStepId { .. })
+        ));
+    }
 }
