@@ -18,8 +18,14 @@ async fn register(rt: &Runtime, kind: &str, agent: LlmAgent) {
         .unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_streams_and_usage_is_counted_in_the_run() {
+    for _ in 0..3 {
+        progress_streams_and_usage_is_counted_once().await;
+    }
+}
+
+async fn progress_streams_and_usage_is_counted_once() {
     let rt = within(runtime()).await;
     let model = ScriptedModel::new()
         .then(ScriptedReply::tool_call("add", json!({"a": 20, "b": 22})).usage(usage(100, 10)))
@@ -37,6 +43,9 @@ async fn progress_streams_and_usage_is_counted_in_the_run() {
     let events: Vec<_> = within(events.collect::<Vec<_>>()).await;
 
     assert_eq!(outcome.output, json!("The answer is 42."));
+    // The streamed text and the usage of the step come after its start and
+    // before its result (the run's causal order).
+    coditect_orchestrator::testing::check_causal_order(&events).unwrap();
     assert_eq!(outcome.usage.input_tokens, 230);
     assert_eq!(outcome.usage.output_tokens, 17);
 

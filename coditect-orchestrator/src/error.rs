@@ -105,8 +105,10 @@ impl RequestError {
 }
 
 impl From<RequestError> for crate::agent::AgentError {
+    /// The failure passes on unchanged (its kind and the agent that failed
+    /// first), and the request error stays reachable as the source.
     fn from(e: RequestError) -> Self {
-        e.to_failure().into()
+        crate::agent::AgentError::from(e.to_failure()).with_source(e)
     }
 }
 

@@ -125,3 +125,55 @@ async fn unencodable_progress_is_an_error_to_the_agent() {
     assert!(out.starts_with("refused: "), "{out}");
     assert!(out.contains("HashMap"), "names the type: {out}");
 }
+
+/// Holds every task it gets until the test ends.
+struct Holds;
+
+impl Agent for Holds {
+    type Input = u32;
+    type Output = u32;
+    async fn handle(&mut self, n: u32, ctx: &AgentContext) -> Result<u32, AgentError> {
+        ctx.cancelled().await;
+        Ok(n)
+    }
+}
+
+/// A full task stream refuses more work with a typed error (classified by
+/// JetStream's error code), rather than losing it.
+#[tokio::test]
+async fn a_full_task_stream_refuses_the_send() {
+    use coditect_orchestrator::transport::nats::DurableOptions;
+    use coditect_orchestrator::{AgentKind, SendErrorKind};
+    let server = NatsServer::start().expect("start nats-server");
+    let durable = DurableOptions::default()
+        .max_tasks(3)
+        .max_ack_pending(1)
+        .batch(1);
+    let rt = Runtime::builder(
+        NatsOptions::new(server.url())
+            .durable(durable)
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .build()
+    .await
+    .unwrap();
+    rt.kind("holds")
+        .instances(1)
+        .register(|_| Holds)
+        .await
+        .unwrap();
+    let kind = AgentKind::new("holds").unwrap();
+    let mut refused = None;
+    for n in 0..20u32 {
+        if let Err(e) = timeout(T, rt.send(kind.clone(), n)).await.unwrap() {
+            refused = Some((n, e.kind()));
+            break;
+        }
+    }
+    let (n, kind) = refused.expect("the stream never filled");
+    assert_eq!(kind, SendErrorKind::Refused, "send {n}");
+    assert!(n >= 3, "refused after {n} sends");
+    rt.shutdown(Duration::from_millis(100)).await;
+}

@@ -170,7 +170,14 @@ impl Streams {
                 }
                 Ok(true)
             }
-            Err(e) if e.to_string().contains("not found") => Ok(false),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound
+                ) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(js_err("consumer lookup", e)),
         }
     }

@@ -617,6 +617,20 @@ fn no_responder_reply(subject: &str, tenant: Option<&str>) -> Option<Envelope> {
     Some(env)
 }
 
+/// Whether JetStream refused a publish because the stream is at its limits
+/// (`discard: new`): the server's error code says so, whatever its text.
+fn stream_full(e: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|j| {
+            matches!(
+                j.error_code(),
+                ErrorCode::STREAM_STORE_FAILED | ErrorCode::STORAGE_RESOURCES_EXCEEDED
+            )
+        })
+}
+
 /// Hands a delivery to an inbox, waiting while it is full (backpressure).
 pub(crate) async fn deliver(
     inbox: &dyn Inbox,
@@ -739,8 +753,8 @@ impl Transport for NatsTransport {
                 .publish_with_headers(subject, headers, payload)
                 .await
             {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(ack) => ack.await.map(|_| ()),
+                Err(e) => Err(e),
             };
             return match result {
                 Ok(()) => {
@@ -748,7 +762,7 @@ impl Transport for NatsTransport {
                     Ok(())
                 }
                 Err(e) => {
-                    let kind = if e.contains("maximum messages") || e.contains("maximum bytes") {
+                    let kind = if stream_full(&e) {
                         SendErrorKind::Refused
                     } else {
                         SendErrorKind::Other
