@@ -24,6 +24,23 @@
 //! their requests spread over the worker threads. A transport that must see
 //! every message (NATS, which persists them) never takes this path.
 //!
+//! # Reporting to a run, in causal order
+//!
+//! A message of a run carries its [`CallContext`] (run, step, the step
+//! attempt's root message, parent, depth, deadline, attempt, trace, call
+//! chain, budget); its handler's context inherits it for every request it
+//! makes. While handling, the runtime and the agent report to the run's driver
+//! on the run's topic: `Started` (report 0), progress (`emit`), usage
+//! (`report_usage`), and `Finished` for delegated work. Those reports are best
+//! effort and may overtake or trail the reply (over NATS they arrive through
+//! other subscriptions than replies), so every reply of a message of a run
+//! carries a [`Tally`](crate::report::Tally): the number of reports its
+//! handler and everything it delegated made, and the usage they spent. The
+//! orchestrator holds a step's result until that many distinct reports (by
+//! message and report number) have arrived — a bounded wait — and counts usage
+//! from the tally, so a lost report cannot hide spend and a duplicated one is
+//! not counted twice. See [`report`](crate::report).
+//!
 //! # Re-entrancy: call cycles fail fast
 //!
 //! While A's handler awaits a request to B, A cannot take another message (its
