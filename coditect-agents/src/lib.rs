@@ -74,6 +74,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "a2a")]
+pub mod a2a;
 mod agent;
 mod delegate;
 pub mod model;
