@@ -1,6 +1,6 @@
 //! Using a remote A2A agent as a coditect agent.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use a2a_client::auth::AuthInterceptor;
@@ -12,9 +12,12 @@ use a2a_types::{
     SendMessageRequest, SendMessageResponse, StreamResponse, TRANSPORT_PROTOCOL_JSONRPC, Task,
     TaskState, TaskStatus,
 };
-use coditect_orchestrator::{Agent, AgentContext, AgentError, AgentErrorKind, AgentKind, Runtime};
+use coditect_orchestrator::{
+    Agent, AgentContext, AgentError, AgentErrorKind, AgentKind, Runtime, Usage,
+};
 use futures::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
 
 use super::convert::{
     META_BUDGET, META_DEADLINE_MS, WireBudget, capabilities_of, parts_of, usage_of, value_of_parts,
@@ -191,8 +194,19 @@ impl A2aRemote {
             tenant: None,
         };
 
-        let task_id: Mutex<Option<String>> = Mutex::new(None);
-        let exchange = self.exchange(&request, ctx, &task_id);
+        // The exchange runs in a task of its own, so that a call cancelled
+        // before the remote task's id arrived can still learn it (the first
+        // event) and cancel it, after this handler has been dropped.
+        let (note_tx, mut notes) = mpsc::unbounded_channel();
+        let (id_tx, mut id_rx) = watch::channel(None::<String>);
+        let remote = self.clone();
+        let mut work = tokio::spawn(async move {
+            let notes = Notes {
+                tx: note_tx,
+                id: id_tx,
+            };
+            remote.exchange(&request, &notes).await
+        });
         let cancelled = async {
             match ctx {
                 Some(c) => c.cancelled().await,
@@ -205,15 +219,39 @@ impl A2aRemote {
                 None => std::future::pending().await,
             }
         };
-        let (kind, what) = tokio::select! {
-            result = exchange => return result,
-            () = cancelled => (A2aErrorKind::Cancelled, "the step was cancelled"),
-            () = timeout => (A2aErrorKind::Deadline, "the deadline passed"),
+        tokio::pin!(cancelled, timeout);
+        let (kind, what) = loop {
+            tokio::select! {
+                biased;
+                Some(note) = notes.recv() => forward(note, ctx).await,
+                joined = &mut work => {
+                    // Everything the exchange noted came before its end.
+                    while let Ok(note) = notes.try_recv() {
+                        forward(note, ctx).await;
+                    }
+                    return joined.unwrap_or_else(|e| Err(A2aError::new(
+                        A2aErrorKind::Protocol,
+                        format!("the call to a2a agent {peer} ended abnormally"),
+                    ).with_source(e)));
+                }
+                () = &mut cancelled => break (A2aErrorKind::Cancelled, "the step was cancelled"),
+                () = &mut timeout => break (A2aErrorKind::Deadline, "the deadline passed"),
+            }
         };
-        let id = task_id.lock().ok().and_then(|t| t.clone());
-        if let Some(id) = &id {
-            self.cancel_remote(id).await;
-        }
+        let remote = self.clone();
+        let stop = tokio::spawn(async move {
+            let id =
+                match tokio::time::timeout(CANCEL_TIMEOUT, id_rx.wait_for(Option::is_some)).await {
+                    Ok(Ok(id)) => id.clone(),
+                    _ => None,
+                };
+            work.abort();
+            if let Some(id) = &id {
+                remote.cancel_remote(id).await;
+            }
+            id
+        });
+        let id = stop.await.ok().flatten();
         Err(A2aError::new(
             kind,
             match id {
@@ -239,26 +277,27 @@ impl A2aRemote {
     async fn exchange(
         &self,
         request: &SendMessageRequest,
-        ctx: Option<&AgentContext>,
-        task_id: &Mutex<Option<String>>,
+        notes: &Notes,
     ) -> Result<Value, A2aError> {
         let peer = self.inner.base_url.as_str();
         let sdk = |e| A2aError::from_sdk(peer, e);
         let remember = |id: &str| {
-            if let Ok(mut t) = task_id.lock() {
-                if t.is_none() {
+            notes.id.send_if_modified(|t| {
+                let first = t.is_none();
+                if first {
                     *t = Some(id.to_owned());
                 }
-            }
+                first
+            });
         };
         let mut collected = Artifacts::default();
         if !self.inner.streaming {
             let task = match self.inner.client.send_message(request).await.map_err(sdk)? {
-                SendMessageResponse::Message(m) => return self.finish_message(&m, ctx).await,
+                SendMessageResponse::Message(m) => return self.finish_message(&m, notes).await,
                 SendMessageResponse::Task(t) => t,
             };
             remember(&task.id);
-            return self.poll(task, ctx, collected).await;
+            return self.poll(task, notes, collected).await;
         }
         let mut stream = self
             .inner
@@ -269,7 +308,7 @@ impl A2aRemote {
         let mut last_id = None;
         while let Some(event) = stream.next().await {
             match event.map_err(sdk)? {
-                StreamResponse::Message(m) => return self.finish_message(&m, ctx).await,
+                StreamResponse::Message(m) => return self.finish_message(&m, notes).await,
                 StreamResponse::Task(t) => {
                     remember(&t.id);
                     last_id = Some(t.id.clone());
@@ -277,17 +316,17 @@ impl A2aRemote {
                         collected.replace_all(a);
                     }
                     if is_settled(&t.status.state) {
-                        return self.finish(&t.id, t.status, collected, ctx).await;
+                        return self.finish(&t.id, t.status, collected, notes).await;
                     }
-                    self.progress(&t.status, ctx).await;
+                    self.progress(&t.status, notes).await;
                 }
                 StreamResponse::StatusUpdate(u) => {
                     remember(&u.task_id);
                     last_id = Some(u.task_id.clone());
                     if is_settled(&u.status.state) {
-                        return self.finish(&u.task_id, u.status, collected, ctx).await;
+                        return self.finish(&u.task_id, u.status, collected, notes).await;
                     }
-                    self.progress(&u.status, ctx).await;
+                    self.progress(&u.status, notes).await;
                 }
                 StreamResponse::ArtifactUpdate(a) => {
                     remember(&a.task_id);
@@ -303,7 +342,7 @@ impl A2aRemote {
             ));
         };
         let task = self.get_task(&id).await?;
-        self.poll(task, ctx, collected).await
+        self.poll(task, notes, collected).await
     }
 
     async fn get_task(&self, id: &str) -> Result<Task, A2aError> {
@@ -324,7 +363,7 @@ impl A2aRemote {
     async fn poll(
         &self,
         mut task: Task,
-        ctx: Option<&AgentContext>,
+        notes: &Notes,
         mut collected: Artifacts,
     ) -> Result<Value, A2aError> {
         let mut wait = Duration::from_millis(20);
@@ -333,7 +372,7 @@ impl A2aRemote {
                 collected.replace_all(a);
             }
             if is_settled(&task.status.state) {
-                return self.finish(&task.id, task.status, collected, ctx).await;
+                return self.finish(&task.id, task.status, collected, notes).await;
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(2));
@@ -351,8 +390,8 @@ impl A2aRemote {
     /// Forwards a working status's message as the step's progress: a single
     /// data part as itself (coditect servers send their agents' progress so),
     /// text as `{"type": "text", "text": …}`.
-    async fn progress(&self, status: &TaskStatus, ctx: Option<&AgentContext>) {
-        let (Some(ctx), Some(message)) = (ctx, &status.message) else {
+    async fn progress(&self, status: &TaskStatus, notes: &Notes) {
+        let Some(message) = &status.message else {
             return;
         };
         let data = match value_of_parts(&message.parts) {
@@ -360,17 +399,11 @@ impl A2aRemote {
             Some(v) => v,
             None => return,
         };
-        if let Err(e) = ctx.emit(data).await {
-            tracing::debug!(error = %e, "a2a progress not forwarded");
-        }
+        let _ = notes.tx.send(Note::Progress(data));
     }
 
-    async fn finish_message(
-        &self,
-        message: &Message,
-        ctx: Option<&AgentContext>,
-    ) -> Result<Value, A2aError> {
-        report_usage(message, ctx).await;
+    async fn finish_message(&self, message: &Message, notes: &Notes) -> Result<Value, A2aError> {
+        notes.usage(message);
         Ok(value_of_parts(&message.parts).unwrap_or(Value::Null))
     }
 
@@ -380,11 +413,11 @@ impl A2aRemote {
         id: &str,
         status: TaskStatus,
         collected: Artifacts,
-        ctx: Option<&AgentContext>,
+        notes: &Notes,
     ) -> Result<Value, A2aError> {
         let peer = &self.inner.base_url;
         if let Some(m) = &status.message {
-            report_usage(m, ctx).await;
+            notes.usage(m);
         }
         let said = status
             .message
@@ -433,11 +466,37 @@ fn is_settled(state: &TaskState) -> bool {
     state.is_terminal() || matches!(state, TaskState::InputRequired | TaskState::AuthRequired)
 }
 
-async fn report_usage(message: &Message, ctx: Option<&AgentContext>) {
-    if let (Some(ctx), Some(usage)) = (ctx, usage_of(message.metadata.as_ref())) {
-        if let Err(e) = ctx.report_usage(usage).await {
-            tracing::debug!(error = %e, "a2a usage not reported");
+/// What an exchange tells the handler while it runs.
+enum Note {
+    /// Progress to emit.
+    Progress(Value),
+    /// Usage the remote reported.
+    Usage(Usage),
+}
+
+/// Where an exchange sends its notes and the remote task's id.
+struct Notes {
+    tx: mpsc::UnboundedSender<Note>,
+    id: watch::Sender<Option<String>>,
+}
+
+impl Notes {
+    fn usage(&self, message: &Message) {
+        if let Some(usage) = usage_of(message.metadata.as_ref()) {
+            let _ = self.tx.send(Note::Usage(usage));
         }
+    }
+}
+
+/// Passes a note on to the step's context (outside a step: nowhere).
+async fn forward(note: Note, ctx: Option<&AgentContext>) {
+    let Some(ctx) = ctx else { return };
+    let sent = match note {
+        Note::Progress(data) => ctx.emit(data).await,
+        Note::Usage(usage) => ctx.report_usage(usage).await,
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "a2a progress or usage not forwarded");
     }
 }
 

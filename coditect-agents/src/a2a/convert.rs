@@ -171,10 +171,34 @@ pub(crate) fn capabilities_of(card: &A2aCard) -> Vec<String> {
 fn part_value(part: &Part) -> Value {
     match &part.content {
         PartContent::Text(t) => Value::String(t.clone()),
-        PartContent::Data(d) => d.clone(),
+        PartContent::Data(d) => integral(d.clone()),
         PartContent::Url(_) | PartContent::Raw(_) => {
             json!({"file": serde_json::to_value(part).unwrap_or(Value::Null)})
         }
+    }
+}
+
+/// The value with every whole double turned back into an integer: data
+/// parts travel as a protobuf `Struct`, whose numbers are all doubles, so a
+/// `1` sent arrives as `1.0` — and would no longer read as an integer type.
+fn integral(value: Value) -> Value {
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            // 2^53: past it a double no longer holds every whole number.
+            Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => {
+                if f < 0.0 {
+                    Value::from(f as i64)
+                } else {
+                    Value::from(f as u64)
+                }
+            }
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(integral).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, integral(v))).collect())
+        }
+        other => other,
     }
 }
 
@@ -346,6 +370,15 @@ mod tests {
         assert_eq!(
             value_of_parts(&[Part::text("a"), Part::data(json!(1))]),
             Some(json!(["a", 1]))
+        );
+    }
+
+    #[test]
+    fn whole_doubles_in_data_become_integers_again() {
+        let part = Part::data(json!({"a": 1.0, "b": [2.0, -3.0, 0.5], "c": "x", "d": 1e300}));
+        assert_eq!(
+            value_of_parts(&[part]),
+            Some(json!({"a": 1, "b": [2, -3, 0.5], "c": "x", "d": 1e300}))
         );
     }
 
