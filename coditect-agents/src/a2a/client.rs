@@ -576,13 +576,13 @@ impl A2aRemoteBuilder {
                 format!("a2a agent url {:?} is not an http(s) url", self.url),
             ));
         }
-        if let Some(t) = &self.token {
-            if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(A2aError::new(
-                    A2aErrorKind::Config,
-                    "bearer token must be non-empty and without whitespace",
-                ));
-            }
+        if let Some(t) = &self.token
+            && (t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(A2aError::new(
+                A2aErrorKind::Config,
+                "bearer token must be non-empty and without whitespace",
+            ));
         }
         let http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)

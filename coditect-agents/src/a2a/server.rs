@@ -340,13 +340,13 @@ impl A2aServerBuilder {
                 "bearer token must be non-empty and without whitespace",
             ));
         }
-        if let Some(url) = &self.server.url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(A2aError::new(
-                    A2aErrorKind::Config,
-                    format!("server url {url:?} is not an http(s) url"),
-                ));
-            }
+        if let Some(url) = &self.server.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(A2aError::new(
+                A2aErrorKind::Config,
+                format!("server url {url:?} is not an http(s) url"),
+            ));
         }
         Ok(self.server)
     }
