@@ -24,10 +24,10 @@ use super::convert::{
 };
 use super::error::{A2aError, A2aErrorKind};
 
-/// How long a `tasks/cancel` sent after a cancellation or a missed deadline
+/// How long a `CancelTask` sent after a cancellation or a missed deadline
 /// may take before the caller stops waiting for it.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most `tasks/get` polls of one non-streaming call.
+/// Most `GetTask` polls of one non-streaming call.
 const MAX_POLLS: u32 = 100_000;
 
 /// A connection to a remote A2A agent: its card (read from
@@ -36,7 +36,7 @@ const MAX_POLLS: u32 = 100_000;
 /// Register it on a [`Runtime`] as a kind ([`register`](Self::register)) and
 /// plans route steps to it by its skills, like to any local agent: its
 /// streaming progress arrives as the step's progress events, a cancelled step
-/// sends `tasks/cancel`, the caller's deadline bounds the HTTP call, and the
+/// sends `CancelTask`, the caller's deadline bounds the HTTP call, and the
 /// run's remaining budget travels with the message while the usage the
 /// remote reports counts against the run.
 ///
@@ -552,8 +552,8 @@ impl A2aRemoteBuilder {
         self
     }
 
-    /// Whether to use `message/stream` when the card offers streaming (yes
-    /// by default); without it, `message/send` and `tasks/get` polling.
+    /// Whether to use `SendStreamingMessage` when the card offers streaming (yes
+    /// by default); without it, `SendMessage` and `GetTask` polling.
     pub fn streaming(mut self, streaming: bool) -> Self {
         self.streaming = streaming;
         self

@@ -10,9 +10,11 @@
 //! - [`A2aServer`] publishes one agent kind of a [`Runtime`] (its capabilities
 //!   are the skills) or a whole [`Orchestrator`] (every capability is a
 //!   skill; the planner plans each message). The card is served at
-//!   `/.well-known/agent-card.json`; `message/send`, `message/stream` (SSE),
-//!   `tasks/get` (status and history), `tasks/cancel`, `tasks/resubscribe`
-//!   and the push-notification config methods at `/`. With a bearer token,
+//!   `/.well-known/agent-card.json`; JSON-RPC at `/`: `SendMessage`,
+//!   `SendStreamingMessage` (SSE), `GetTask` (status, artifacts, history),
+//!   `ListTasks`, `CancelTask`, `SubscribeToTask`, and the push-notification
+//!   config methods (the server posts task events to the caller's webhook,
+//!   see [`PushPolicy`]). With a bearer token,
 //!   the card declares an HTTP bearer security scheme and a call without the
 //!   token is answered HTTP 401; a malformed call is answered with the
 //!   JSON-RPC error the spec names (parse error `-32700`, invalid request
@@ -21,14 +23,19 @@
 //!   [`Runtime`] as a kind whose capabilities are the remote skills, so a
 //!   plan routes steps to it like to any local agent. Its [`A2aAgent`]
 //!   streams the remote task, forwarding each working status as a progress
-//!   event; a cancelled step cancels the remote task (`tasks/cancel`); the
+//!   event; a cancelled step cancels the remote task (`CancelTask`); the
 //!   caller's deadline bounds the call and travels with it
 //!   (`coditect.deadline_ms`), as does the run's remaining budget
 //!   (`coditect.budget`); the usage a coditect server reports back
 //!   (`coditect.usage`) counts against the caller's run.
 //!
 //! Each skill's input and output JSON Schema travel in the card extension
-//! [`SCHEMA_EXTENSION`].
+//! [`SCHEMA_EXTENSION`]. A value travels as a text part when it is a string
+//! and as a data part otherwise; data parts are protobuf `Struct`s on the
+//! wire, so whole numbers are read back as integers.
+//!
+//! Remote tasks that stop in `input-required` or `auth-required` are
+//! cancelled and fail the step: a coditect step has no way to answer them.
 //!
 //! # Example
 //!

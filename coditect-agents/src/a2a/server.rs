@@ -50,7 +50,7 @@ pub enum PushPolicy {
 /// streams as `working` status updates (each a data part holding the
 /// progress value), its result as an artifact and the final `completed`
 /// status (whose message metadata `coditect.usage` says what it spent);
-/// `tasks/cancel` cancels the run. A caller's `coditect.deadline_ms` and
+/// `CancelTask` cancels the run. A caller's `coditect.deadline_ms` and
 /// `coditect.budget` metadata tighten the run's policy.
 ///
 /// # Examples
