@@ -117,7 +117,9 @@ impl std::fmt::Debug for A2aServerBuilder {
 
 impl A2aServer {
     /// Publishes the agent kind `kind` registered on `runtime`: its card's
-    /// capabilities become the A2A skills.
+    /// capabilities become the A2A skills. Each message runs as a one-step
+    /// plan on the capability asked for, so if another kind of the runtime
+    /// offers that capability too, the runtime's router may pick it.
     ///
     /// # Errors
     /// [`A2aErrorKind::UnknownKind`] if `runtime` hosts no such kind.
@@ -436,7 +438,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The kind a server publishes, for tests and logs.
 impl A2aServer {
     /// The coditect kinds whose capabilities are this server's skills.
     pub fn kinds(&self) -> Vec<AgentKind> {

@@ -80,7 +80,7 @@ async def main() -> None:
     request = user("wait")
     request.configuration.CopyFrom(SendMessageConfiguration(return_immediately=True))
     first = [e async for e in poller.send_message(request)][0].task
-    check(not first.status.state == TaskState.TASK_STATE_COMPLETED, f"slow task is running ({first.status.state})")
+    check(first.status.state != TaskState.TASK_STATE_COMPLETED, f"slow task is running ({first.status.state})")
     cancelled = await poller.cancel_task(CancelTaskRequest(id=first.id))
     check(cancelled.status.state == TaskState.TASK_STATE_CANCELED, "tasks/cancel cancels")
     again = await poller.get_task(GetTaskRequest(id=first.id))
