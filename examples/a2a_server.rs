@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use coditect_agents::a2a::A2aServer;
 use coditect_agents::model::DynLanguageModel;
 use coditect_agents::tool::{Tool, ToolContext, ToolError};
@@ -190,6 +191,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if args.token.is_none() {
         println!("no --token: calls are not authenticated");
     }
+    // TCP_NODELAY: streamed events go out at once, not after a delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::serve::ListenerExt;
 use coditect_agents::a2a::{A2aRemote, A2aServer};
 use coditect_orchestrator::{
     Agent, AgentContext, AgentError, AgentKind, InMemoryTransport, Runtime,
@@ -94,6 +95,10 @@ pub async fn run(mode: Mode) -> Report {
     let app = axum::Router::new()
         .route("/upper", axum::routing::post(direct))
         .with_state(Arc::new(rt.clone()));
+    // Both servers set TCP_NODELAY, as coditect's A2A server does.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let direct_server = tokio::spawn(async move { axum::serve(listener, app).await });
     let http = reqwest::Client::new();
     let call_direct = |text: String| {

@@ -15,6 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use coditect_orchestrator::orchestrator::{Plan, RunPolicy, StaticPlanner, Step, StepInput};
 use coditect_orchestrator::{AgentCard, AgentKind, Orchestrator, Runtime};
 use tokio::net::TcpListener;
@@ -252,7 +253,9 @@ impl A2aServer {
     }
 
     /// Serves on `listener` until [`A2aServing::shutdown`]; the card names
-    /// `http://<local address>/` unless a URL was configured.
+    /// `http://<local address>/` unless a URL was configured. Connections
+    /// get `TCP_NODELAY`, so streamed events go out at once (mount
+    /// [`router`](Self::router) in your own server with the same setting).
     ///
     /// # Errors
     /// [`A2aErrorKind::Serve`] if the listener has no local address.
@@ -267,6 +270,13 @@ impl A2aServer {
         let router = self.router(&url);
         let stop = CancellationToken::new();
         let stopped = stop.clone();
+        // Without TCP_NODELAY an SSE stream's small writes wait for the
+        // peer's delayed ACK (~40 ms per event on Linux).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let task = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move { stopped.cancelled().await })
