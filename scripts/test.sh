@@ -46,6 +46,8 @@ if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; t
 fi
 command -v openssl >/dev/null 2>&1 && openssl version || echo "openssl not available: the NATS TLS test will fail"
 
+step "the Python A2A SDK (for the A2A interop tests)"; ./scripts/test-a2a.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -6,6 +6,7 @@
 //! noisy machine.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod a2a;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod orchestrate;

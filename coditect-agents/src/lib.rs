@@ -12,6 +12,8 @@
 //!   that asks a model for a validated plan over the registered agents
 //!   (orchestrator-workers).
 //! - [`patterns`]: router, parallel sectioning and voting, evaluator-optimizer.
+//! - `a2a` (feature `a2a`): publish agents as A2A agents and use remote A2A
+//!   agents as coditect agents, on the official A2A Rust SDK.
 //!
 //! # Example
 //!
@@ -74,6 +76,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "a2a")]
+pub mod a2a;
 mod agent;
 mod delegate;
 pub mod model;

@@ -91,6 +91,9 @@ fn main() {
             emit(spawn(Box::pin(coditect_benches::nats::fanout(mode))));
         }
     }
+    if wanted("a2a_round_trip") {
+        emit(spawn(Box::pin(coditect_benches::a2a::run(mode))));
+    }
     if wanted("sse_parse") {
         emit(coditect_benches::sse::run(mode));
     }
