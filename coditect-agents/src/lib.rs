@@ -76,6 +76,8 @@
 
 mod agent;
 mod delegate;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 pub mod model;
 pub mod patterns;
 mod planner;
