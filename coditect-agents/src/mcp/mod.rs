@@ -49,6 +49,8 @@
 mod client;
 mod content;
 mod error;
+mod http;
+mod server;
 mod session;
 mod stdio;
 mod tool;
@@ -56,5 +58,7 @@ mod tool;
 pub use client::{McpClient, McpServer, McpToolInfo};
 pub use content::{CallOutcome, McpContent};
 pub use error::{McpError, McpErrorKind};
+pub use http::{MCP_PATH, McpHttpServer};
+pub use server::{McpOrchestratorServer, RUN_TASK_TOOL};
 pub use session::McpProgress;
 pub use tool::McpToolset;
