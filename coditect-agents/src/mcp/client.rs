@@ -480,7 +480,9 @@ impl McpClient {
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         let session = self.current();
-        session.fault.set(McpErrorKind::Unavailable, "the client was closed");
+        session
+            .fault
+            .set(McpErrorKind::Unavailable, "the client was closed");
         let _ = session.service.cancellation_token().cancel();
     }
 }

@@ -131,11 +131,8 @@ async fn require_bearer(State(token): State<Arc<str>>, request: Request, next: N
     match presented {
         Some(p) if same(p.as_bytes(), token.as_bytes()) => next.run(request).await,
         _ => {
-            let mut response = (
-                StatusCode::UNAUTHORIZED,
-                "a valid bearer token is required",
-            )
-                .into_response();
+            let mut response =
+                (StatusCode::UNAUTHORIZED, "a valid bearer token is required").into_response();
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"coditect\""),

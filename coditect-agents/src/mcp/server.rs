@@ -102,7 +102,8 @@ impl McpOrchestratorServer {
                 if name == RUN_TASK_TOOL || capabilities.iter().any(|c| c.tool.name == name) {
                     continue; // one tool per capability, whoever else offers it
                 }
-                let plan = Plan::new([Step::new("call", capability.as_str(), StepInput::TaskInput)]);
+                let plan =
+                    Plan::new([Step::new("call", capability.as_str(), StepInput::TaskInput)]);
                 capabilities.push(CapabilityTool {
                     tool: capability_tool(&name, capability, &card),
                     wrapped: !is_object_schema(&card.input_schema),
@@ -127,7 +128,10 @@ impl McpOrchestratorServer {
 
     /// The tools the server offers, capabilities first, `run_task` last.
     pub fn tools(&self) -> Vec<McpToolInfo> {
-        self.wire_tools().into_iter().map(McpToolInfo::from).collect()
+        self.wire_tools()
+            .into_iter()
+            .map(McpToolInfo::from)
+            .collect()
     }
 
     pub(crate) fn server_name(&self) -> &str {
@@ -148,13 +152,14 @@ impl McpOrchestratorServer {
     /// [`McpErrorKind::Serve`] if the handshake fails.
     pub async fn serve_stdio(self) -> Result<(), McpError> {
         let name = self.name.to_string();
-        let running = self
-            .serve(rmcp::transport::stdio())
-            .await
-            .map_err(|e| {
-                McpError::new(McpErrorKind::Serve, &name, format!("the MCP handshake failed: {e}"))
-                    .with_source(e)
-            })?;
+        let running = self.serve(rmcp::transport::stdio()).await.map_err(|e| {
+            McpError::new(
+                McpErrorKind::Serve,
+                &name,
+                format!("the MCP handshake failed: {e}"),
+            )
+            .with_source(e)
+        })?;
         let _ = running.waiting().await;
         Ok(())
     }
@@ -294,8 +299,8 @@ impl Reporter {
             }
             _ => return,
         };
-        let mut p = ProgressNotificationParam::new(self.token.clone(), self.done)
-            .with_message(message);
+        let mut p =
+            ProgressNotificationParam::new(self.token.clone(), self.done).with_message(message);
         if let Some(total) = self.total {
             p = p.with_total(total);
         }
@@ -343,7 +348,11 @@ fn tool_name(capability: &str) -> String {
         })
         .take(128)
         .collect();
-    if name.is_empty() { "_".to_owned() } else { name }
+    if name.is_empty() {
+        "_".to_owned()
+    } else {
+        name
+    }
 }
 
 fn is_object_schema(schema: &Value) -> bool {
@@ -373,7 +382,10 @@ fn capability_tool(name: &str, capability: &str, card: &AgentCard) -> Tool {
     let description = if card.description.is_empty() {
         format!("Runs capability {capability} on agent {}.", card.name)
     } else {
-        format!("{} (capability {capability} of agent {})", card.description, card.name)
+        format!(
+            "{} (capability {capability} of agent {})",
+            card.description, card.name
+        )
     };
     Tool::new(name.to_owned(), description, Arc::new(input_schema))
 }

@@ -12,9 +12,9 @@ use rmcp::model::{
     ServerJsonRpcMessage, ServerNotification,
 };
 use rmcp::service::{RunningService, serve_client};
+use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::Transport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::StreamableHttpClientTransport;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

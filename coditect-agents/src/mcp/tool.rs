@@ -91,8 +91,12 @@ impl McpToolset {
                     match self.client.tool(n) {
                         Some(t) => infos.push(t),
                         None => {
-                            let known: Vec<&str> =
-                                self.client.tools().iter().map(|t| t.name.as_str()).collect();
+                            let known: Vec<&str> = self
+                                .client
+                                .tools()
+                                .iter()
+                                .map(|t| t.name.as_str())
+                                .collect();
                             return Err(McpError::new(
                                 McpErrorKind::NotAllowed,
                                 self.client.name(),
