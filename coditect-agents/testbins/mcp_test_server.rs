@@ -35,7 +35,12 @@ async fn main() {
                 .unwrap();
             let _ = running.waiting().await;
         }
-        "orchestrator" => orchestrator().await,
+        "orchestrator" => orchestrator(None).await,
+        // Serves over HTTP with a token; prints the URL as its first line.
+        "orchestrator-http" => {
+            let token = std::env::args().nth(2).expect("a token");
+            orchestrator(Some(token)).await;
+        }
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
@@ -180,8 +185,10 @@ impl Agent for Upper {
     }
 }
 
-/// Reports progress, then waits until cancelled (noting it in a file) or
-/// for `seconds`.
+/// How many `wait` runs were cancelled, for the `cancelled_waits` capability.
+static CANCELLED_WAITS: AtomicU64 = AtomicU64::new(0);
+
+/// Reports progress, then waits until cancelled (counting it) or for `seconds`.
 struct Wait;
 
 #[derive(serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -199,9 +206,7 @@ impl Agent for Wait {
             .await;
         tokio::select! {
             () = ctx.cancelled() => {
-                if let Ok(path) = std::env::var("MCP_TEST_CANCEL_FILE") {
-                    let _ = std::fs::write(path, "cancelled");
-                }
+                CANCELLED_WAITS.fetch_add(1, Ordering::SeqCst);
                 Err(AgentError::permanent("cancelled"))
             }
             () = tokio::time::sleep(Duration::from_secs(a.seconds)) => Ok(format!("waited {}s", a.seconds)),
@@ -209,7 +214,21 @@ impl Agent for Wait {
     }
 }
 
-async fn orchestrator() {
+/// Says how many `wait` runs were cancelled.
+struct Stats;
+
+#[derive(serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+struct NoArgs {}
+
+impl Agent for Stats {
+    type Input = NoArgs;
+    type Output = u64;
+    async fn handle(&mut self, _: NoArgs, _: &AgentContext) -> Result<u64, AgentError> {
+        Ok(CANCELLED_WAITS.load(Ordering::SeqCst))
+    }
+}
+
+async fn orchestrator(http_token: Option<String>) {
     let runtime = Runtime::builder(InMemoryTransport::new())
         .build()
         .await
@@ -228,15 +247,32 @@ async fn orchestrator() {
         .register(|_| Wait)
         .await
         .unwrap();
+    runtime
+        .kind("stats")
+        .description("Counts cancelled waits.")
+        .capability("cancelled_waits")
+        .register(|_| Stats)
+        .await
+        .unwrap();
     // run_task: shout the goal, then shout it again.
     let planner = StaticPlanner::new(Plan::new([
         Step::new("first", "shout", StepInput::Goal),
         Step::new("second", "shout", StepInput::output("first")),
     ]));
     let orchestrator = Orchestrator::new(runtime.clone(), planner);
-    McpOrchestratorServer::new(runtime, orchestrator)
-        .name("coditect-test")
-        .serve_stdio()
-        .await
-        .unwrap();
+    let server = McpOrchestratorServer::new(runtime, orchestrator).name("coditect-test");
+    match http_token {
+        None => server.serve_stdio().await.unwrap(),
+        Some(token) => {
+            let http = server
+                .serve_http("127.0.0.1:0".parse().unwrap(), Some(token))
+                .await
+                .unwrap();
+            println!("{}", http.url());
+            // Serve until stdin closes (the test ends) or the process is killed.
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+            http.shutdown().await;
+        }
+    }
 }

@@ -221,18 +221,22 @@ async fn run(
         .meta
         .get_progress_token()
         .map(|token| Reporter::new(ctx.peer.clone(), token));
-    let mut events = handle.events();
+    let mut events = handle.events().fuse();
+    let mut events_open = true;
     let outcome = handle.outcome();
     tokio::pin!(outcome);
     let result = loop {
         tokio::select! {
             biased;
             () = ctx.ct.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
-            Some(record) = events.next() => {
-                if let Some(r) = reporter.as_mut() {
-                    r.report(&record).await;
+            record = events.next(), if events_open => match record {
+                Some(record) => {
+                    if let Some(r) = reporter.as_mut() {
+                        r.report(&record).await;
+                    }
                 }
-            }
+                None => events_open = false,
+            },
             r = &mut outcome => break r,
         }
     };
@@ -359,14 +363,24 @@ fn is_object_schema(schema: &Value) -> bool {
     schema.get("type").and_then(Value::as_str) == Some("object")
 }
 
+/// A card's schema without the markers models and clients do not need.
+fn bare(schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    if let Value::Object(m) = &mut schema {
+        m.remove("$schema");
+        m.remove("title");
+    }
+    schema
+}
+
 fn capability_tool(name: &str, capability: &str, card: &AgentCard) -> Tool {
     let input_schema: JsonObject = if is_object_schema(&card.input_schema) {
-        match &card.input_schema {
-            Value::Object(m) => m.clone(),
+        match bare(&card.input_schema) {
+            Value::Object(m) => m,
             _ => JsonObject::new(),
         }
     } else {
-        let mut inner = card.input_schema.clone();
+        let mut inner = bare(&card.input_schema);
         if !inner.is_object() {
             inner = json!({}); // `true`: anything goes
         }
