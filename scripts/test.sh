@@ -46,6 +46,8 @@ if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; t
 fi
 command -v openssl >/dev/null 2>&1 && openssl version || echo "openssl not available: the NATS TLS test will fail"
 
+step "MCP peers (server-everything from npm, the Python mcp SDK from PyPI)"; scripts/test-mcp.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

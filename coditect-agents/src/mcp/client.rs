@@ -483,7 +483,7 @@ impl McpClient {
         session
             .fault
             .set(McpErrorKind::Unavailable, "the client was closed");
-        let _ = session.service.cancellation_token().cancel();
+        session.service.cancellation_token().cancel();
     }
 }
 

@@ -69,9 +69,10 @@ pub struct CallOutcome {
 }
 
 impl CallOutcome {
-    /// The text a model reads: the structured result as JSON when there is
-    /// one (with notes for any image, sound or binary beside it), otherwise
-    /// every block in order, one per line.
+    /// The text a model reads: every block in order, one per line; the
+    /// structured result as JSON only when there is no text block (servers
+    /// are asked to repeat it as text, and the text is what they mean a
+    /// text-only reader to see).
     ///
     /// Coditect's tool results are text, so images, sounds and blobs reach the
     /// model as a note naming their type and size; the bytes stay in
@@ -92,20 +93,15 @@ impl CallOutcome {
     /// assert_eq!(outcome.text(), "a red dot\n[image: image/png, 6 bytes]");
     /// ```
     pub fn text(&self) -> String {
+        let has_text = self
+            .content
+            .iter()
+            .any(|c| matches!(c, McpContent::Text { .. }));
         let mut parts: Vec<String> = Vec::with_capacity(self.content.len() + 1);
-        if let Some(structured) = &self.structured {
+        if let Some(structured) = self.structured.as_ref().filter(|_| !has_text) {
             parts.push(structured.to_string());
-            // The spec has servers repeat the structured result as text; the
-            // model needs it once. Binary pieces still get their note.
-            parts.extend(
-                self.content
-                    .iter()
-                    .filter(|c| !matches!(c, McpContent::Text { .. }))
-                    .map(render),
-            );
-        } else {
-            parts.extend(self.content.iter().map(render));
         }
+        parts.extend(self.content.iter().map(render));
         parts.join("\n")
     }
 }
@@ -225,14 +221,16 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn structured_content_is_what_the_model_reads_once() {
-        let outcome = CallOutcome {
+    fn structured_content_is_read_once_and_only_without_text() {
+        let mut outcome = CallOutcome {
             content: vec![McpContent::Text {
-                text: r#"{"t":33}"#.into(),
+                text: r#"{"t": 33}"#.into(),
             }],
             structured: Some(json!({"t": 33})),
             is_error: false,
         };
+        assert_eq!(outcome.text(), r#"{"t": 33}"#);
+        outcome.content.clear();
         assert_eq!(outcome.text(), r#"{"t":33}"#);
     }
 

@@ -4,8 +4,9 @@
 //! a child process over stdio ([`McpServer::stdio`]) or streamable HTTP
 //! ([`McpServer::http`]). Each granted tool is offered to the model with the
 //! server's JSON Schema; results map onto coditect tool results (text,
-//! structured content as JSON, notes for images, sounds and blobs; a result
-//! the tool marks as an error becomes a tool error for the model). Every call
+//! structured content as JSON when there is no text, notes for images,
+//! sounds and blobs; a result the tool marks as an error becomes a tool
+//! error for the model). Every call
 //! has a timeout; a server's progress notifications become
 //! [`AgentProgress::ToolProgress`](crate::AgentProgress::ToolProgress) events;
 //! a call abandoned (the step cancelled, the timeout hit) is cancelled on the
