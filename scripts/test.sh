@@ -47,6 +47,7 @@ fi
 command -v openssl >/dev/null 2>&1 && openssl version || echo "openssl not available: the NATS TLS test will fail"
 
 step "the Python A2A SDK (for the A2A interop tests)"; ./scripts/test-a2a.sh
+step "MCP peers (server-everything from npm, the Python mcp SDK from PyPI)"; scripts/test-mcp.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -97,6 +97,15 @@ impl LlmAgentBuilder {
         self
     }
 
+    /// Gives the agent a set of shared tools (an MCP server's granted tools,
+    /// say); each is added as by [`shared_tool`](Self::shared_tool).
+    pub fn tools(mut self, tools: impl IntoIterator<Item = Arc<dyn DynTool>>) -> Self {
+        for tool in tools {
+            self.config.toolbox.add(tool);
+        }
+        self
+    }
+
     /// Replaces the toolbox (its tools and limits).
     pub fn toolbox(mut self, toolbox: Toolbox) -> Self {
         self.config.toolbox = toolbox;

@@ -80,6 +80,8 @@
 pub mod a2a;
 mod agent;
 mod delegate;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 pub mod model;
 pub mod patterns;
 mod planner;

@@ -46,6 +46,20 @@ pub enum AgentProgress {
         /// Its text (or error), cut to 200 characters.
         summary: String,
     },
+    /// A running tool reported how far along it is (an MCP server's progress
+    /// notification, say).
+    ToolProgress {
+        /// The call's id.
+        id: String,
+        /// The tool.
+        name: String,
+        /// How far along (grows with every report).
+        progress: f64,
+        /// The total, when known.
+        total: Option<f64>,
+        /// What the tool is doing, in words.
+        message: Option<String>,
+    },
     /// A subtask is being handed to another agent.
     Delegating {
         /// The capability asked for.
