@@ -51,6 +51,7 @@ mod error;
 mod id;
 pub mod orchestrator;
 pub mod runtime;
+pub mod store;
 pub mod transport;
 
 #[cfg(feature = "test-utils")]
