@@ -87,6 +87,8 @@ use crate::{RunId, TenantId};
 mod error;
 mod memory;
 mod record;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 #[cfg(feature = "test-utils")]
 pub mod conformance;
@@ -94,6 +96,8 @@ pub mod conformance;
 pub use error::{BoxError, StoreError, StoreErrorKind};
 pub use memory::MemoryStore;
 pub use record::{FORMAT_VERSION, MAX_KIND_LEN, NewRecord, Record, Snapshot};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteStats, SqliteStore};
 
 /// The largest record a store accepts unless told otherwise: 1 MiB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
