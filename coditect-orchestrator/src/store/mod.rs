@@ -86,6 +86,8 @@ use crate::{RunId, TenantId};
 
 mod error;
 mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod record;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -95,6 +97,8 @@ pub mod conformance;
 
 pub use error::{BoxError, StoreError, StoreErrorKind};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 pub use record::{FORMAT_VERSION, MAX_KIND_LEN, NewRecord, Record, Snapshot};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStats, SqliteStore};
