@@ -86,6 +86,8 @@ use crate::{RunId, TenantId};
 
 mod error;
 mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod record;
@@ -97,6 +99,8 @@ pub mod conformance;
 
 pub use error::{BoxError, StoreError, StoreErrorKind};
 pub use memory::MemoryStore;
+#[cfg(feature = "nats")]
+pub use nats::JetStreamStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 pub use record::{FORMAT_VERSION, MAX_KIND_LEN, NewRecord, Record, Snapshot};

@@ -337,6 +337,65 @@ pub(crate) fn decode_records(
     Ok(out)
 }
 
+/// The length of the frame at the front of `buf`, read from its length
+/// fields alone (no checksum): how a reader steps over records before the
+/// ones it was asked for. `None` if the lengths run past the buffer.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let kind_len = *buf.get(9)? as usize;
+    let at = 10 + kind_len;
+    let mut n = [0u8; 4];
+    n.copy_from_slice(buf.get(at..at + 4)?);
+    let end = (at + 4)
+        .checked_add(u32::from_le_bytes(n) as usize)?
+        .checked_add(4)?;
+    (end <= buf.len()).then_some(end)
+}
+
+/// Decodes, from frames stored back to back (the first holding
+/// `first_seq`), the records `from..` up to `limit` of them; frames before
+/// `from` are stepped over by their lengths.
+#[allow(dead_code)] // Used by the JetStream backend.
+pub(crate) fn decode_range(
+    run: RunId,
+    first_seq: u64,
+    mut buf: &[u8],
+    from: u64,
+    limit: usize,
+) -> Result<Vec<Record>, StoreError> {
+    let mut out = Vec::new();
+    let mut seq = first_seq;
+    while !buf.is_empty() && out.len() < limit {
+        if seq < from {
+            let used = frame_len(buf).ok_or_else(|| StoreError::Corrupt {
+                run,
+                seq,
+                what: "record",
+                reason: "truncated frame".into(),
+            })?;
+            buf = &buf[used..];
+        } else {
+            let (frame, used) = read_frame(run, "record", seq, buf)?;
+            out.push(record_from(run, seq, frame)?);
+            buf = &buf[used..];
+        }
+        seq += 1;
+    }
+    Ok(out)
+}
+
+/// Splits frames stored back to back by their lengths (for tests that
+/// rewrite one of them).
+#[allow(dead_code)] // Used by the JetStream backend's test hook.
+pub(crate) fn split_frames(mut buf: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let n = frame_len(buf)?;
+        out.push(&buf[..n]);
+        buf = &buf[n..];
+    }
+    Some(out)
+}
+
 /// Encodes a snapshot's frame.
 pub(crate) fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
     encode(snapshot.seq, SNAPSHOT_KIND, &snapshot.payload)
@@ -428,6 +487,9 @@ mod tests {
                 Err(e) => prop_assert!(matches!(e.kind(), StoreErrorKind::Corrupt | StoreErrorKind::UnsupportedVersion)),
             }
             let _ = decode_snapshot(run, at, &bytes);
+            if let Ok(records) = decode_range(run, at, &bytes, at + 1, 3) {
+                prop_assert!(records.len() <= 3);
+            }
         }
 
         // Frames back to back decode to what was encoded; any one flipped
@@ -449,6 +511,10 @@ mod tests {
                 prop_assert_eq!(r.kind.as_str(), kind.as_str());
                 prop_assert_eq!(&r.payload[..], &payload[..]);
             }
+            let n = records.len() as u64;
+            let tail = decode_range(run, first, &buf, first + n / 2, 10).unwrap();
+            prop_assert_eq!(tail.len() as u64, n - n / 2);
+            prop_assert_eq!(split_frames(&buf).unwrap().len(), records.len());
             let (at, bit) = (flip.0 % buf.len(), 1u8 << (flip.1 % 8));
             buf[at] ^= bit;
             let e = decode_records(run, first, &buf).unwrap_err();
