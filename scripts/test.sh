@@ -46,6 +46,8 @@ if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; t
 fi
 command -v openssl >/dev/null 2>&1 && openssl version || echo "openssl not available: the NATS TLS test will fail"
 
+scripts/test-store.sh install   # PostgreSQL for the run store's tests
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -193,26 +193,27 @@ impl JetStreamStore {
             .await
             .map_err(nats_err("create the journal stream"))?;
         let bucket = format!("{name}_runs");
-        let kv = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => match js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    num_replicas: replicas.max(1),
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(kv) => kv,
-                // Another process created it first.
-                Err(_) => js
-                    .get_key_value(&bucket)
-                    .await
-                    .map_err(nats_err("create the run bucket"))?,
-            },
-        };
+        // The bucket's stream made by hand, as a KV bucket is laid out:
+        // async-nats's create_key_value first asks for account details that
+        // nats-server 2.9 answers in a shape it does not parse.
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            num_replicas: replicas.max(1),
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats_err("create the run bucket"))?;
+        let kv = js
+            .get_key_value(&bucket)
+            .await
+            .map_err(nats_err("open the run bucket"))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
