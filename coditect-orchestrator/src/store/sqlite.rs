@@ -119,6 +119,8 @@ enum Job {
     Write { work: Work, weight: usize },
     /// Commit now; answer after it.
     Flush(oneshot::Sender<Result<(), StoreError>>),
+    /// Commit, close the connection and stop; answer after.
+    Close(oneshot::Sender<()>),
 }
 
 fn db_err(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -173,6 +175,17 @@ impl SqliteStore {
                 writes,
             }),
         })
+    }
+
+    /// Commits what is pending and closes the connection (SQLite then folds
+    /// the WAL back into the file). Other clones of this store fail with
+    /// [`StoreError::Backend`] afterwards; dropping every clone closes it too,
+    /// without waiting.
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.jobs.send(Job::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// The file it stores in.
@@ -279,12 +292,27 @@ impl Worker {
                     Err(_) => break,
                 },
             };
+            let job = match job {
+                Job::Close(reply) => {
+                    self.commit(&conn, &mut batch);
+                    drop(conn);
+                    let _ = reply.send(());
+                    return;
+                }
+                job => job,
+            };
             self.handle(&conn, &mut batch, job);
             if let Durability::PerRecord = self.durability {
                 // Group whatever else is already waiting into this commit.
                 let mut grouped = 1;
                 while grouped < MAX_GROUP {
                     match jobs.try_recv() {
+                        Ok(Job::Close(reply)) => {
+                            self.commit(&conn, &mut batch);
+                            drop(conn);
+                            let _ = reply.send(());
+                            return;
+                        }
                         Ok(job) => {
                             self.handle(&conn, &mut batch, job);
                             grouped += 1;
@@ -349,6 +377,12 @@ impl Worker {
                         }
                     }
                 }
+            }
+            Job::Close(reply) => {
+                // Only the loop closes; a close grouped behind other jobs
+                // still gets its answer once they are committed.
+                self.commit(conn, batch);
+                let _ = reply.send(());
             }
             Job::Flush(reply) => {
                 self.commit(conn, batch);
