@@ -85,3 +85,26 @@ async fn postgres_store_conforms_when_batched() {
     })
     .await;
 }
+
+/// The helper stops the server it started, by its PID, when dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_server_is_stopped_by_its_pid_on_drop() {
+    let server = PostgresServer::start().expect("start PostgreSQL");
+    let pid = server.pid().expect("a pid");
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir.exists());
+    let store = timeout(
+        STEP,
+        PostgresStore::connect(&server.connection_string(), StoreOptions::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    drop(store);
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .unwrap();
+    // A zombie has no cmdline; the process must be gone or reaped.
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+    assert!(cmdline.is_empty(), "postgres {pid} still runs");
+}
