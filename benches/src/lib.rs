@@ -13,3 +13,5 @@ pub mod orchestrate;
 pub mod report;
 pub mod runtime;
 pub mod sse;
+#[cfg(feature = "sqlite")]
+pub mod store;

@@ -53,6 +53,7 @@ mod id;
 pub mod orchestrator;
 pub mod report;
 pub mod runtime;
+pub mod store;
 pub mod transport;
 
 #[cfg(feature = "test-utils")]

@@ -5,6 +5,7 @@
 //! cargo run --release -p coditect-benches --bin compare -- --quick
 //! cargo run --release -p coditect-benches --bin compare -- --only fanout
 //! cargo run --release -p coditect-benches --all-features --bin compare   # + workloads needing features
+//! cargo run --release -p coditect-benches --features postgres --bin compare -- --only journal
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,6 +35,12 @@ fn main() {
         let out = rt.block_on(async {
             match workload.as_str() {
                 "virtual_agents" => runtime::virtual_agents_child(&side, n).await,
+                #[cfg(feature = "sqlite")]
+                "fsyncs" if side == "setup_only" => {
+                    coditect_benches::store::setup_only_child().await
+                }
+                #[cfg(feature = "sqlite")]
+                "fsyncs" => coditect_benches::store::fsync_child(&side).await,
                 other => format!("unknown child workload {other}"),
             }
         });
@@ -93,6 +100,37 @@ fn main() {
     }
     if wanted("a2a_round_trip") {
         emit(spawn(Box::pin(coditect_benches::a2a::run(mode))));
+    }
+    #[cfg(feature = "sqlite")]
+    {
+        let store_wanted = |name: &str| {
+            only.as_deref()
+                .is_none_or(|o| name.starts_with(o) || o == "journal")
+        };
+        if store_wanted("journal_sqlite") {
+            let reports = rt.block_on(async {
+                tokio::spawn(coditect_benches::store::sqlite(mode))
+                    .await
+                    .expect("workload panicked")
+            });
+            for r in reports {
+                emit(r);
+            }
+        }
+        #[cfg(feature = "postgres")]
+        if store_wanted("journal_postgres") {
+            let reports = rt.block_on(async {
+                tokio::spawn(coditect_benches::store::postgres(mode))
+                    .await
+                    .expect("workload panicked")
+            });
+            for r in reports {
+                emit(r);
+            }
+        }
+        if store_wanted("journal_load") {
+            emit(spawn(Box::pin(coditect_benches::store::load_journal(mode))));
+        }
     }
     if wanted("sse_parse") {
         emit(coditect_benches::sse::run(mode));
