@@ -315,7 +315,7 @@ class Tool:
                 raise TypeError(f"tool {self.name}: *args and **kwargs cannot be described to a model")
             ann = hints.get(p.name, Any)
             s = _schema(ann)
-            if p.name in docs and "description" not in s:
+            if p.name in docs:
                 s = dict(s, description=docs[p.name])
             if p.default is not _EMPTY and p.default is not None:
                 try:
