@@ -357,8 +357,13 @@ fn outcome_out(r: Result<RunOutcome, coditect_orchestrator::orchestrator::RunErr
 #[pymethods]
 impl PyOrchestrator {
     #[new]
-    #[pyo3(signature = (runtime, *, planner, policy=None))]
-    fn new(runtime: PyRef<'_, PyRuntime>, planner: &Bound<'_, PyAny>, policy: Option<PyRef<'_, PyPolicy>>) -> PyResult<Self> {
+    #[pyo3(signature = (runtime, *, planner, policy=None, cards=None))]
+    fn new(
+        runtime: PyRef<'_, PyRuntime>,
+        planner: &Bound<'_, PyAny>,
+        policy: Option<PyRef<'_, PyPolicy>>,
+        cards: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         let rt = runtime.inner.rt.clone();
         let planner: Arc<dyn Planner> = if let Ok(p) = planner.cast::<PyStaticPlanner>() {
             Arc::new(StaticPlanner::new(p.get().plan.clone()))
@@ -369,9 +374,15 @@ impl PyOrchestrator {
                 "a planner is a coditect.StaticPlanner or a coditect.LlmPlanner",
             ));
         };
+        let mut orch = Orchestrator::with_planner(rt.clone(), planner);
+        if let Some(c) = cards {
+            let cards: Vec<coditect_orchestrator::AgentCard> = pythonize::depythonize(c)
+                .map_err(|e| PyValueError::new_err(format!("cards: {e}")))?;
+            orch = orch.cards(cards);
+        }
         Ok(Self {
             tenant: rt.tenant().clone(),
-            orch: Orchestrator::with_planner(rt, planner),
+            orch,
             bridge: runtime.inner.bridge.clone(),
             policy: policy.map(|p| p.policy.clone()).unwrap_or_default(),
         })
