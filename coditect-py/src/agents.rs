@@ -10,7 +10,9 @@ use coditect_agents::{
     ToolError, ToolErrorKind,
 };
 use coditect_claude::{ClaudeModel, Client, RetryPolicy};
-use coditect_orchestrator::{Agent, AgentContext, AgentError, AgentKind, KindBuilder, RegisterError};
+use coditect_orchestrator::{
+    Agent, AgentContext, AgentError, AgentKind, KindBuilder, RegisterError,
+};
 use futures::future::BoxFuture;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
@@ -223,7 +225,11 @@ impl PyClaude {
         let mut req = CompletionRequest::new(vec![Message::user(prompt)], max_tokens);
         req.system = system;
         Ok(bridge.awaitable(Box::pin(async move {
-            let r = model.client().messages().create(&model.to_request(req)).await;
+            let r = model
+                .client()
+                .messages()
+                .create(&model.to_request(req))
+                .await;
             Box::new(move |py: Python<'_>| match r {
                 Ok(m) => Ok(m.text().into_pyobject(py)?.into_any().unbind()),
                 Err(e) => Err(error::from_claude(py, &e)),
@@ -277,7 +283,11 @@ impl DynTool for PyToolRef {
         }
     }
 
-    fn call_json<'a>(&'a self, input: Value, _ctx: ToolContext<'a>) -> BoxFuture<'a, Result<String, ToolError>> {
+    fn call_json<'a>(
+        &'a self,
+        input: Value,
+        _ctx: ToolContext<'a>,
+    ) -> BoxFuture<'a, Result<String, ToolError>> {
         let tool = self.0.clone();
         Box::pin(async move {
             let bridge = tool.bridge.lock().ok().and_then(|b| b.clone());
@@ -300,7 +310,11 @@ impl DynTool for PyToolRef {
                 },
             )
             .await
-            .unwrap_or_else(|| Err(ToolError::failed("the Python event loop stopped during the tool call")))
+            .unwrap_or_else(|| {
+                Err(ToolError::failed(
+                    "the Python event loop stopped during the tool call",
+                ))
+            })
         })
     }
 }
@@ -308,9 +322,8 @@ impl DynTool for PyToolRef {
 fn tool_of(obj: &Bound<'_, PyAny>) -> PyResult<Arc<PyTool>> {
     let py = obj.py();
     let get = |name: &str| {
-        obj.getattr(name).map_err(|_| {
-            PyTypeError::new_err("a tool is a function decorated with @coditect.tool")
-        })
+        obj.getattr(name)
+            .map_err(|_| PyTypeError::new_err("a tool is a function decorated with @coditect.tool"))
     };
     Ok(Arc::new(PyTool {
         name: get("name")?.extract()?,
@@ -474,7 +487,12 @@ impl RustAgent {
         match self.which {
             Which::Llm(agent, _) => b.register(move |_| agent.clone()).await,
             Which::Echo => b.register(|_| Echo).await,
-            Which::Relay(target) => b.register(move |_| Relay { target: target.clone() }).await,
+            Which::Relay(target) => {
+                b.register(move |_| Relay {
+                    target: target.clone(),
+                })
+                .await
+            }
         }
     }
 }

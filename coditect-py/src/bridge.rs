@@ -11,7 +11,7 @@
 //! - **Python coroutines run by Rust** ([`drive`]): handlers and tools. Polled
 //!   on the loop's thread, the coroutine is stepped inline, as an `await`
 //!   would; polled from a tokio thread, it becomes an `asyncio.Task` on the
-//!   loop (the loop and context captured when the runtime started), and the
+//!   loop (the loop captured when the runtime started), and the
 //!   Rust side waits on a channel without the GIL.
 //! - **Wake-ups from other threads.** No tokio thread ever takes the GIL to
 //!   wake Python: it queues the wake-up and writes one byte to a socket the
@@ -295,8 +295,9 @@ impl Awaitable {
         // polled again at once, a bounded number of times.
         for _ in 0..64 {
             self.slot.woken.store(false, Ordering::Release);
-            let polled =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                fut.as_mut().poll(&mut cx)
+            }));
             match polled {
                 Ok(Poll::Ready(out)) => {
                     *state = None;
@@ -406,9 +407,7 @@ impl Called {
     pub(crate) fn of(py: Python<'_>, obj: Bound<'_, PyAny>) -> PyResult<Called> {
         static ISCOROUTINE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let is_coro = ISCOROUTINE.get_or_try_init(py, || {
-            asyncio(py)?
-                .getattr("iscoroutine")
-                .map(Bound::unbind)
+            asyncio(py)?.getattr("iscoroutine").map(Bound::unbind)
         })?;
         if is_coro.bind(py).call1((&obj,))?.is_truthy()? {
             Ok(Called::Coroutine(obj.unbind()))
@@ -440,7 +439,9 @@ type Start = Box<dyn FnOnce(Python<'_>) -> PyResult<Called> + Send>;
 type Finish<T> = Arc<dyn Fn(Python<'_>, PyResult<Bound<'_, PyAny>>) -> T + Send + Sync>;
 
 enum DriveState<T> {
-    New { start: Start },
+    New {
+        start: Start,
+    },
     /// Stepped inline on the loop's thread; `waiting` is the future it awaits.
     Inline {
         coro: Py<PyAny>,
@@ -470,7 +471,11 @@ impl<T: Send + 'static> Driven<T> {
             DriveState::Task { task, .. } => {
                 let task = task.clone();
                 self.bridge.run_on_loop(move |py| {
-                    if let Some(t) = task.lock().ok().and_then(|t| t.as_ref().map(|t| t.clone_ref(py))) {
+                    if let Some(t) = task
+                        .lock()
+                        .ok()
+                        .and_then(|t| t.as_ref().map(|t| t.clone_ref(py)))
+                    {
                         let _ = t.bind(py).call_method0(intern!(py, "cancel"));
                     }
                 });
@@ -615,7 +620,8 @@ impl<T: Send + 'static> Future for Driven<T> {
                             return Poll::Pending;
                         }
                         Step::Finished(r) => {
-                            let out = Python::attach(|py| (this.finish)(py, r.map(|v| v.into_bound(py))));
+                            let out =
+                                Python::attach(|py| (this.finish)(py, r.map(|v| v.into_bound(py))));
                             return Poll::Ready(Some(out));
                         }
                     }
@@ -646,7 +652,11 @@ impl<T> Drop for Driven<T> {
             }
             DriveState::Task { task, .. } => {
                 self.bridge.run_on_loop(move |py| {
-                    if let Some(t) = task.lock().ok().and_then(|t| t.as_ref().map(|t| t.clone_ref(py))) {
+                    if let Some(t) = task
+                        .lock()
+                        .ok()
+                        .and_then(|t| t.as_ref().map(|t| t.clone_ref(py)))
+                    {
                         let _ = t.bind(py).call_method0(intern!(py, "cancel"));
                     }
                 });
@@ -678,7 +688,10 @@ fn step_inline(
         throw = Some(cancelled_error(py));
     } else if let Some(w) = waiting {
         let w = w.bind(py);
-        match w.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()) {
+        match w
+            .call_method0(intern!(py, "done"))
+            .and_then(|d| d.is_truthy())
+        {
             Ok(false) => return Step::Wait(Some(w.clone().unbind())),
             Ok(true) => {
                 let cancelled = w
@@ -740,10 +753,7 @@ fn step_inline(
             }
         }
         Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
-            let value = e
-                .value(py)
-                .getattr(intern!(py, "value"))
-                .map(Bound::unbind);
+            let value = e.value(py).getattr(intern!(py, "value")).map(Bound::unbind);
             Step::Finished(value)
         }
         Err(e) => Step::Finished(Err(e)),
@@ -764,7 +774,10 @@ fn throw_cancel(py: Python<'_>, coro: &Bound<'_, PyAny>) -> PyErr {
 }
 
 pub(crate) fn cancelled_error(py: Python<'_>) -> PyErr {
-    match asyncio(py).and_then(|a| a.getattr("CancelledError")).and_then(|c| c.call0()) {
+    match asyncio(py)
+        .and_then(|a| a.getattr("CancelledError"))
+        .and_then(|c| c.call0())
+    {
         Ok(e) => PyErr::from_value(e),
         Err(e) => e,
     }

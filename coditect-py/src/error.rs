@@ -6,9 +6,9 @@
 
 use coditect_orchestrator::orchestrator::{RunError, RunErrorKind};
 use coditect_orchestrator::{AgentError, AgentErrorKind, Failure, FailureKind, RequestError};
+use pyo3::IntoPyObjectExt;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
-use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
@@ -190,7 +190,10 @@ pub(crate) fn from_claude(py: Python<'_>, e: &coditect_claude::Error) -> PyErr {
         ("kind", obj(py, format!("{:?}", e.kind()).to_lowercase())),
         ("status", obj(py, api.map(|a| a.status))),
         ("request_id", obj(py, e.request_id())),
-        ("error_type", obj(py, api.map(|a| a.error_type.as_str().to_owned()))),
+        (
+            "error_type",
+            obj(py, api.map(|a| a.error_type.as_str().to_owned())),
+        ),
         ("retryable", obj(py, e.is_retryable())),
     ];
     raise(py, "ClaudeError", &e.to_string(), &attrs)
@@ -223,11 +226,6 @@ pub(crate) fn describe(py: Python<'_>, e: &PyErr) -> String {
         .qualname()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "Exception".to_owned());
-    let msg = e
-        .value(py)
-        .str()
-        .map(|s| s.to_string())
-        .unwrap_or_default();
+    let msg = e.value(py).str().map(|s| s.to_string()).unwrap_or_default();
     format!("{ty}: {msg}")
 }
-

@@ -2,9 +2,9 @@
 //!
 //! A thin binding over the public API of `coditect-orchestrator`,
 //! `coditect-agents` and `coditect-claude`: each Python class is a newtype
-//! around the core handle (cheap to clone, shared by `Arc`), [`error`] maps
+//! around the core handle (cheap to clone, shared by `Arc`), `error` maps
 //! the core's error kinds to the exceptions of `coditect._errors`, and
-//! [`bridge`] runs Rust futures and Python coroutines on the caller's asyncio
+//! `bridge` runs Rust futures and Python coroutines on the caller's asyncio
 //! event loop. The Python package around it (`python/coditect`) adds the
 //! `@tool` decorator, the exception classes and the type stubs.
 

@@ -62,7 +62,10 @@ impl PyInput {
     }
 
     fn __repr__(&self) -> String {
-        format!("Input({})", serde_json::to_string(&self.input).unwrap_or_default())
+        format!(
+            "Input({})",
+            serde_json::to_string(&self.input).unwrap_or_default()
+        )
     }
 }
 
@@ -92,7 +95,9 @@ fn input_of(obj: &Bound<'_, PyAny>) -> PyResult<StepInput> {
             return Ok(StepInput::Object(m));
         }
         if let Ok(l) = obj.cast::<PyList>() {
-            return Ok(StepInput::Array(l.iter().map(|v| input_of(&v)).collect::<PyResult<_>>()?));
+            return Ok(StepInput::Array(
+                l.iter().map(|v| input_of(&v)).collect::<PyResult<_>>()?,
+            ));
         }
     }
     Ok(StepInput::Literal(to_json(obj)?))
@@ -125,7 +130,9 @@ impl PyStep {
         let mut step = match (capability, agent) {
             (Some(c), None) => Step::new(id, c, input),
             (None, Some(a)) => {
-                let a: AgentId = a.parse().map_err(|e: coditect_orchestrator::IdError| PyValueError::new_err(e.to_string()))?;
+                let a: AgentId = a.parse().map_err(|e: coditect_orchestrator::IdError| {
+                    PyValueError::new_err(e.to_string())
+                })?;
                 Step::for_agent(id, a, input)
             }
             _ => {
@@ -150,7 +157,10 @@ impl PyStep {
     }
 
     fn __repr__(&self) -> String {
-        format!("Step({})", serde_json::to_string(&self.step).unwrap_or_default())
+        format!(
+            "Step({})",
+            serde_json::to_string(&self.step).unwrap_or_default()
+        )
     }
 }
 
@@ -301,7 +311,10 @@ impl PyPolicy {
     }
 
     fn __repr__(&self) -> String {
-        format!("Policy({})", serde_json::to_string(&self.policy).unwrap_or_default())
+        format!(
+            "Policy({})",
+            serde_json::to_string(&self.policy).unwrap_or_default()
+        )
     }
 }
 
@@ -330,7 +343,12 @@ impl Drop for CancelOnDrop {
 }
 
 impl PyOrchestrator {
-    fn task(&self, goal: String, input: Option<&Bound<'_, PyAny>>, policy: Option<PyRef<'_, PyPolicy>>) -> PyResult<TaskSpec> {
+    fn task(
+        &self,
+        goal: String,
+        input: Option<&Bound<'_, PyAny>>,
+        policy: Option<PyRef<'_, PyPolicy>>,
+    ) -> PyResult<TaskSpec> {
         let input = match input {
             Some(i) => to_json(i)?,
             None => serde_json::Value::Null,
@@ -391,7 +409,12 @@ impl PyOrchestrator {
     /// Runs a task to the end and returns its `Outcome`. Cancelling the
     /// awaiting task cancels the run.
     #[pyo3(signature = (goal, *, input=None, policy=None))]
-    fn run(&self, goal: String, input: Option<&Bound<'_, PyAny>>, policy: Option<PyRef<'_, PyPolicy>>) -> PyResult<Awaitable> {
+    fn run(
+        &self,
+        goal: String,
+        input: Option<&Bound<'_, PyAny>>,
+        policy: Option<PyRef<'_, PyPolicy>>,
+    ) -> PyResult<Awaitable> {
         let handle = self.start_handle(self.task(goal, input, policy)?);
         let mut guard = CancelOnDrop(Some(handle.cancellation()));
         Ok(self.bridge.awaitable(Box::pin(async move {
@@ -403,7 +426,12 @@ impl PyOrchestrator {
 
     /// Starts a task and returns its `RunHandle` (events, cancel, outcome).
     #[pyo3(signature = (goal, *, input=None, policy=None))]
-    fn start(&self, goal: String, input: Option<&Bound<'_, PyAny>>, policy: Option<PyRef<'_, PyPolicy>>) -> PyResult<PyRunHandle> {
+    fn start(
+        &self,
+        goal: String,
+        input: Option<&Bound<'_, PyAny>>,
+        policy: Option<PyRef<'_, PyPolicy>>,
+    ) -> PyResult<PyRunHandle> {
         let mut handle = self.start_handle(self.task(goal, input, policy)?);
         let events = handle.events();
         Ok(PyRunHandle {
@@ -461,8 +489,12 @@ impl PyRunHandle {
             .lock()
             .ok()
             .and_then(|mut h| h.take())
-            .ok_or_else(|| PyRuntimeError::new_err("the outcome of this run was already awaited"))?;
-        Ok(self.bridge.awaitable(Box::pin(async move { outcome_out(handle.outcome().await) })))
+            .ok_or_else(|| {
+                PyRuntimeError::new_err("the outcome of this run was already awaited")
+            })?;
+        Ok(self
+            .bridge
+            .awaitable(Box::pin(async move { outcome_out(handle.outcome().await) })))
     }
 }
 

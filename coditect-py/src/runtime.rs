@@ -69,7 +69,11 @@ impl PyAgentId {
     }
 
     fn __repr__(&self) -> String {
-        format!("AgentId({:?}, {:?})", self.id.kind().as_str(), self.id.key().as_str())
+        format!(
+            "AgentId({:?}, {:?})",
+            self.id.kind().as_str(),
+            self.id.key().as_str()
+        )
     }
 }
 
@@ -77,9 +81,9 @@ fn destination(to: &Bound<'_, PyAny>) -> PyResult<Destination> {
     if let Ok(id) = to.cast::<PyAgentId>() {
         return Ok(Destination::from(id.get().id.clone()));
     }
-    let s: String = to
-        .extract()
-        .map_err(|_| PyTypeError::new_err("an agent is named by an AgentId or a \"kind\" / \"kind/key\" string"))?;
+    let s: String = to.extract().map_err(|_| {
+        PyTypeError::new_err("an agent is named by an AgentId or a \"kind\" / \"kind/key\" string")
+    })?;
     let bad = |e: coditect_orchestrator::IdError| PyValueError::new_err(e.to_string());
     Ok(match s.split_once('/') {
         Some((kind, key)) => Destination::from(AgentId::new(kind, key).map_err(bad)?),
@@ -203,7 +207,8 @@ impl PyRuntime {
             }
             rust.register(b).await
         });
-        r.map(|_| ()).map_err(|e| error::other(py, "RegistrationError", &e))
+        r.map(|_| ())
+            .map_err(|e| error::other(py, "RegistrationError", &e))
     }
 
     /// Asks an agent (an `AgentId`, `"kind/key"`, or `"kind"` for any agent of
@@ -225,9 +230,9 @@ impl PyRuntime {
             None => Box::pin(async move { out_value(rt.request::<PyValue>(dest, body).await) }),
             Some(t) => {
                 let options = coditect_orchestrator::RequestOptions::timeout(secs(t)?);
-                Box::pin(async move {
-                    out_value(rt.request_with::<PyValue>(dest, body, options).await)
-                })
+                Box::pin(
+                    async move { out_value(rt.request_with::<PyValue>(dest, body, options).await) },
+                )
             }
         };
         Ok(self.inner.bridge.awaitable(fut))
@@ -275,7 +280,12 @@ impl PyRuntime {
             let report = inner.rt.shutdown(grace).await;
             Box::new(move |py: Python<'_>| {
                 inner.bridge.close(py)?;
-                Ok(report.drained.into_pyobject(py)?.to_owned().into_any().unbind())
+                Ok(report
+                    .drained
+                    .into_pyobject(py)?
+                    .to_owned()
+                    .into_any()
+                    .unbind())
             }) as Out
         })))
     }
@@ -290,7 +300,8 @@ impl PyRuntime {
 }
 
 pub(crate) fn secs(s: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(s).map_err(|_| PyValueError::new_err(format!("not a duration in seconds: {s}")))
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| PyValueError::new_err(format!("not a duration in seconds: {s}")))
 }
 
 /// `@rt.agent(...)`: registers what it decorates and returns it unchanged.
@@ -314,7 +325,11 @@ struct PyAgentDef {
 
 #[pymethods]
 impl AgentDecorator {
-    fn __call__<'py>(&self, py: Python<'py>, target: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        target: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let is_class = target.is_instance_of::<PyType>();
         let wants_ctx: bool = py
             .import(intern!(py, "coditect._values"))?
@@ -567,7 +582,8 @@ impl PyContext {
         self.bridge.awaitable(Box::pin(async move {
             match (sent, rx.await) {
                 (true, Ok(v)) => out(v),
-                _ => Box::new(|py: Python<'_>| Err(error::other(py, "CoditectError", &CTX_GONE))) as Out,
+                _ => Box::new(|py: Python<'_>| Err(error::other(py, "CoditectError", &CTX_GONE)))
+                    as Out,
             }
         }))
     }
@@ -592,7 +608,11 @@ impl PyContext {
     /// every result, in order. The first failure is raised, unless
     /// `return_exceptions` puts each failure in its place instead.
     #[pyo3(signature = (subtasks, *, return_exceptions=false))]
-    fn delegate_all(&self, subtasks: &Bound<'_, PyAny>, return_exceptions: bool) -> PyResult<Awaitable> {
+    fn delegate_all(
+        &self,
+        subtasks: &Bound<'_, PyAny>,
+        return_exceptions: bool,
+    ) -> PyResult<Awaitable> {
         let mut tasks = Vec::new();
         for item in subtasks.try_iter()? {
             let item = item?;
@@ -600,7 +620,9 @@ impl PyContext {
                 .cast::<PyTuple>()
                 .map_err(|_| PyTypeError::new_err("delegate_all takes (capability, task) pairs"))?;
             if pair.len() != 2 {
-                return Err(PyTypeError::new_err("delegate_all takes (capability, task) pairs"));
+                return Err(PyTypeError::new_err(
+                    "delegate_all takes (capability, task) pairs",
+                ));
             }
             let cap: String = pair.get_item(0)?.extract()?;
             tasks.push((cap, PyValue::from_py(&pair.get_item(1)?, self.keep)?));
@@ -614,7 +636,9 @@ impl PyContext {
                     for r in results {
                         match r {
                             Ok(v) => list.append(v.to_py(py)?)?,
-                            Err(e) if return_exceptions => list.append(error::from_request(py, &e).into_value(py))?,
+                            Err(e) if return_exceptions => {
+                                list.append(error::from_request(py, &e).into_value(py))?
+                            }
                             Err(e) => return Err(error::from_request(py, &e)),
                         }
                     }
@@ -700,6 +724,9 @@ impl PyContext {
     }
 
     fn __repr__(&self) -> String {
-        format!("Context(agent={:?}, run={:?})", self.info.agent, self.info.run)
+        format!(
+            "Context(agent={:?}, run={:?})",
+            self.info.agent, self.info.run
+        )
     }
 }

@@ -81,7 +81,8 @@ impl Serialize for PyValue {
         match self {
             PyValue::Json(v) => v.serialize(s),
             PyValue::Py(o) => {
-                let v = Python::attach(|py| to_json(o.bind(py))).map_err(serde::ser::Error::custom)?;
+                let v =
+                    Python::attach(|py| to_json(o.bind(py))).map_err(serde::ser::Error::custom)?;
                 v.serialize(s)
             }
         }

@@ -113,3 +113,12 @@ def test_mypy_accepts_typed_code_and_rejects_wrong_code(tmp_path: Path) -> None:
     assert ko.returncode == 1, ko.stdout + ko.stderr
     assert 'Argument 1 to "run" of "Orchestrator" has incompatible type "int"' in ko.stdout
     assert "Incompatible types in assignment" in ko.stdout
+
+
+def test_the_quickstart_runs_offline() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "offline" in out.stdout and "Recommendation: adopt Rust" in out.stdout
+    assert "tool call: lookup" in out.stdout and "delegated to fact_checker" in out.stdout
