@@ -290,6 +290,21 @@ impl PyRuntime {
         })))
     }
 
+    /// `async with` support: the runtime itself.
+    fn __aenter__(slf: Py<Self>, py: Python<'_>) -> Awaitable {
+        let bridge = slf.get().inner.bridge.clone();
+        let me = slf.clone_ref(py);
+        bridge.awaitable(Box::pin(async move {
+            Box::new(move |_py: Python<'_>| Ok(me.into_any())) as Out
+        }))
+    }
+
+    /// `async with` support: shuts the runtime down (grace of one second).
+    #[pyo3(signature = (*_exc))]
+    fn __aexit__(&self, _exc: &Bound<'_, PyTuple>) -> PyResult<Awaitable> {
+        self.shutdown(1.0)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Runtime(tenant={:?}, transport={:?})",

@@ -147,3 +147,11 @@ async def test_llm_planner_plans_over_python_agents(rt: coditect.Runtime) -> Non
     )
     outcome = await within(coditect.Orchestrator(rt, planner=planner).run("plan me"))
     assert outcome.output == "PLAN ME"
+
+
+async def test_runtime_as_async_context_manager() -> None:
+    async with await within(coditect.Runtime.start()) as rt:
+        rt.register("echo", coditect.Echo())
+        assert await within(rt.request("echo", [1, 2])) == [1, 2]
+    with __import__("pytest").raises(coditect.CoditectError):
+        await within(rt.request("echo", 1))
