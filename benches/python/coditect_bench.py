@@ -5,6 +5,8 @@
             C=256 lanes in flight; each agent replies at once. Round trips/s.
   latency : 10,000 sequential request/reply round trips to Python agents
             (after 1,000 warm-up); p50 / p99 in microseconds.
+  fanout-await : fanout, but each handler awaits once (asyncio.sleep(0))
+            before replying, so every request suspends and lanes interleave.
   rust    : N=100,000 sequential round trips from Python to a Rust-hosted
             agent (coditect.Echo); round trips/s and p50.
 
@@ -30,12 +32,21 @@ async def main(workload: str) -> None:
     async def worker(task: tuple, ctx: coditect.Context) -> tuple:
         return (task[0], "ok")  # zero work
 
+    @rt.agent("yielder")
+    async def yielder(task: tuple, ctx: coditect.Context) -> tuple:
+        await asyncio.sleep(0)
+        return (task[0], "ok")
+
     rt.register("echo", coditect.Echo())
     workers = [coditect.AgentId("worker", str(i)) for i in range(K)]
     for w in workers:  # activate each id once
         await rt.request(w, (0, PAYLOAD))
 
-    if workload == "fanout":
+    if workload in ("fanout", "fanout-await"):
+        if workload == "fanout-await":
+            workers = [coditect.AgentId("yielder", str(i)) for i in range(K)]
+            for w in workers:
+                await rt.request(w, (0, PAYLOAD))
         nxt = 0
 
         async def lane() -> None:
@@ -48,7 +59,7 @@ async def main(workload: str) -> None:
         t0 = time.perf_counter()
         await asyncio.gather(*(lane() for _ in range(C)))
         dt = time.perf_counter() - t0
-        print(f"coditect fanout: N={N} K={K} C={C} time={dt:.3f}s throughput={N / dt:,.0f} rt/s")
+        print(f"coditect {workload}: N={N} K={K} C={C} time={dt:.3f}s throughput={N / dt:,.0f} rt/s")
     elif workload == "latency":
         s = []
         for i in range(WARMUP + SEQ):

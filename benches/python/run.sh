@@ -24,6 +24,7 @@ for w in fanout latency; do
   done
 done
 for i in $(seq "$reps"); do
+  "$venv/bin/python" benches/python/coditect_bench.py fanout-await | tee -a "$out/all.txt"
   "$venv/bin/python" benches/python/coditect_bench.py rust | tee -a "$out/all.txt"
 done
 "$venv/bin/python" benches/python/summarize.py "$out/all.txt"

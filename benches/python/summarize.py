@@ -27,6 +27,8 @@ for q in ("p50", "p99"):
     la = [med(n, q) for n in ("coditect latency", "asyncio latency", "autogen-core latency")]
     print(f"{'request/reply ' + q + ' us':<34}{la[0]:>14.1f}{la[1]:>16.1f}{la[2]:>16.1f}")
 print(f"fanout: coditect / autogen-core = {fo[0] / fo[2]:.1f}x, coditect / asyncio floor = {fo[0] / fo[1]:.2f}x")
+fa = med("coditect fanout-await", "throughput")
+print(f"fanout with handlers that await once: {fa:,.0f} rt/s = {fa / fo[2]:.1f}x autogen-core")
 print(
     f"Rust-hosted agent from Python: {med('coditect rust-agent', 'throughput'):,.0f} rt/s, "
     f"p50 {med('coditect rust-agent', 'p50'):.1f} us"
