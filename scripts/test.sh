@@ -62,6 +62,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quie
 step "cargo test (all features; unit, integration and doc tests)"
 cargo test --workspace --all-features --no-fail-fast
 
+step "Python: the coditect wheel, built and installed into a fresh venv, then pytest"
+scripts/test-python.sh
+
 step "NATS tests against the oldest supported nats-server (2.9.10, Debian's package)"
 # The README claims nats-server 2.9.10 and later; 2.9.10 is what Debian ships.
 # Fetched without installing (apt-get download + dpkg -x into target/), so the
