@@ -461,7 +461,7 @@ fn next_v7(now: Instant) -> Uuid {
 /// most [`MAX_NAME_LEN`] bytes) when it is parsed with [`StepId::new`] or
 /// read from JSON. The infallible `From<&str>` keeps plans written in code
 /// short; such ids are checked when the plan is
-/// ([`Plan::check`](crate::orchestrator::Plan::check)), before anything runs.
+/// (`Plan::check`, run by the orchestrator), before anything runs.
 ///
 /// ```
 /// use coditect_orchestrator::StepId;

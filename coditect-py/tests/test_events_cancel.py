@@ -38,11 +38,11 @@ async def test_events_stream_in_order(rt: coditect.Runtime) -> None:
         assert kinds[0] == "step_dispatched" and kinds[1] == "step_started", kinds
         assert kinds.count("step_succeeded") == 1, kinds
         assert kinds.index("step_started") < kinds.index("step_succeeded"), kinds
+        # Every progress event arrives, in the order emitted, after the step's
+        # start and before its result (the core's causal order).
+        done = kinds.index("step_succeeded")
+        assert all(k != "step_progress" for k in kinds[done:]), kinds
         progress = [e["data"] for e in mine if e["type"] == "step_progress"]
-        # Every progress event arrives, in the order emitted, before the run's
-        # end. (The core can still record a step's progress after its result
-        # when the step ran as a direct call inside the orchestrator's poll —
-        # reported to the core; this test does not hide a loss.)
         assert progress == [{"working_on": "go" if step == "a" else "GO"}, {"almost": True}], kinds
     # b starts only after a succeeded.
     assert types.index("step_succeeded") < [i for i, e in enumerate(events) if e["type"] == "step_dispatched" and e["step"] == "b"][0]

@@ -74,7 +74,7 @@ impl RunHandle {
     /// Waits for the run to end.
     ///
     /// # Errors
-    /// As [`Orchestrator::run`].
+    /// As [`Orchestrator::run`](crate::orchestrator::Orchestrator::run).
     pub async fn outcome(self) -> Result<RunOutcome, RunError> {
         let RunHandle {
             run,

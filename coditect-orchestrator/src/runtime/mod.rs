@@ -11,7 +11,7 @@
 //!
 //! A request from this process to an idle agent of this runtime — activated,
 //! nothing running, nothing queued — does not go through the agent's mailbox
-//! when the transport delivers in process ([`InMemoryTransport`](crate::InMemoryTransport)): the caller
+//! when the transport delivers in process ([`InMemoryTransport`]): the caller
 //! claims the activation, runs the handler in its own task, and gives the
 //! activation back. There is no task switch and no wake-up, so a round trip
 //! costs about what a raw channel round trip does. What an agent sees is the
@@ -34,7 +34,7 @@
 //! (`report_usage`), and `Finished` for delegated work. Those reports are best
 //! effort and may overtake or trail the reply (over NATS they arrive through
 //! other subscriptions than replies), so every reply of a message of a run
-//! carries a [`Tally`](crate::report::Tally): the number of reports its
+//! carries a [`Tally`]: the number of reports its
 //! handler and everything it delegated made, and the usage they spent. The
 //! orchestrator holds a step's result until that many distinct reports (by
 //! message and report number) have arrived — a bounded wait — and counts usage
