@@ -387,19 +387,21 @@ impl A2aRemote {
         ))
     }
 
-    /// Forwards a working status's message as the step's progress: a single
-    /// data part as itself (coditect servers send their agents' progress so),
-    /// text as `{"type": "text", "text": …}`.
+    /// Forwards a working status's message as the step's progress, a
+    /// progress event per part: a data part as itself (coditect servers send
+    /// their agents' progress so), text as `{"type": "text", "text": …}`.
     async fn progress(&self, status: &TaskStatus, notes: &Notes) {
         let Some(message) = &status.message else {
             return;
         };
-        let data = match value_of_parts(&message.parts) {
-            Some(Value::String(text)) => json!({"type": "text", "text": text}),
-            Some(v) => v,
-            None => return,
-        };
-        let _ = notes.tx.send(Note::Progress(data));
+        for part in &message.parts {
+            let data = match value_of_parts(std::slice::from_ref(part)) {
+                Some(Value::String(text)) => json!({"type": "text", "text": text}),
+                Some(v) => v,
+                None => continue,
+            };
+            let _ = notes.tx.send(Note::Progress(data));
+        }
     }
 
     async fn finish_message(&self, message: &Message, notes: &Notes) -> Result<Value, A2aError> {

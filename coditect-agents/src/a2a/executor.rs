@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use a2a_server::{AgentExecutor, ExecutorContext};
 use a2a_types::{
@@ -89,6 +90,18 @@ impl AgentExecutor for Executor {
         );
         Box::pin(futures::stream::once(async move { Ok(event) }))
     }
+}
+
+/// How long progress waits to go out with the progress after it.
+const PROGRESS_EVERY: Duration = Duration::from_millis(20);
+/// The most progress values in one status update.
+const MAX_PARTS_PER_UPDATE: usize = 256;
+
+/// A `working` status update carrying progress values, one data part each.
+fn progress_update(task_id: &str, context_id: &str, parts: Vec<a2a_types::Part>) -> StreamResponse {
+    let mut m = agent_message(&Value::Null, context_id, task_id, None);
+    m.parts = parts;
+    status(task_id, context_id, TaskState::Working, Some(m), None)
 }
 
 fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> BoxStream<'static, T> {
@@ -224,30 +237,52 @@ impl Inner {
         let run_cancel = handle.cancellation();
         let mut events = handle.events();
         let mut caller_gone = false;
+        // Progress goes out in batches, one status update (a part per
+        // progress value) at most every PROGRESS_EVERY: the SDK buffers 32
+        // events per task for its subscribers, and an agent streaming text
+        // word by word outruns an SSE reader, which would then be cut off.
+        let mut pending: Vec<a2a_types::Part> = Vec::new();
+        let mut flush_at: Option<tokio::time::Instant> = None;
         loop {
-            tokio::select! {
+            let flush_timer = async {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let flush_now = tokio::select! {
                 () = token.cancelled() => { run_cancel.cancel(); break; }
                 () = tx.closed() => { run_cancel.cancel(); caller_gone = true; break; }
+                () = flush_timer => true,
                 record = events.next() => match record {
                     Some(record) => {
                         if let RunEvent::StepProgress { step, agent, data } = record.event {
-                            let meta = HashMap::from([
+                            let mut part = a2a_types::Part::data(data);
+                            part.metadata = Some(HashMap::from([
                                 ("coditect.step".to_owned(), json!(step)),
                                 ("coditect.agent".to_owned(), json!(agent.to_string())),
-                            ]);
-                            let mut m = agent_message(&Value::Null, &context_id, &task_id, None);
-                            m.parts = vec![a2a_types::Part::data(data)];
-                            let update = status(&task_id, &context_id, TaskState::Working, Some(m), Some(meta));
-                            if !send(update).await {
-                                run_cancel.cancel();
-                                caller_gone = true;
-                                break;
-                            }
+                            ]));
+                            pending.push(part);
+                            flush_at.get_or_insert_with(|| tokio::time::Instant::now() + PROGRESS_EVERY);
                         }
+                        pending.len() >= MAX_PARTS_PER_UPDATE
                     }
                     None => break,
                 },
+            };
+            if flush_now && !pending.is_empty() {
+                flush_at = None;
+                let update = progress_update(&task_id, &context_id, std::mem::take(&mut pending));
+                if !send(update).await {
+                    run_cancel.cancel();
+                    caller_gone = true;
+                    break;
+                }
             }
+        }
+        if !pending.is_empty() && !caller_gone && !token.is_cancelled() {
+            let update = progress_update(&task_id, &context_id, std::mem::take(&mut pending));
+            caller_gone = !send(update).await;
         }
         let outcome = handle.outcome().await;
         if token.is_cancelled() || caller_gone {
