@@ -102,6 +102,9 @@ pub(crate) struct Driver {
     pub(crate) journal: Option<Box<Journal>>,
     /// Picked up from a journal: attempts continue from the recorded ones.
     resumed: Option<Resumed>,
+    /// Told once the run's start is in its journal (a durable run's id may
+    /// be handed out from then on).
+    pub(crate) on_durable: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 /// What a resumed run starts from.
@@ -142,6 +145,7 @@ impl Driver {
             revision: 0,
             journal: None,
             resumed: None,
+            on_durable: None,
         }
     }
 
@@ -259,6 +263,9 @@ impl Driver {
             match durable::open_new(&self.inner, store, self.run, &self.task).await {
                 Ok(journal) => self.journal = Some(Box::new(journal)),
                 Err(e) => {
+                    if let Some(tx) = self.on_durable.take() {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
                     return self
                         .fail(Stop(RunErrorKind::Journal, e.to_string()), None)
                         .await;
@@ -273,6 +280,17 @@ impl Driver {
                 let holder = self.inner.durable.holder.clone();
                 let from_seq = r.from_seq;
                 self.record(RunEvent::RunResumed { holder, from_seq });
+            }
+        }
+        // A durable run's start is journaled at once: from here on its id
+        // names a run that can be resumed.
+        if self.journal.is_some() {
+            let flushed = self.flush().await;
+            if let Some(tx) = self.on_durable.take() {
+                let _ = tx.send(flushed.as_ref().map(|_| ()).map_err(|Stop(_, m)| m.clone()));
+            }
+            if let Err(stop) = flushed {
+                return self.fail(stop, None).await;
             }
         }
         let runtime = self.inner.runtime.clone();

@@ -202,6 +202,40 @@ impl Orchestrator {
         })
     }
 
+    /// Starts a durable run ([`store`](Self::store)) and returns once its
+    /// start is in the store's journal: from then on its id names a run that
+    /// survives this process (hand it out, [`resume`](Self::resume) it after
+    /// a crash). [`start`](Self::start) journals it the same way, without
+    /// waiting.
+    ///
+    /// # Errors
+    /// [`DurableError`] of kind `NoStore`, or `Store` if the run could not be
+    /// journaled (nothing runs then).
+    pub async fn submit(&self, task: TaskSpec) -> Result<RunHandle, DurableError> {
+        if self.inner.durable.store.is_none() {
+            return Err(DurableError::new(
+                DurableErrorKind::NoStore,
+                "the orchestrator has no store: durable runs need Orchestrator::store",
+            ));
+        }
+        let run = RunId::new();
+        let span = tracing::info_span!("coditect.run", run = %run, tenant = %task.tenant, goal = %task.goal);
+        let (tx, rx) = oneshot::channel();
+        let handle = self.spawn(run, span, move |inner, cards, token, events| {
+            let mut d = driver::Driver::new(inner, run, task, cards, token, events);
+            d.on_durable = Some(tx);
+            d
+        });
+        match rx.await {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(message)) => Err(DurableError::new(DurableErrorKind::Store, message)),
+            Err(_) => Err(DurableError::new(
+                DurableErrorKind::Store,
+                "the run ended before it was journaled",
+            )),
+        }
+    }
+
     /// Drives a stored run from where its journal ends.
     fn spawn_resumed(
         &self,
