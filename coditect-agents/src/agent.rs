@@ -272,10 +272,26 @@ impl LlmAgent {
                 agent = ctx.map(|c| c.id().to_string()),
                 iteration,
             );
-            let response = self
-                .call_model(request, ctx)
-                .instrument(span.clone())
-                .await?;
+            // In a durable run each turn is an effect: a step executed again
+            // (after a crash, a retry) gets its turns back from the journal
+            // instead of paying for them again.
+            let fresh = std::sync::atomic::AtomicBool::new(false);
+            let response = match ctx {
+                Some(c) if c.call_context().journal.is_some() => {
+                    c.effect("model-turn", |_key| {
+                        fresh.store(true, std::sync::atomic::Ordering::Relaxed);
+                        self.call_model(request, ctx).instrument(span.clone())
+                    })
+                    .await?
+                }
+                _ => {
+                    fresh.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.call_model(request, ctx)
+                        .instrument(span.clone())
+                        .await?
+                }
+            };
+            let fresh = fresh.into_inner();
             span.record("gen_ai.response.model", response.model.as_str());
             span.record("gen_ai.usage.input_tokens", response.usage.input_tokens);
             span.record("gen_ai.usage.output_tokens", response.usage.output_tokens);
@@ -287,7 +303,11 @@ impl LlmAgent {
             cost += turn_cost;
             if let Some(c) = ctx {
                 let u = &response.usage;
-                report_usage(c, u, turn_cost).await;
+                // A turn taken from the journal was paid for, and counted,
+                // when it was made.
+                if fresh {
+                    report_usage(c, u, turn_cost).await;
+                }
                 emit(
                     c,
                     AgentProgress::Turn {
