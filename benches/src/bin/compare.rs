@@ -131,6 +131,24 @@ fn main() {
         if store_wanted("journal_load") {
             emit(spawn(Box::pin(coditect_benches::store::load_journal(mode))));
         }
+        if wanted("checkpoint_sqlite") {
+            emit(spawn(Box::pin(
+                coditect_benches::durable::checkpoint_sqlite(mode),
+            )));
+        }
+        #[cfg(feature = "postgres")]
+        if wanted("checkpoint_postgres")
+            && let Some(r) = rt.block_on(async {
+                tokio::spawn(coditect_benches::durable::checkpoint_postgres(mode))
+                    .await
+                    .expect("workload panicked")
+            })
+        {
+            emit(r);
+        }
+        if wanted("resume") {
+            emit(spawn(Box::pin(coditect_benches::durable::resume(mode))));
+        }
     }
     if wanted("sse_parse") {
         emit(coditect_benches::sse::run(mode));
