@@ -243,12 +243,45 @@ async fn the_journal_is_the_live_event_stream() {
 fn a_killed_run_resumes_without_repeating_steps_or_effects() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runs.db");
+    killed_and_resumed(|| {
+        let path = path.clone();
+        Box::pin(async move { sqlite(&path).await })
+    });
+}
+
+/// The same against a real PostgreSQL server (each process its own pool).
+#[test]
+fn on_postgres_a_killed_run_resumes_without_repeating_steps_or_effects() {
+    use coditect_orchestrator::store::PostgresStore;
+    use coditect_orchestrator::testing::PostgresServer;
+    let server = PostgresServer::start().expect("start PostgreSQL");
+    let dsn = server.connection_string();
+    killed_and_resumed(|| {
+        let dsn = dsn.clone();
+        Box::pin(async move {
+            let store: Arc<dyn Store> = Arc::new(
+                PostgresStore::connect(&dsn, StoreOptions::default())
+                    .await
+                    .unwrap(),
+            );
+            store
+        })
+    });
+}
+
+type Open<'a> =
+    &'a dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn Store>>>>;
+
+fn killed_and_resumed(
+    open: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn Store>>>>,
+) {
+    let open: Open<'_> = &open;
     let log = Log::default();
 
     // Process 1 runs until step b has made its first effect, then dies.
     let p1 = Process::new();
     let run = p1.0.block_on(async {
-        let orch = orchestrator(sqlite(&path).await, &log, Some("b"), "p1").await;
+        let orch = orchestrator(open().await, &log, Some("b"), "p1").await;
         let mut handle = orch.start(TaskSpec::new("go"));
         let run = handle.id();
         let mut events = handle.events();
@@ -267,7 +300,7 @@ fn a_killed_run_resumes_without_repeating_steps_or_effects() {
     // Process 2 resumes it (the same holder name takes the lease back).
     let p2 = Process::new();
     let (outcome, stored) = p2.0.block_on(async {
-        let orch = orchestrator(sqlite(&path).await, &log, None, "p1").await;
+        let orch = orchestrator(open().await, &log, None, "p1").await;
         let handle = orch.resume(run).await.unwrap();
         let outcome = handle.outcome().await.unwrap();
         (outcome, orch.replay(run).await.unwrap())
@@ -614,4 +647,123 @@ async fn a_corrupt_journal_is_a_typed_error_naming_the_record() {
         plain.resume(run).await.unwrap_err().kind(),
         DurableErrorKind::NoStore
     );
+}
+
+/// Over NATS: the steps run on a worker process that outlives the
+/// orchestrator; the orchestrator dies after a step's first effect is
+/// journaled (the effect went worker → bus → driver → store and back); a new
+/// orchestrator process resumes the run, and the worker's new attempt of the
+/// step gets its first effect back from the journal.
+#[cfg(feature = "nats")]
+#[test]
+fn over_nats_the_orchestrator_dies_and_the_workers_effects_hold() {
+    use coditect_orchestrator::testing::NatsServer;
+    use coditect_orchestrator::transport::NatsOptions;
+
+    let server = NatsServer::start().expect("start nats-server");
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let log = Log::default();
+
+    // The worker process lives through the whole test.
+    let worker = Process::new();
+    let cards = worker.0.block_on(async {
+        let rt = Runtime::builder(NatsOptions::new(&url).connect().await.unwrap())
+            .build()
+            .await
+            .unwrap();
+        let (log, first) = (log.clone(), Arc::new(Mutex::new(true)));
+        rt.kind("work")
+            .capability("work")
+            .register(move |_| BlockOnce {
+                inner: Worker {
+                    log: log.clone(),
+                    block: None,
+                    stall: None,
+                },
+                first: first.clone(),
+            })
+            .await
+            .unwrap();
+        let cards = rt.cards();
+        std::mem::forget(rt);
+        cards
+    });
+
+    let p1 = Process::new();
+    let run = p1.0.block_on(async {
+        let orch = nats_orchestrator(&url, cards.clone(), &path).await;
+        let mut handle = orch.submit(TaskSpec::new("go")).await.unwrap();
+        let run = handle.id();
+        let mut events = handle.events();
+        until(
+            &mut events,
+            |e| matches!(e, RunEvent::EffectRecorded { step: Some(s), .. } if s.as_str() == "b"),
+        )
+        .await;
+        std::mem::forget(handle);
+        run
+    });
+    p1.kill();
+    assert_eq!(counts(&log).get("b:first"), Some(&1));
+
+    let p2 = Process::new();
+    let (outcome, stored) = p2.0.block_on(async {
+        let orch = nats_orchestrator(&url, cards.clone(), &path).await;
+        let handle = orch.resume(run).await.unwrap();
+        let outcome = handle.outcome().await.unwrap();
+        (outcome, orch.replay(run).await.unwrap())
+    });
+    p2.kill();
+    worker.kill();
+    let c = counts(&log);
+    assert_eq!(c.len(), 6, "{c:?}");
+    for (k, n) in &c {
+        assert_eq!(*n, 1, "effect {k} ran {n} times over NATS: {c:?}");
+    }
+    assert!(outcome.output.as_str().unwrap().starts_with("c(\"b("));
+    assert_eq!(stored.state.status, RunStatus::Succeeded);
+}
+
+#[cfg(feature = "nats")]
+async fn nats_orchestrator(
+    url: &str,
+    cards: Vec<coditect_orchestrator::AgentCard>,
+    path: &Path,
+) -> Orchestrator {
+    use coditect_orchestrator::transport::NatsOptions;
+    let rt = Runtime::builder(NatsOptions::new(url).connect().await.unwrap())
+        .build()
+        .await
+        .unwrap();
+    Orchestrator::new(rt, StaticPlanner::new(chain()))
+        .cards(cards)
+        .store(sqlite(path).await)
+        .lease_holder("orchestrator")
+}
+
+/// A worker whose first handling of step b (across all its instances)
+/// blocks after b's first effect, as `Worker { block: Some("b") }` does;
+/// later attempts go through.
+#[cfg(feature = "nats")]
+struct BlockOnce {
+    inner: Worker,
+    first: Arc<Mutex<bool>>,
+}
+
+#[cfg(feature = "nats")]
+impl Agent for BlockOnce {
+    type Input = serde_json::Value;
+    type Output = String;
+    async fn handle(
+        &mut self,
+        input: serde_json::Value,
+        ctx: &AgentContext,
+    ) -> Result<String, AgentError> {
+        let is_b = ctx.step().is_some_and(|s| s.as_str() == "b");
+        let block = is_b && std::mem::replace(&mut *self.first.lock().unwrap(), false);
+        self.inner.block = if block { Some("b") } else { None };
+        self.inner.handle(input, ctx).await
+    }
 }
