@@ -767,3 +767,185 @@ impl Agent for BlockOnce {
         self.inner.handle(input, ctx).await
     }
 }
+
+/// Random plans (each step after some earlier ones) killed after a random
+/// number of journaled effects, then resumed (killed again, maybe, until it
+/// ends): the run always ends with every step's result, the journal records
+/// each effect once, and no effect body runs in an attempt after the one
+/// that recorded it.
+mod crash_points {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Makes two effects per step, noting each body's run with the step's
+    /// attempt.
+    struct Noting(Arc<Mutex<Vec<(String, u32)>>>);
+
+    impl Agent for Noting {
+        type Input = serde_json::Value;
+        type Output = u32;
+        async fn handle(
+            &mut self,
+            _: serde_json::Value,
+            ctx: &AgentContext,
+        ) -> Result<u32, AgentError> {
+            let step = ctx.step().map(|s| s.to_string()).unwrap_or_default();
+            let attempt = ctx.attempt();
+            for name in ["one", "two"] {
+                let (log, key) = (self.0.clone(), format!("{step}:{name}"));
+                ctx.effect(name, |_| async move {
+                    log.lock().unwrap().push((key, attempt));
+                    tokio::task::yield_now().await;
+                    Ok(1u32)
+                })
+                .await?;
+            }
+            Ok(attempt)
+        }
+    }
+
+    fn plan(deps: &[Vec<usize>]) -> Plan {
+        Plan::new(deps.iter().enumerate().map(|(i, d)| {
+            let step = Step::new(format!("p{i}"), "note", StepInput::Goal);
+            step.after(d.iter().map(|j| format!("p{j}")))
+        }))
+    }
+
+    async fn orch(
+        store: Arc<dyn Store>,
+        log: &Arc<Mutex<Vec<(String, u32)>>>,
+        p: Plan,
+    ) -> Orchestrator {
+        let rt = Runtime::builder(InMemoryTransport::new())
+            .build()
+            .await
+            .unwrap();
+        let log = log.clone();
+        rt.kind("note")
+            .capability("note")
+            .instances(4)
+            .register(move |_| Noting(log.clone()))
+            .await
+            .unwrap();
+        Orchestrator::new(rt, StaticPlanner::new(p))
+            .store(store)
+            .lease_holder("prop")
+    }
+
+    fn deps_strategy() -> impl Strategy<Value = Vec<Vec<usize>>> {
+        (1usize..7).prop_flat_map(|n| {
+            (0..n)
+                .map(|i| proptest::collection::vec(0..i.max(1), 0..=i.min(2)))
+                .collect::<Vec<_>>()
+                .prop_map(|deps| {
+                    deps.into_iter()
+                        .enumerate()
+                        .map(|(i, d)| {
+                            let mut d: Vec<usize> = d.into_iter().filter(|&j| j < i).collect();
+                            d.sort_unstable();
+                            d.dedup();
+                            d
+                        })
+                        .collect()
+                })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn a_resumed_run_always_ends_each_effect_once(
+            deps in deps_strategy(),
+            kills in proptest::collection::vec(0usize..12, 1..3),
+        ) {
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let p = plan(&deps);
+            let mut run: Option<RunId> = None;
+            let mut finished = false;
+            for after in kills {
+                let proc = Process::new();
+                let done = proc.0.block_on(async {
+                    let o = orch(store.clone(), &log, p.clone()).await;
+                    let mut handle = match run {
+                        None => o.submit(TaskSpec::new("prop")).await.unwrap(),
+                        Some(r) => match o.resume(r).await {
+                            Ok(h) => h,
+                            Err(e) if e.kind() == DurableErrorKind::Finished => return true,
+                            Err(e) => panic!("{e}"),
+                        },
+                    };
+                    run = Some(handle.id());
+                    let mut events = handle.events();
+                    let mut seen = 0;
+                    let mut ended = false;
+                    while let Some(e) = events.next().await {
+                        match e.event {
+                            RunEvent::EffectRecorded { .. } => {
+                                seen += 1;
+                                if seen > after {
+                                    break;
+                                }
+                            }
+                            RunEvent::RunFinished { .. } => {
+                                ended = true;
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    drop(events);
+                    if ended {
+                        // An event is seen as it happens; the outcome comes
+                        // once the journal holds everything.
+                        handle.outcome().await.unwrap();
+                        return true;
+                    }
+                    std::mem::forget(handle);
+                    false
+                });
+                proc.kill();
+                if done {
+                    finished = true;
+                    break;
+                }
+            }
+            let run = run.unwrap();
+            let proc = Process::new();
+            let stored = proc.0.block_on(async {
+                let o = orch(store.clone(), &log, p.clone()).await;
+                if !finished {
+                    match o.resume(run).await {
+                        Ok(h) => { h.outcome().await.unwrap(); }
+                        Err(e) => prop_assert_eq!(e.kind(), DurableErrorKind::Finished),
+                    }
+                }
+                Ok(o.replay(run).await.unwrap())
+            })?;
+            proc.kill();
+            prop_assert_eq!(stored.state.status, RunStatus::Succeeded);
+            prop_assert_eq!(stored.state.outputs().len(), deps.len());
+            // Each effect recorded once, in the attempt that first made it.
+            let mut attempt_of: BTreeMap<String, u32> = BTreeMap::new();
+            let mut recorded: BTreeMap<String, u32> = BTreeMap::new();
+            for e in &stored.events {
+                match &e.event {
+                    RunEvent::StepDispatched { step, attempt, .. } => {
+                        attempt_of.insert(step.to_string(), *attempt);
+                    }
+                    RunEvent::EffectRecorded { step: Some(s), key, .. } => {
+                        let name = key.as_str().rsplit('/').next().unwrap().split('#').next().unwrap().to_owned();
+                        let k = format!("{s}:{name}");
+                        prop_assert!(recorded.insert(k.clone(), attempt_of[s.as_str()]).is_none(), "{} recorded twice", k);
+                    }
+                    _ => {}
+                }
+            }
+            prop_assert_eq!(recorded.len(), deps.len() * 2);
+            for (k, attempt) in log.lock().unwrap().iter() {
+                let at = recorded[k];
+                prop_assert!(*attempt <= at, "{} ran in attempt {} after attempt {} recorded it", k, attempt, at);
+            }
+        }
+    }
+}
