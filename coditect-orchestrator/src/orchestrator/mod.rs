@@ -20,6 +20,7 @@
 // a complete account of the failure (kind, message and the run's state).
 #![allow(clippy::result_large_err)]
 
+mod completion;
 mod dispatch;
 mod driver;
 mod durable;
@@ -32,8 +33,10 @@ mod policy;
 mod resume;
 mod retry;
 mod router;
+mod runlog;
 mod schedule;
 mod state;
+mod steps;
 mod task;
 
 use std::sync::atomic::AtomicUsize;
@@ -105,7 +108,7 @@ pub(crate) struct Inner {
     /// Where runs are kept (none: in memory only).
     pub(crate) durable: resume::DurableOptions,
     /// The durable runs this orchestrator drives now, to take answers.
-    pub(crate) live: Mutex<HashMap<RunId, tokio::sync::mpsc::UnboundedSender<durable::Control>>>,
+    pub(crate) live: Mutex<HashMap<RunId, tokio::sync::mpsc::UnboundedSender<runlog::Control>>>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -242,7 +245,7 @@ impl Orchestrator {
         run: RunId,
         task: TaskSpec,
         stored: StoredRun,
-        journal: durable::Journal,
+        journal: runlog::Journal,
         answer: Option<(crate::journal::EffectKey, serde_json::Value)>,
     ) -> RunHandle {
         let span = tracing::info_span!("coditect.run", run = %run, tenant = %task.tenant, goal = %task.goal, resumed = true);

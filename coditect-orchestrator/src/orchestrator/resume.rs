@@ -9,9 +9,10 @@ use tokio::sync::oneshot;
 
 use crate::id::RunId;
 use crate::journal::EffectKey;
-use crate::orchestrator::durable::{self, Control, Journal, StoredRun};
+use crate::orchestrator::durable::{self, StoredRun};
 use crate::orchestrator::event::{RunEvent, RunEventRecord};
 use crate::orchestrator::plan::{StepId, StepInput};
+use crate::orchestrator::runlog::{self, Control, Journal};
 use crate::orchestrator::{Orchestrator, RunHandle};
 use crate::store::{NewRecord, NewRun, Store, StoreError, StoreErrorKind};
 
@@ -407,7 +408,7 @@ impl Orchestrator {
             .map_err(DurableError::store)?;
         let mut records = Vec::with_capacity(events.len());
         for e in &events {
-            records.push(NewRecord::json(durable::EVENT, e).map_err(|e| {
+            records.push(NewRecord::json(runlog::EVENT, e).map_err(|e| {
                 DurableError::new(DurableErrorKind::Corrupt, format!("fork of {run}: {e}"))
             })?);
         }
