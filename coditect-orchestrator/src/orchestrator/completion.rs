@@ -53,11 +53,17 @@ impl Driver {
                     }
                 }
             }
-            Completion::InputDue { request } => self.on_input_due(request).await,
-            Completion::ReportsDue { message } => match self.parked.remove(&message) {
-                Some(parked) => self.settle(message, parked, in_flight).await,
-                None => Ok(()),
-            },
+            Completion::InputDue { request } => {
+                self.timers -= 1;
+                self.on_input_due(request).await
+            }
+            Completion::ReportsDue { message } => {
+                self.timers -= 1;
+                match self.parked.remove(&message) {
+                    Some(parked) => self.settle(message, parked, in_flight).await,
+                    None => Ok(()),
+                }
+            }
             Completion::Step {
                 at,
                 step,
@@ -89,6 +95,7 @@ impl Driver {
                 }
                 self.parked.insert(message, parked);
                 let wait = self.task.policy.report_wait;
+                self.timers += 1;
                 in_flight.push(Box::pin(async move {
                     tokio::time::sleep(wait).await;
                     Completion::ReportsDue { message }

@@ -84,6 +84,9 @@ pub(crate) struct Driver {
     pub(crate) budget: Option<Arc<Budget>>,
     pub(crate) deadline: Option<Instant>,
     pub(crate) replans: u32,
+    /// Timers in flight (report waits, question timeouts), which alone do
+    /// not keep the run going.
+    pub(crate) timers: usize,
     pub(crate) revision: u32,
     /// The run's journal, for a run with a store.
     pub(crate) journal: Option<Box<Journal>>,
@@ -129,6 +132,7 @@ impl Driver {
             budget: None,
             deadline: None,
             replans: 0,
+            timers: 0,
             revision: 0,
             journal: None,
             resumed: None,
@@ -352,7 +356,10 @@ impl Driver {
                     return self.fail(stop, Some(&mut signals)).await;
                 }
             }
-            if self.schedule.idle() && self.parked.is_empty() && in_flight.is_empty() {
+            // What is left in flight then is only timers with nothing to wait
+            // for (reports of results already settled, questions of steps
+            // already done): they do not hold the run up.
+            if self.schedule.idle() && self.parked.is_empty() && in_flight.len() == self.timers {
                 break;
             }
             let stop: Option<Stop> = tokio::select! {

@@ -15,7 +15,6 @@ use crate::orchestrator::task::RunErrorKind;
 use crate::orchestrator::{DurableError, DurableErrorKind};
 use crate::store::{RunStatus as StoredStatus, Store};
 
-
 impl Driver {
     /// Takes a journal request from a handler of this run.
     pub(crate) async fn on_journal_request(
@@ -112,6 +111,7 @@ impl Driver {
                 }
                 self.flush().await?;
                 if let Some(wait) = self.task.policy.input_timeout {
+                    self.timers += 1;
                     in_flight.push(Box::pin(async move {
                         tokio::time::sleep(wait).await;
                         Completion::InputDue { request: key }
