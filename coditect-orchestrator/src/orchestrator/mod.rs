@@ -170,14 +170,19 @@ impl Orchestrator {
     /// failed with its agent and cause, a budget, the deadline, cancellation);
     /// its state keeps the results of the steps that finished.
     pub async fn run(&self, task: TaskSpec) -> Result<RunOutcome, RunError> {
-        self.start(task).outcome().await
+        // Nobody can read these events: no 4,096-event buffer for them.
+        self.start_with(task, 1).outcome().await
     }
 
     /// Starts a task and returns a handle: its events as they happen, a way to
     /// cancel it, and its outcome.
     pub fn start(&self, task: TaskSpec) -> RunHandle {
+        self.start_with(task, 4096)
+    }
+
+    fn start_with(&self, task: TaskSpec, buffered_events: usize) -> RunHandle {
         let run = RunId::new();
-        let (events, rx) = broadcast::channel(4096);
+        let (events, rx) = broadcast::channel(buffered_events);
         let cancel = CancellationToken::new();
         let (done_tx, done_rx) = oneshot::channel();
         let inner = self.inner.clone();
