@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod a2a;
+pub mod mcp;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod orchestrate;
