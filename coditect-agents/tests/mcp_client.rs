@@ -493,7 +493,8 @@ async fn the_http_server_takes_only_requests_with_its_bearer_token() {
     assert!(out.text().contains("HI"), "{out:?}");
 
     for bad in [Some("open-sesame!"), None] {
-        let mut server = McpServer::http("team", url.clone()).connect_timeout(Duration::from_secs(10));
+        let mut server =
+            McpServer::http("team", url.clone()).connect_timeout(Duration::from_secs(10));
         if let Some(t) = bad {
             server = server.bearer_token(t);
         }

@@ -34,8 +34,7 @@ const SHARDS: usize = 16;
 /// Keyed by message id with foldhash: a request inserts and removes its id
 /// once each, so the hash is on every request's path (SipHash cost more than
 /// the lock).
-type Waiting =
-    Mutex<HashMap<MessageId, oneshot::Sender<ReplyResult>, foldhash::fast::RandomState>>;
+type Waiting = Mutex<HashMap<MessageId, oneshot::Sender<ReplyResult>, foldhash::fast::RandomState>>;
 
 /// Requests in flight from one node. A reply whose request is no longer
 /// waiting (timed out, or a duplicate) is dropped here, once, with a log line.
