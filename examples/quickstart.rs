@@ -7,6 +7,9 @@
 //! recommendation. Progress prints as it happens: the plan, each step, tool
 //! calls, delegations, and the final answer streamed word by word.
 //!
+//! The team itself (its tools, prompts and offline scripts) is in `team.rs`,
+//! shared with `mcp_server` and `a2a_server`; this file runs a task over it.
+//!
 //! ```text
 //! cargo run -p coditect-examples --bin quickstart
 //! ```
