@@ -9,6 +9,7 @@
 pub mod a2a;
 #[cfg(feature = "sqlite")]
 pub mod durable;
+pub mod mcp;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod orchestrate;

@@ -192,17 +192,27 @@ impl Orchestrator {
     /// failed with its agent and cause, a budget, the deadline, cancellation);
     /// its state keeps the results of the steps that finished.
     pub async fn run(&self, task: TaskSpec) -> Result<RunOutcome, RunError> {
-        self.start(task).outcome().await
+        // Nobody can read these events: no 4,096-event buffer for them.
+        self.start_with(task, 1).outcome().await
     }
 
     /// Starts a task and returns a handle: its events as they happen, a way to
     /// cancel it, and its outcome.
     pub fn start(&self, task: TaskSpec) -> RunHandle {
+        self.start_with(task, 4096)
+    }
+
+    fn start_with(&self, task: TaskSpec, buffered_events: usize) -> RunHandle {
         let run = RunId::new();
         let span = tracing::info_span!("coditect.run", run = %run, tenant = %task.tenant, goal = %task.goal);
-        self.spawn(run, span, move |inner, cards, token, events| {
-            driver::Driver::new(inner, run, task, cards, token, events)
-        })
+        self.spawn(
+            run,
+            span,
+            buffered_events,
+            move |inner, cards, token, events| {
+                driver::Driver::new(inner, run, task, cards, token, events)
+            },
+        )
     }
 
     /// Starts a durable run ([`store`](Self::store)) and returns once its
@@ -224,7 +234,7 @@ impl Orchestrator {
         let run = RunId::new();
         let span = tracing::info_span!("coditect.run", run = %run, tenant = %task.tenant, goal = %task.goal);
         let (tx, rx) = oneshot::channel();
-        let handle = self.spawn(run, span, move |inner, cards, token, events| {
+        let handle = self.spawn(run, span, 4096, move |inner, cards, token, events| {
             let mut d = driver::Driver::new(inner, run, task, cards, token, events);
             d.on_durable = Some(tx);
             d
@@ -249,7 +259,7 @@ impl Orchestrator {
         answer: Option<(crate::journal::EffectKey, serde_json::Value)>,
     ) -> RunHandle {
         let span = tracing::info_span!("coditect.run", run = %run, tenant = %task.tenant, goal = %task.goal, resumed = true);
-        self.spawn(run, span, move |inner, cards, token, events| {
+        self.spawn(run, span, 4096, move |inner, cards, token, events| {
             driver::Driver::new(inner, run, task, cards, token, events)
                 .resumed(stored, journal, answer)
         })
@@ -259,6 +269,7 @@ impl Orchestrator {
         &self,
         run: RunId,
         span: tracing::Span,
+        buffered_events: usize,
         driver: impl FnOnce(
             Arc<Inner>,
             Vec<AgentCard>,
@@ -268,7 +279,7 @@ impl Orchestrator {
         + Send
         + 'static,
     ) -> RunHandle {
-        let (events, rx) = broadcast::channel(4096);
+        let (events, rx) = broadcast::channel(buffered_events);
         let cancel = CancellationToken::new();
         let (done_tx, done_rx) = oneshot::channel();
         let inner = self.inner.clone();

@@ -161,7 +161,7 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
 
 /// What is left to wait for once a message is answered, if anything (a reply
 /// the transport could not take at once, an ack over the network).
-type Rest<'a> = Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>;
+pub(crate) type Rest<'a> = Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>;
 
 /// Answers a message and acks it. What can be done at once is done here;
 /// the rest is returned boxed, so that the future of every message stays small.
@@ -389,17 +389,25 @@ async fn handle_one(
     if rt.is_stopped() {
         cancel.cancel();
     }
-    if let Some(rest) = signal_started(&rt.node, &envelope, id) {
+    // Without a subscriber that wants it, no span is made at all (with
+    // tracing's `log` feature on, a disabled span still records its fields).
+    let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+        tracing::debug_span!(
+            "coditect.handle",
+            agent = %id,
+            message = %envelope.id,
+            run = envelope.ctx.run.map(tracing::field::display),
+            tenant = %envelope.tenant,
+        )
+    } else {
+        tracing::Span::none()
+    };
+    let ctx = AgentContext::new(rt.node.clone(), id.clone(), envelope, cancel.clone());
+    if !ctx.defers_start()
+        && let Some(rest) = ctx.report_start()
+    {
         rest.await;
     }
-    let span = tracing::debug_span!(
-        "coditect.handle",
-        agent = %id,
-        message = %envelope.id,
-        run = envelope.ctx.run.map(tracing::field::display),
-        tenant = %envelope.tenant,
-    );
-    let ctx = AgentContext::new(rt.node.clone(), id.clone(), envelope, cancel.clone());
     // The node's deadline table fires the signal when the deadline passes. A
     // request from this very node needs no entry: its caller's own deadline
     // entry sends a cancel to this handler when it expires.
@@ -412,11 +420,10 @@ async fn handle_one(
     let (result, keep) = {
         let handler = AssertUnwindSafe(agent.handle_dyn(body, &ctx)).catch_unwind();
         let mut handler = std::pin::pin!(handler);
-        let until = UntilCancelled {
-            fut: handler.as_mut(),
-            cancel,
-        };
-        match until.instrument(span.clone()).await {
+        match until_done(handler.as_mut(), &ctx)
+            .instrument(span.clone())
+            .await
+        {
             Some(outcome) => settle(&rt.node, outcome, &ctx),
             // Rare, so boxed: the future of every message stays small.
             None => {
@@ -439,6 +446,26 @@ async fn handle_one(
         rest.await;
     }
     keep.then_some(agent)
+}
+
+/// Runs a handler until it finishes or is cancelled (`None`). The first time
+/// it has to wait, its message's deferred `Started` report is made: a step
+/// that takes a while is one a watcher wants to see started.
+pub(crate) async fn until_done<F: Future + ?Sized>(
+    fut: Pin<&mut F>,
+    ctx: &AgentContext,
+) -> Option<F::Output> {
+    let mut until = UntilCancelled {
+        fut,
+        cancel: &ctx.cancel,
+    };
+    if let std::task::Poll::Ready(out) = futures::poll!(&mut until) {
+        return out;
+    }
+    if let Some(rest) = ctx.report_start() {
+        rest.await;
+    }
+    until.await
 }
 
 /// Why a handler was stopped before it finished.
