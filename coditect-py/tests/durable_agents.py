@@ -3,6 +3,8 @@ runs them on a SQLite store (``python durable_agents.py MODE DB EFFECTS ...``).
 
 Modes (each prints ``run <id>`` once the run is in the store):
 
+``DB`` is a SQLite file, or a PostgreSQL connection string (``host=…``).
+
 - ``start pipeline|approval DB EFFECTS BLOCK``: submits a run; the step
   named ``BLOCK`` prints ``waiting <step>`` after its effect and then waits
   until it is killed. An approval run prints ``asked <request id>`` when its
@@ -81,6 +83,14 @@ def register(rt: coditect.Runtime, effects: str, block: Optional[str] = None) ->
         return f"{task} approved={answer.approved} note={answer.note}"
 
 
+async def open_store(spec: str) -> "coditect.SqliteStore | coditect.PostgresStore":
+    """The store named by ``spec``: a PostgreSQL connection string
+    (``host=…`` or a ``postgresql://`` URL), else a SQLite file."""
+    if spec.startswith(("host=", "postgres://", "postgresql://")):
+        return await coditect.PostgresStore.connect(spec)
+    return await coditect.SqliteStore.open(spec)
+
+
 def effect_lines(effects: str) -> list:
     """The effect lines written so far, as ``(step, key)`` pairs."""
     try:
@@ -95,7 +105,7 @@ async def main(argv: list) -> int:
     rt = await coditect.Runtime.start()
     if mode == "start":
         kind, db, effects, block = kind_or_db, argv[2], argv[3], argv[4]
-        store = await coditect.SqliteStore.open(db)
+        store = await open_store(db)
         register(rt, effects, block)
         orch = coditect.Orchestrator(
             rt, planner=coditect.StaticPlanner(plan(kind)), store=store, lease_holder=HOLDER
@@ -113,7 +123,7 @@ async def main(argv: list) -> int:
         await handle.outcome()
         return 0
     db, effects, run_id = kind_or_db, argv[2], argv[3]
-    store = await coditect.SqliteStore.open(db)
+    store = await open_store(db)
     register(rt, effects)
     orch = coditect.Orchestrator(
         rt, planner=coditect.StaticPlanner(plan("pipeline")), store=store, lease_holder=HOLDER

@@ -80,8 +80,12 @@ def steps_of(effects: str) -> Counter:
     return Counter(step for step, _ in durable_agents.effect_lines(effects))
 
 
-def test_a_killed_run_resumes_in_another_process_with_each_effect_once(tmp_path: Path) -> None:
-    db, effects = str(tmp_path / "runs.db"), str(tmp_path / "effects")
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_killed_run_resumes_in_another_process_with_each_effect_once(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    effects = str(tmp_path / "effects")
+    db = str(tmp_path / "runs.db") if backend == "sqlite" else request.getfixturevalue("postgres_dsn")
     first = Child("start", "pipeline", db, effects, "b")
     try:
         run_id = first.expect("run ")
