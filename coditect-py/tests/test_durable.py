@@ -328,3 +328,27 @@ async def test_durable_errors(rt: coditect.Runtime) -> None:
         coditect.SqliteStore("/proc/no/such/dir/runs.db")
     with pytest.raises(TypeError):
         coditect.Orchestrator(rt, planner=coditect.StaticPlanner(plan), store=object())  # type: ignore[arg-type]
+
+
+async def test_an_unanswered_question_times_out_under_the_policy(rt: coditect.Runtime) -> None:
+    @rt.agent("waiter", capabilities=["wait"])
+    async def waiter(task: str, ctx: coditect.Context) -> Any:
+        try:
+            return await ctx.ask("q", "anyone?", schema={"type": "string"})
+        except coditect.HandlerError as e:
+            return {"timed_out": e.transient, "message": e.message}
+
+    plan = coditect.Plan([coditect.Step("s", "wait", input=coditect.Goal())])
+    orch = coditect.Orchestrator(
+        rt, planner=coditect.StaticPlanner(plan), store=coditect.MemoryStore(),
+        policy=coditect.Policy(input_timeout_s=0.05, max_attempts=1),
+    )
+    outcome = await within(orch.run("go"))
+    assert outcome.output["timed_out"] is True, outcome.output
+    stored = await within(orch.replay(outcome.run_id))
+    types = [e["type"] for e in stored.events]
+    assert types.index("input_requested") < types.index("input_timed_out")
+    [q] = stored.state["questions"]
+    assert q["timed_out"] is True and q["answer"] is None
+    with pytest.raises((coditect.NoSuchRequest, coditect.RunFinished)):
+        await within(orch.respond(outcome.run_id, q["request"], "late"))
