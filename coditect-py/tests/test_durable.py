@@ -352,3 +352,34 @@ async def test_an_unanswered_question_times_out_under_the_policy(rt: coditect.Ru
     assert q["timed_out"] is True and q["answer"] is None
     with pytest.raises((coditect.NoSuchRequest, coditect.RunFinished)):
         await within(orch.respond(outcome.run_id, q["request"], "late"))
+
+
+async def test_ask_with_a_pydantic_model_answers_with_the_model(rt: coditect.Runtime) -> None:
+    import pydantic  # the test environment has it (the package never needs it)
+    from typing import Literal
+
+    class Choice(pydantic.BaseModel):
+        option: Literal["a", "b"]
+        reason: str
+
+    @rt.agent("chooser", capabilities=["choose"])
+    async def chooser(task: str, ctx: coditect.Context) -> str:
+        choice = await ctx.ask("pick", "a or b?", schema=Choice)
+        return f"{type(choice).__name__}:{choice.option}:{choice.reason}"
+
+    plan = coditect.Plan([coditect.Step("s", "choose", input=coditect.Goal())])
+    orch = coditect.Orchestrator(rt, planner=coditect.StaticPlanner(plan), store=coditect.MemoryStore())
+    handle = orch.start("go")
+
+    async def asked() -> Dict[str, Any]:
+        async for e in handle.events():
+            if e["type"] == "input_requested":
+                return e
+        raise AssertionError("no question")
+
+    q = await within(asked())
+    assert q["schema"]["properties"]["option"]["enum"] == ["a", "b"]
+    with pytest.raises(coditect.InvalidAnswer):
+        await within(orch.respond(handle.run_id, q["request"], {"option": "c", "reason": "?"}))
+    assert await within(orch.respond(handle.run_id, q["request"], {"option": "b", "reason": "shorter"})) is None
+    assert (await within(handle.outcome())).output == "Choice:b:shorter"
