@@ -28,9 +28,9 @@ class Child:
     """A child Python process running ``durable_agents.py``, read line by line
     under a timeout, killed by its PID."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, script: str = CHILD) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, CHILD, *args],
+            [sys.executable, script, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: List[str] = []
@@ -383,3 +383,25 @@ async def test_ask_with_a_pydantic_model_answers_with_the_model(rt: coditect.Run
         await within(orch.respond(handle.run_id, q["request"], {"option": "c", "reason": "?"}))
     assert await within(orch.respond(handle.run_id, q["request"], {"option": "b", "reason": "shorter"})) is None
     assert (await within(handle.outcome())).output == "Choice:b:shorter"
+
+
+def test_the_durable_approval_example_survives_a_kill_and_is_answered_from_another_process(tmp_path: Path) -> None:
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "durable_approval.py")
+    db = str(tmp_path / "runs.db")
+    first = Child("--db", db, script=example)
+    try:
+        run_id = first.expect("run ")
+        request = first.expect("asked ").split(":", 1)[0]
+    finally:
+        first.kill()
+    refused = Child("--db", db, "--respond", run_id, request, "maybe", script=example)
+    assert "the run stays paused" in refused.expect("refused: ")
+    assert refused.proc.wait(TIMEOUT_S) == 2
+    answered = Child("--db", db, "--respond", run_id, request, "yes", "looks", "good", script=example)
+    try:
+        assert answered.expect("finished: ") == 'shipped "release notes v2" (note: looks good)'
+        answered.wait_ok()
+    finally:
+        answered.kill()
+    with open(db + ".effects") as f:
+        assert len(f.read().splitlines()) == 1
