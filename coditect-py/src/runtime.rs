@@ -484,13 +484,17 @@ async fn run_effect(
             let driven = drive(
                 bridge,
                 move |py| Called::of(py, func.bind(py).call1((key.to_string(),))?),
-                |_py, r| r.and_then(|v| to_json(&v)),
+                // On the loop's thread, with the GIL: the message is made
+                // here so that no tokio thread takes the GIL for it.
+                |py, r| {
+                    r.and_then(|v| to_json(&v))
+                        .map_err(|e| (error::describe(py, &e), e))
+                },
             );
             async move {
                 match driven.await {
                     Some(Ok(v)) => Ok(v),
-                    Some(Err(e)) => {
-                        let message = Python::attach(|py| error::describe(py, &e));
+                    Some(Err((message, e))) => {
                         if let Ok(mut s) = stash.lock() {
                             *s = Some(e);
                         }
