@@ -113,6 +113,8 @@ async def main(argv: list) -> int:
         handle = await orch.submit("go")
         print(f"run {handle.run_id}", flush=True)
         async for e in handle.events():
+            # Every event on stderr: what a failing test shows of the run.
+            print(f"event {e['seq']} {e['type']} {e.get('step', '')}", file=sys.stderr, flush=True)
             if e["type"] == "input_requested":
                 # The live event can come before the journal append that
                 # holds it; another process reads the store, so say "asked"

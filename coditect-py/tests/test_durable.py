@@ -31,37 +31,45 @@ class Child:
     def __init__(self, *args: str, script: str = CHILD) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, script, *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self.lines: List[str] = []
+        self._pending = b""
 
     def expect(self, prefix: str, timeout: float = TIMEOUT_S) -> str:
-        """The rest of the next stdout line starting with ``prefix``."""
+        """The rest of the next stdout line starting with ``prefix``.
+
+        Reads the pipe's descriptor directly: a buffered reader could hold a
+        second line the selector no longer sees as readable."""
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        sel.register(fd, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
         try:
             while True:
+                while b"\n" in self._pending:
+                    raw, self._pending = self._pending.split(b"\n", 1)
+                    line = raw.decode(errors="replace")
+                    self.lines.append(line)
+                    if line.startswith(prefix):
+                        return line[len(prefix):].strip()
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
                     self.kill()
                     pytest.fail(f"no {prefix!r} line from the child in {timeout}s: {self.lines} {self.stderr()}")
-                line = self.proc.stdout.readline()
-                if not line:
+                chunk = os.read(fd, 65536)
+                if not chunk:
                     self.proc.wait(5)
                     pytest.fail(f"the child ended before {prefix!r} ({self.proc.returncode}): {self.lines} {self.stderr()}")
-                line = line.rstrip("\n")
-                self.lines.append(line)
-                if line.startswith(prefix):
-                    return line[len(prefix):].strip()
+                self._pending += chunk
         finally:
             sel.close()
 
     def stderr(self) -> str:
         if self.proc.poll() is None or self.proc.stderr is None:
             return ""
-        return self.proc.stderr.read()[-3000:]
+        return self.proc.stderr.read().decode(errors="replace")[-3000:]
 
     def kill(self) -> None:
         """SIGKILL, by PID; waits until it is gone."""
