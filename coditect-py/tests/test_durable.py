@@ -413,3 +413,26 @@ def test_the_durable_approval_example_survives_a_kill_and_is_answered_from_anoth
         answered.kill()
     with open(db + ".effects") as f:
         assert len(f.read().splitlines()) == 1
+
+
+async def test_a_cancelled_durable_run_is_finished_in_the_store(rt: coditect.Runtime, tmp_path: Path) -> None:
+    effects = str(tmp_path / "effects")
+    orch = _pipeline(rt, coditect.MemoryStore(), effects, block="b")
+    handle = await within(orch.submit("go"))
+
+    async def blocked() -> None:
+        async for e in handle.events():
+            if e["type"] == "effect_recorded" and e["step"] == "b":
+                return
+        raise AssertionError("b never made its effect")
+
+    await within(blocked())
+    handle.cancel()
+    with pytest.raises(coditect.Cancelled):
+        await within(handle.outcome())
+    stored = await within(orch.replay(handle.run_id))
+    assert stored.status == "cancelled"
+    assert stored.events[-1]["type"] == "run_finished"
+    with pytest.raises(coditect.RunFinished):
+        await within(orch.resume(handle.run_id))
+    assert steps_of(effects) == {"a": 1, "b": 1}
