@@ -474,6 +474,9 @@ fn a_paused_run_is_answered_from_another_process() {
             unreachable!()
         };
         assert_eq!(step.unwrap().as_str(), "ok");
+        // Seen means stored: another process may answer it at once.
+        let stored = orch.replay(run).await.unwrap();
+        assert!(stored.state.open_questions().any(|q| q.request == request));
         assert_eq!(
             schema["properties"]["approved"]["type"], "boolean",
             "{schema}"

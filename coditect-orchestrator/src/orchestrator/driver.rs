@@ -173,6 +173,30 @@ impl Driver {
         if let Some(journal) = &mut self.journal {
             journal.push(&record);
         }
+        self.publish(record);
+    }
+
+    /// Records one event of a durable run and makes it durable before anyone
+    /// sees it (a question: whoever reads it may answer at once, from
+    /// another process).
+    pub(crate) async fn record_durable(&mut self, event: RunEvent) -> Result<(), Stop> {
+        let record = RunEventRecord {
+            run: self.run,
+            seq: self.seq,
+            at_ms: self.now_ms,
+            event,
+        };
+        self.seq += 1;
+        if let Some(journal) = &mut self.journal {
+            journal.push(&record);
+        }
+        let flushed = self.flush().await;
+        self.publish(record);
+        flushed
+    }
+
+    /// Applies a recorded event to the state and hands it to the readers.
+    fn publish(&mut self, record: RunEventRecord) {
         if self.publishing {
             if self.events.receiver_count() > 0 {
                 self.state.apply(&record);

@@ -48,13 +48,13 @@ impl Driver {
                 let value = match known {
                     Some(v) => v,
                     None => {
-                        self.record(RunEvent::EffectRecorded {
+                        self.record_durable(RunEvent::EffectRecorded {
                             step,
                             agent,
                             key,
                             value: value.clone(),
-                        });
-                        self.flush().await?;
+                        })
+                        .await?;
                         value
                     }
                 };
@@ -100,16 +100,18 @@ impl Driver {
                     j.set_status(StoredStatus::Paused, Some(format!("waiting for {key}")))
                         .await;
                 }
-                if !asked {
-                    self.record(RunEvent::InputRequested {
+                if asked {
+                    self.flush().await?;
+                } else {
+                    self.record_durable(RunEvent::InputRequested {
                         request: key.clone(),
                         step,
                         agent,
                         prompt,
                         schema,
-                    });
+                    })
+                    .await?;
                 }
-                self.flush().await?;
                 if let Some(wait) = self.task.policy.input_timeout {
                     self.timers += 1;
                     in_flight.push(Box::pin(async move {
