@@ -12,7 +12,8 @@ use coditect_orchestrator::orchestrator::{
     DurableError, DurableErrorKind, RunEventRecord, StoredRun,
 };
 use coditect_orchestrator::store::{
-    MemoryStore, PostgresStore, SqliteStore, Store, StoreError, StoreErrorKind, StoreOptions,
+    JetStreamStore, MemoryStore, PostgresStore, SqliteStore, Store, StoreError, StoreErrorKind,
+    StoreOptions,
 };
 use pyo3::IntoPyObjectExt;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -39,8 +40,11 @@ pub(crate) fn store_of(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn Store>> {
     if let Ok(s) = obj.cast::<PyPostgresStore>() {
         return Ok(s.get().store.clone());
     }
+    if let Ok(s) = obj.cast::<PyJetStreamStore>() {
+        return Ok(s.get().store.clone());
+    }
     Err(PyTypeError::new_err(
-        "a store is a coditect.MemoryStore, SqliteStore or PostgresStore",
+        "a store is a coditect.MemoryStore, SqliteStore, PostgresStore or JetStreamStore",
     ))
 }
 
@@ -225,6 +229,50 @@ impl PyPostgresStore {
 
     fn __repr__(&self) -> String {
         "PostgresStore(...)".to_owned()
+    }
+}
+
+/// Runs in NATS JetStream (a stream for journals, key-value buckets for the
+/// rest): for fleets already on the bus.
+#[pyclass(module = "coditect._native", name = "JetStreamStore", frozen)]
+pub struct PyJetStreamStore {
+    store: Arc<dyn Store>,
+}
+
+#[pymethods]
+impl PyJetStreamStore {
+    /// Connects to a NATS server with JetStream (e.g. `"nats://127.0.0.1:4222"`)
+    /// and opens the store's stream and buckets, creating them if missing;
+    /// await it.
+    #[staticmethod]
+    fn connect(py: Python<'_>, url: String) -> PyResult<Awaitable> {
+        let bridge = bridge::current(py)?;
+        Ok(bridge.awaitable(Box::pin(async move {
+            let connected = coditect_orchestrator::transport::NatsOptions::new(&url)
+                .connect()
+                .await;
+            let opened = match connected {
+                Ok(t) => {
+                    Ok(JetStreamStore::open(t.client().clone(), StoreOptions::default()).await)
+                }
+                Err(e) => Err(format!("cannot connect to {url}: {e}")),
+            };
+            Box::new(move |py: Python<'_>| match opened {
+                Ok(Ok(s)) => Py::new(py, PyJetStreamStore { store: Arc::new(s) }).map(Py::into_any),
+                Ok(Err(e)) => Err(from_store(py, &e)),
+                Err(message) => {
+                    let attrs = vec![
+                        ("kind", obj(py, "store")),
+                        ("store_kind", obj(py, "backend")),
+                    ];
+                    Err(error::raise(py, "StoreError", &message, &attrs))
+                }
+            }) as Out
+        })))
+    }
+
+    fn __repr__(&self) -> String {
+        "JetStreamStore(...)".to_owned()
     }
 }
 

@@ -40,6 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<durable::PyMemoryStore>()?;
     m.add_class::<durable::PySqliteStore>()?;
     m.add_class::<durable::PyPostgresStore>()?;
+    m.add_class::<durable::PyJetStreamStore>()?;
     m.add_class::<durable::PyStoredRun>()?;
     m.add_class::<agents::PyScriptedModel>()?;
     m.add_class::<agents::PyScriptedReply>()?;

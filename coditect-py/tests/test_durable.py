@@ -210,6 +210,27 @@ async def test_replay_equals_the_live_events(rt: coditect.Runtime, tmp_path: Pat
     assert [e["seq"] for e in live] == list(range(len(live)))
 
 
+async def test_a_run_on_the_jetstream_store_replays_its_live_events(
+    rt: coditect.Runtime, tmp_path: Path, nats_url: str
+) -> None:
+    effects = str(tmp_path / "effects")
+    store = await within(coditect.JetStreamStore.connect(nats_url))
+    orch = _pipeline(rt, store, effects)
+    handle = orch.start("go")
+
+    async def collect() -> List[Dict[str, Any]]:
+        return [e async for e in handle.events()]
+
+    live = await within(collect())
+    outcome = await within(handle.outcome())
+    assert outcome.output == "go>a@1>b@1>c@1"
+    # A second connection reads the same run back from the server.
+    again = await within(coditect.JetStreamStore.connect(nats_url))
+    other = coditect.Orchestrator(rt, planner=coditect.StaticPlanner(durable_agents.plan("pipeline")), store=again)
+    stored = await within(other.replay(handle.run_id))
+    assert stored.events == live and stored.status == "succeeded"
+
+
 async def test_a_question_is_answered_in_process_and_the_handle_is_none(rt: coditect.Runtime, tmp_path: Path) -> None:
     effects = str(tmp_path / "effects")
     orch = _approval_orchestrator(rt, coditect.MemoryStore(), effects, "here")

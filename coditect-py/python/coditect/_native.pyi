@@ -249,7 +249,15 @@ class PostgresStore:
         """Connects (a libpq string or a postgresql:// URL); await it."""
         ...
 
-_Store = Union[MemoryStore, SqliteStore, PostgresStore]
+class JetStreamStore:
+    """Runs in NATS JetStream: for fleets already on the bus."""
+
+    @staticmethod
+    def connect(url: str) -> Pending["JetStreamStore"]:
+        """Connects to a NATS server with JetStream (a nats:// URL); await it."""
+        ...
+
+_Store = Union[MemoryStore, SqliteStore, PostgresStore, JetStreamStore]
 
 class StoredRun:
     """A stored run read back: its events in order and their fold."""
