@@ -243,6 +243,15 @@ impl Driver {
                 return self.fail(Stop(RunErrorKind::InvalidPlan(e), msg), None);
             }
         };
+        // Plans may name workers that are not (yet) in the fleet's directory.
+        let policy = self.task.policy.no_worker;
+        if let Err(stop) = self
+            .routing
+            .await_workers(&self.inner, &plan, policy, &self.cancel)
+            .await
+        {
+            return self.fail(stop, Some(&mut signals));
+        }
         match plan.check(&self.routing.cards, self.task.policy.max_steps) {
             Ok(graph) => self.adopt(plan, graph),
             Err(e) => {

@@ -53,6 +53,7 @@
 //! With [`KindDelivery::AtMostOnce`] messages to an id go to a core queue
 //! group and this promise holds within one worker only.
 
+pub(crate) mod directory;
 pub mod error;
 mod jetstream;
 pub mod options;
@@ -472,6 +473,19 @@ impl NatsTransport {
         jetstream::dead_stream(tenant)
     }
 
+    /// The name of a tenant's card bucket: the JetStream KV bucket where
+    /// runtimes advertise the agent kinds they host (see
+    /// [`FleetOptions`](crate::runtime::FleetOptions)).
+    pub fn card_bucket(tenant: &TenantId) -> String {
+        directory::card_bucket(tenant)
+    }
+
+    /// Whether kinds go through JetStream (the default), which the card
+    /// directory needs too.
+    pub(crate) fn is_durable(&self) -> bool {
+        self.shared.options.kind_delivery == KindDelivery::Durable
+    }
+
     /// Stops every route's background task and flushes what was published.
     pub async fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
@@ -673,6 +687,14 @@ impl Transport for NatsTransport {
             ),
             (to, _) => wire::subject(&envelope.tenant, to, durable),
         };
+        if let (Payload::Cancel(_), Destination::Kind(k)) = (&envelope.payload, &envelope.to) {
+            // Whichever worker took the message may be handling it: tell all.
+            subject = wire::cancel_subject(&envelope.tenant, k);
+        } else if let (Payload::Cancel(_), Destination::Agent(id)) =
+            (&envelope.payload, &envelope.to)
+        {
+            subject = wire::cancel_subject(&envelope.tenant, id.kind());
+        }
         if let Destination::Reply(_) = &envelope.to {
             let id = envelope.correlation.unwrap_or(envelope.id);
             subject = format!("{subject}.{id}");
@@ -877,6 +899,10 @@ impl Transport for NatsTransport {
                     .await?;
                     let ids = format!("{}.{}.agent.{kind}.*", wire::PREFIX, tenant);
                     self.subscribe_core(ids, q, inbox.clone(), false, token.clone())
+                        .await?;
+                    // No queue group: a cancel reaches every worker of the kind.
+                    let cancels = wire::cancel_subject(tenant, kind);
+                    self.subscribe_core(cancels, None, inbox.clone(), false, token.clone())
                         .await?;
                     if self.shared.options.kind_delivery == KindDelivery::Durable {
                         jetstream::attach_kind(&self.shared, tenant, kind, inbox, token.clone())

@@ -16,6 +16,7 @@
 //! | one id, durable | `coditect.<tenant>.task.<kind>.p<partition>` (one of 16, by key) |
 //! | one id, at most once | `coditect.<tenant>.agent.<kind>.<key>` |
 //! | topic | `coditect.<tenant>.topic.<topic>` |
+//! | cancels for a kind or its ids | `coditect.<tenant>.cancel.<kind>` (every worker of the kind) |
 //! | replies of a node | `coditect.<tenant>.reply.<node>.<request id>` |
 //! | dead letters | `coditect.<tenant>.dead.<kind>` |
 
@@ -103,6 +104,12 @@ pub(crate) fn subject(tenant: &TenantId, to: &Destination, durable_kind: bool) -
         Destination::Topic(t) => format!("{PREFIX}.{tenant}.topic.{t}"),
         Destination::Reply(n) => format!("{PREFIX}.{tenant}.reply.{n}"),
     }
+}
+
+/// The subject cancels for a kind (or one of its ids) go to: every worker
+/// hosting the kind listens, since any of them may be handling the message.
+pub(crate) fn cancel_subject(tenant: &TenantId, kind: &AgentKind) -> String {
+    format!("{PREFIX}.{tenant}.cancel.{kind}")
 }
 
 /// The durable task subject of a kind.
