@@ -73,6 +73,56 @@ async fn a_worker_killed_mid_run_loses_nothing_and_counts_nothing_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_retries_off_jetstream_alone_recovers_a_killed_workers_tasks() {
+    let server = NatsServer::start().expect("start nats-server");
+    let urls = vec![server.url()];
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(spawn_worker_process("worker_process_entry", &urls, 5).await);
+    }
+    let rt = Runtime::builder(connect(&urls, fast_durable()).await)
+        .build()
+        .await
+        .unwrap();
+    let mut victim = workers.remove(0);
+    let result = run_steps_with(&rt, 1000, 200, Retries::Off, || async {
+        victim.start_kill().unwrap();
+        let _ = timeout(T, victim.wait()).await;
+    })
+    .await;
+    assert!(result.at_fault >= 200 && result.at_fault < 1000);
+    assert_complete_without_retries(&result, 1000);
+    rt.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_retries_off_jetstream_alone_recovers_from_a_server_restart() {
+    let server = Arc::new(Mutex::new(NatsServer::start().expect("start nats-server")));
+    let urls = vec![server.lock().unwrap().url()];
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(worker(&urls, fast_durable(), Duration::from_millis(2)).await);
+    }
+    let transport = connect(&urls, fast_durable()).await;
+    let rt = Runtime::builder(transport.clone()).build().await.unwrap();
+    let s = server.clone();
+    let result = run_steps_with(&rt, 1000, 300, Retries::Off, || async move {
+        tokio::task::spawn_blocking(move || s.lock().unwrap().restart())
+            .await
+            .unwrap()
+            .expect("restart nats-server");
+    })
+    .await;
+    assert!(result.at_fault < 1000, "the restart happened mid-run");
+    assert_complete_without_retries(&result, 1000);
+    assert!(transport.metrics().disconnects >= 1);
+    for w in workers {
+        w.shutdown(Duration::from_secs(2)).await;
+    }
+    rt.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_mid_run_loses_nothing() {
     let server = Arc::new(Mutex::new(NatsServer::start().expect("start nats-server")));
     let urls = vec![server.lock().unwrap().url()];

@@ -118,14 +118,25 @@ fn review_loop_sends_drafts_back_until_one_passes() {
     assert!(out.contains("passed after 3 round(s):"), "{out}");
 }
 
+/// A worker process, killed by its PID when dropped (also when a test fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `nats_worker` named `name` and waits until it says it is hosting.
-fn start_worker(url: &str, name: &str) -> Child {
+fn start_worker(url: &str, name: &str) -> Killed {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nats_worker"))
         .args(["--nats", url, "--name", name])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start nats_worker");
     let stdout = child.stdout.take().unwrap();
+    let child = Killed(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -154,7 +165,7 @@ fn start_worker(url: &str, name: &str) -> Child {
 fn nats_orchestrator_finds_three_workers_with_no_cards_of_its_own() {
     let server = coditect_orchestrator::testing::NatsServer::start().expect("start nats-server");
     let url = server.url();
-    let mut workers: Vec<Child> = (1..=3)
+    let workers: Vec<Killed> = (1..=3)
         .map(|i| start_worker(&url, &format!("w{i}")))
         .collect();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nats_orchestrator"));
@@ -178,18 +189,15 @@ fn nats_orchestrator_finds_three_workers_with_no_cards_of_its_own() {
     }
     assert!(stdout.contains("run finished: Succeeded"), "{stdout}");
     for i in 0..9 {
-        // "SENTENCE NUMBER i GOES THROUGH THE BUS (BY wN)": nine words.
+        // "SENTENCE NUMBER i GOES THROUGH THE BUS (by wN)": nine words.
         assert!(
             stdout.contains(&format!("done       count{i}: 9")),
             "{stdout}"
         );
         assert!(
-            stdout.contains(&format!("done       shout{i}: \"SENTENCE NUMBER {i} GOES THROUGH THE BUS (BY w")),
+            stdout.contains(&format!("done       shout{i}: \"SENTENCE NUMBER {i} GOES THROUGH THE BUS (by w")),
             "{stdout}"
         );
     }
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    drop(workers);
 }

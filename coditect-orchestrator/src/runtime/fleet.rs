@@ -62,16 +62,17 @@ impl Fleet {
         let bucket = CardBucket::open(&nats, &inner.node.tenant, ttl).await?;
         let token = inner.shutdown.child_token();
         let stream = bucket.watch().await?;
-        let (ready_tx, mut ready_rx) = watch::channel(false);
-        if bucket.len().await? == 0 {
-            let _ = ready_tx.send(true);
-        }
+        // What the watch replays first: at most what the bucket holds now
+        // (the server's pending count on watched entries is not reliable
+        // for this on every version).
+        let expected = bucket.len().await?;
+        let (ready_tx, mut ready_rx) = watch::channel(expected == 0);
         tokio::spawn(follow(
             Arc::downgrade(&inner.node),
             bucket.clone(),
             Box::pin(stream),
             ttl,
-            ready_tx,
+            (ready_tx, expected),
             token.clone(),
         ));
         // Caught up with what is there: a bounded wait (values may expire
@@ -153,9 +154,10 @@ async fn follow(
     bucket: CardBucket,
     mut changes: Changes,
     ttl: Duration,
-    ready: watch::Sender<bool>,
+    (ready, expected): (watch::Sender<bool>, u64),
     token: CancellationToken,
 ) {
+    let mut seen = 0u64;
     loop {
         loop {
             let change = tokio::select! {
@@ -164,7 +166,11 @@ async fn follow(
             };
             let Some(change) = change else { break };
             let Some(node) = node.upgrade() else { return };
-            apply(&node, change, ttl, &ready);
+            apply(&node, change, ttl);
+            seen += 1;
+            if seen >= expected {
+                ready.send_if_modified(|r| !std::mem::replace(r, true));
+            }
         }
         loop {
             tokio::select! {
@@ -184,16 +190,8 @@ async fn follow(
 
 /// One change into the directory. Adverts are outside data: one that does
 /// not parse, or whose key does not match its card, is reported and skipped.
-fn apply(node: &Node, change: CardChange, ttl: Duration, ready: &watch::Sender<bool>) {
-    let CardChange {
-        key,
-        value,
-        age,
-        caught_up,
-    } = change;
-    if caught_up {
-        let _ = ready.send(true);
-    }
+fn apply(node: &Node, change: CardChange, ttl: Duration) {
+    let CardChange { key, value, age } = change;
     let Some((kind, from)) = key.split_once('.') else {
         tracing::warn!(%key, "card directory key is not <kind>.<node>; skipped");
         return;

@@ -34,8 +34,6 @@ pub(crate) struct CardChange {
     pub(crate) value: Option<Bytes>,
     /// How long ago the server stored it.
     pub(crate) age: Duration,
-    /// Nothing older is still to come: the watcher has caught up.
-    pub(crate) caught_up: bool,
 }
 
 /// A tenant's card bucket.
@@ -148,7 +146,6 @@ impl CardBucket {
                     key: e.key,
                     value,
                     age,
-                    caught_up: e.delta == 0,
                 })
             }))
     }
