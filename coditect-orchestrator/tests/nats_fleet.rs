@@ -175,6 +175,8 @@ async fn fleet_worker_entry() {
 struct Worker {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    /// Every line read so far.
+    seen: Vec<String>,
 }
 
 impl Worker {
@@ -192,18 +194,29 @@ impl Worker {
             .spawn()
             .expect("spawn a worker process");
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut w = Self { child, lines };
+        let mut w = Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
         w.wait_line(&format!("READY {name}")).await;
         w
     }
 
-    /// Reads lines until one contains `what`.
+    /// Reads lines until one contains `what` (or finds it among those read).
     async fn wait_line(&mut self, what: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(what)) {
+            return l.clone();
+        }
         timeout(T, async {
             loop {
                 match self.lines.next_line().await {
-                    Ok(Some(l)) if l.contains(what) => return l,
-                    Ok(Some(_)) => {}
+                    Ok(Some(l)) => {
+                        self.seen.push(l.clone());
+                        if l.contains(what) {
+                            return l;
+                        }
+                    }
                     other => panic!("worker ended before printing {what:?}: {other:?}"),
                 }
             }
