@@ -645,6 +645,43 @@ fn stream_full(e: &async_nats::jetstream::context::PublishError) -> bool {
         })
 }
 
+/// Publishes a task to its stream and waits for the server's ack, trying
+/// again (with the same `Nats-Msg-Id`, so it is stored once) while the server
+/// cannot take it for a moment — no stream leader yet, no responders, a
+/// timeout — for up to [`DurableOptions::publish_retry`]. A full stream or a
+/// refusal is final at once.
+async fn publish_task(
+    shared: &Shared,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<(), async_nats::jetstream::context::PublishError> {
+    let until = Instant::now() + shared.options.durable.publish_retry;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let result = match shared
+            .js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e)
+                if !stream_full(&e)
+                    && !shared.closed.load(Ordering::Relaxed)
+                    && Instant::now() + delay < until =>
+            {
+                tracing::debug!(error = %e, "task publish not acknowledged; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Hands a delivery to an inbox, waiting while it is full (backpressure).
 pub(crate) async fn deliver(
     inbox: &dyn Inbox,
@@ -762,22 +799,14 @@ impl Transport for NatsTransport {
                     return Err(SendError::new(SendErrorKind::NoRoute, envelope, msg));
                 }
                 Err(e) => {
-                    return Err(SendError::new(
-                        SendErrorKind::Other,
-                        envelope,
-                        e.to_string(),
-                    ));
+                    // The probe is only there to fail fast when nobody hosts
+                    // the kind; if the server cannot answer it now (a stream
+                    // leader being elected), the stream still takes the task.
+                    tracing::debug!(error = %e, %kind, "consumer lookup failed; publishing anyway");
                 }
             }
             headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
-            let result = match shared
-                .js
-                .publish_with_headers(subject, headers, payload)
-                .await
-            {
-                Ok(ack) => ack.await.map(|_| ()),
-                Err(e) => Err(e),
-            };
+            let result = publish_task(shared, subject, headers, payload).await;
             return match result {
                 Ok(()) => {
                     shared.counters.sent.fetch_add(1, Ordering::Relaxed);
