@@ -59,6 +59,19 @@ impl Agent for Signed {
     }
 }
 
+/// Waits until the file its input names exists (the test says when).
+struct Gate;
+impl Agent for Gate {
+    type Input = String;
+    type Output = String;
+    async fn handle(&mut self, path: String, _ctx: &AgentContext) -> Result<String, AgentError> {
+        while !std::path::Path::new(&path).exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(path)
+    }
+}
+
 /// Upper-cases after asking a `spelling` agent somewhere on the bus.
 struct Editor;
 impl Agent for Editor {
@@ -137,15 +150,20 @@ async fn fleet_worker_entry() {
         match kind {
             "double" | "alpha" | "beta" => {
                 let node = name.clone();
+                // alpha's card is the newest: routers meet it first.
+                let version = if kind == "alpha" { "9.0.0" } else { "2.1.0" };
                 b.capability("double")
                     .description("Doubles a number and signs it.")
-                    .version("2.1.0")
+                    .version(version)
                     .register(move |_| Signed {
                         node: node.clone(),
                         work: Duration::from_millis(20),
                     })
                     .await
                     .unwrap();
+            }
+            "gate" => {
+                b.register(|_| Gate).await.unwrap();
             }
             "editor" => {
                 b.register(|_| Editor).await.unwrap();
@@ -425,21 +443,44 @@ async fn steps_go_to_the_live_kind_that_offers_their_capability() {
     let server = NatsServer::start().expect("start nats-server");
     let urls = vec![server.url()];
     let orch = runtime(&urls).await;
-    // Two kinds offer `double`; alpha's only worker dies.
+    // Two kinds offer `double`; alpha's only worker dies while the run waits
+    // at its gate, with both kinds in its routing table.
     let a = Worker::start(&urls, "wa", "alpha").await;
-    let b = Worker::start(&urls, "wb", "beta").await;
+    let b = Worker::start(&urls, "wb", "beta,gate").await;
     eventually(T, "both kinds are seen", || {
         has(&orch, "alpha", "wa") && has(&orch, "beta", "wb")
     })
     .await;
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    let mut steps = vec![Step::new("g", "gate", StepInput::literal(open.to_str().unwrap()))];
+    steps.extend((0..20u64).map(|i| Step::new(format!("s{i}"), "double", StepInput::literal(i)).after(["g"])));
+    let o = Orchestrator::new(orch.clone(), StaticPlanner::new(Plan::new(steps)));
+    let policy = RunPolicy {
+        retry: RetryPolicy::none(),
+        ..RunPolicy::default()
+    };
+    let mut handle = o.start(TaskSpec::new("route").policy(policy));
+    let events = handle.events();
     a.kill().await;
     eventually(fleet().ttl_value() * 3, "alpha's card expires", || {
         !has(&orch, "alpha", "wa")
     })
     .await;
-    let t = run_doubles(&orch, 50, |_| None).await;
-    assert_eq!(t.to, HashSet::from(["beta".to_string()]), "routed to a dead kind");
-    assert!(t.by.values().all(|b| b == "wb"));
+    std::fs::write(&open, b"").unwrap();
+    let outcome = timeout(T, handle.outcome())
+        .await
+        .expect("a step went to the dead kind and waits for it")
+        .unwrap();
+    assert_eq!(outcome.steps.len(), 21);
+    let events: Vec<_> = events.collect().await;
+    for e in &events {
+        if let RunEvent::StepDispatched { step, to, .. } = &e.event
+            && step.as_str() != "g"
+        {
+            assert_eq!(to, "beta", "{step} routed to a dead kind");
+        }
+    }
     b.stop().await;
     orch.shutdown(Duration::from_secs(1)).await;
 }
