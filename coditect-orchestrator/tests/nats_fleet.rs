@@ -595,31 +595,120 @@ async fn cancelling_a_run_fires_the_tokens_of_remote_handlers_and_their_delegati
     orch.shutdown(Duration::from_secs(1)).await;
 }
 
+/// One NATS account per tenant, each with its own JetStream: the isolation
+/// the durable path needs (with per-user subject permissions in one account,
+/// every user would need the JetStream API, which spans all streams).
+const ACCOUNTS: &str = r#"
+accounts {
+  ACME: { jetstream: enabled, users: [ { user: "acme", password: "acme-secret" } ] }
+  GLOBEX: { jetstream: enabled, users: [ { user: "globex", password: "globex-secret" } ] }
+}
+"#;
+
+async fn tenant_runtime(url: &str, tenant: &TenantId) -> Runtime {
+    let t = timeout(
+        T,
+        coditect_orchestrator::transport::nats::NatsOptions::new(url)
+            .user_password(tenant.as_str(), format!("{tenant}-secret"))
+            .tenant(tenant.clone())
+            .durable(fast_durable())
+            .connect(),
+    )
+    .await
+    .unwrap()
+    .expect("connect");
+    Runtime::builder(t).tenant(tenant.clone()).fleet(fleet()).build().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_card_directory_belongs_to_its_tenant() {
-    let server = NatsServer::start().expect("start nats-server");
-    let urls = vec![server.url()];
+async fn on_the_durable_path_a_tenant_reaches_nothing_of_another_tenant() {
+    let server = NatsServer::builder()
+        .config(ACCOUNTS)
+        .start()
+        .expect("start nats-server");
+    let url = server.url();
     let acme = TenantId::new("acme").unwrap();
     let globex = TenantId::new("globex").unwrap();
-    let a = Runtime::builder(connect(&urls, fast_durable()).await)
-        .tenant(acme.clone())
-        .fleet(fleet())
-        .build()
+    // acme hosts a kind (task stream, consumer, lease bucket, card bucket);
+    // globex hosts one too.
+    let a = tenant_runtime(&url, &acme).await;
+    let handled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = handled.clone();
+    a.kind("secret")
+        .register(move |_| Counting(h.clone()))
         .await
         .unwrap();
-    a.kind("secret").register(|_| Speller).await.unwrap();
-    let b = Runtime::builder(connect(&urls, fast_durable()).await)
-        .tenant(globex.clone())
-        .fleet(fleet())
-        .build()
+    let n: u64 = timeout(T, a.request(AgentKind::new("secret").unwrap(), 1u64))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 1);
+    let b = tenant_runtime(&url, &globex).await;
+    b.kind("public").register(|_| Speller).await.unwrap();
+
+    // Neither directory lists the other tenant's cards.
+    assert!(b.fleet().iter().all(|l| l.card.kind.as_str() == "public"), "{:?}", b.fleet());
+    assert!(a.fleet().iter().all(|l| l.card.kind.as_str() == "secret"), "{:?}", a.fleet());
+
+    // With globex's credentials, the server answers for none of acme's
+    // JetStream objects: not the task stream, its consumer, the lease or
+    // card buckets, and none of them is listed.
+    let raw = async_nats::ConnectOptions::with_user_and_password("globex".into(), "globex-secret".into())
+        .connect(url.as_str())
         .await
         .unwrap();
-    assert!(b.fleet().is_empty(), "{:?}", b.fleet());
-    assert_ne!(
-        NatsTransport::card_bucket(&acme),
-        NatsTransport::card_bucket(&globex)
-    );
-    let _ = AgentKind::new("secret").unwrap();
+    let js = async_nats::jetstream::new(raw.clone());
+    let tasks = NatsTransport::task_stream(&acme);
+    let err = js.get_stream(&tasks).await.unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    let err = js
+        .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>("secret", &tasks)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    for bucket in [NatsTransport::card_bucket(&acme), format!("CODITECT_LEASES_{acme}")] {
+        let err = js.get_key_value(&bucket).await.unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("not found"), "{bucket}: {err}");
+    }
+    let names: Vec<String> = js.stream_names().collect::<Vec<_>>().await.into_iter().map(|n| n.unwrap()).collect();
+    assert!(!names.is_empty(), "globex lists its own streams");
+    assert!(names.iter().all(|n| !n.contains("acme")), "{names:?}");
+    // Publishing a task on acme's subject from globex stores nothing
+    // anywhere acme reads: the server says no stream takes it.
+    let (headers, payload) = coditect_orchestrator::transport::nats::wire::encode(
+        &coditect_orchestrator::Envelope::new(
+            acme.clone(),
+            coditect_orchestrator::Destination::Kind(AgentKind::new("secret").unwrap()),
+            coditect_orchestrator::Payload::Message(coditect_orchestrator::Body::new(2u64)),
+        ),
+    )
+    .unwrap();
+    let refused = async {
+        js.publish_with_headers("coditect.acme.task.secret", headers, payload)
+            .await?
+            .await
+            .map(|_| ())
+    }
+    .await;
+    assert!(refused.is_err(), "a stream took another tenant's task");
+    // acme's worker handled only its own request.
+    let n: u64 = timeout(T, a.request(AgentKind::new("secret").unwrap(), 3u64))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), 2);
     a.shutdown(Duration::from_secs(1)).await;
     b.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Echoes a number and counts what it handled.
+struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+impl Agent for Counting {
+    type Input = u64;
+    type Output = u64;
+    async fn handle(&mut self, n: u64, _ctx: &AgentContext) -> Result<u64, AgentError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
 }

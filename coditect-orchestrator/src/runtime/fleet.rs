@@ -129,11 +129,7 @@ async fn heartbeat(inner: Weak<RuntimeInner>, fleet: Arc<Fleet>, every: Duration
             _ = tick.tick() => {}
         }
         let Some(rt) = inner.upgrade() else { return };
-        let hosts: Vec<Arc<KindHost>> = rt
-            .kinds
-            .read()
-            .map(|k| k.values().cloned().collect())
-            .unwrap_or_default();
+        let hosts = rt.registered_hosts();
         rt.node.directory.sweep();
         drop(rt);
         for h in hosts {

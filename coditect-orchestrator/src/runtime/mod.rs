@@ -273,6 +273,22 @@ impl RuntimeInner {
         self.node.is_stopped()
     }
 
+    /// The kinds whose registration is complete (their routes attached):
+    /// what this runtime may advertise. A kind being registered is in
+    /// `kinds` before its routes are attached.
+    pub(crate) fn registered_hosts(&self) -> Vec<Arc<KindHost>> {
+        let done = self.node.directory.cards();
+        self.kinds
+            .read()
+            .map(|k| {
+                k.values()
+                    .filter(|h| done.iter().any(|c| c.kind == h.kind))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub(crate) fn kind_host(&self, kind: &AgentKind) -> Option<Arc<KindHost>> {
         self.kinds.read().ok()?.get(kind).cloned()
     }
@@ -450,20 +466,16 @@ impl Runtime {
         let node = &self.inner.node;
         let mut all: Vec<LiveCard> = self
             .inner
-            .kinds
-            .read()
-            .map(|k| {
-                k.values()
-                    .map(|h| LiveCard {
-                        card: h.card.clone(),
-                        node: node.id.clone(),
-                        version: h.version.clone(),
-                        capacity: h.capacity(),
-                        in_flight: h.load.load(Ordering::Relaxed),
-                    })
-                    .collect()
+            .registered_hosts()
+            .iter()
+            .map(|h| LiveCard {
+                card: h.card.clone(),
+                node: node.id.clone(),
+                version: h.version.clone(),
+                capacity: h.capacity(),
+                in_flight: h.load.load(Ordering::Relaxed),
             })
-            .unwrap_or_default();
+            .collect();
         all.extend(node.directory.remote());
         all
     }
