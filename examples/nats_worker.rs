@@ -23,8 +23,8 @@ mod agents;
 
 use std::time::Duration;
 
-use coditect_orchestrator::{NodeId, Runtime};
 use coditect_orchestrator::transport::nats::NatsOptions;
+use coditect_orchestrator::{NodeId, Runtime};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

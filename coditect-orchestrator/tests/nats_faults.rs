@@ -529,9 +529,13 @@ async fn a_worker_fed_damaged_envelopes_dead_letters_each_with_its_reason_and_ke
     let js = async_nats::jetstream::new(raw.clone());
     // A good task's header cut short at every tenth character, and its
     // bytes flipped: none of them is an envelope.
-    let (headers, payload) = wire::encode(&task(coditect_orchestrator::MessageId::new(), 7)).unwrap();
+    let (headers, payload) =
+        wire::encode(&task(coditect_orchestrator::MessageId::new(), 7)).unwrap();
     let meta = headers.get(wire::META_HEADER).unwrap().as_str().to_owned();
-    let mut damaged: Vec<String> = (1..meta.len()).step_by(10).map(|i| meta[..i].to_owned()).collect();
+    let mut damaged: Vec<String> = (1..meta.len())
+        .step_by(10)
+        .map(|i| meta[..i].to_owned())
+        .collect();
     damaged.push(meta.replace('{', "["));
     damaged.push(meta.replace("\"p\":\"m\"", "\"p\":\"q\""));
     let n = damaged.len();
@@ -552,11 +556,17 @@ async fn a_worker_fed_damaged_envelopes_dead_letters_each_with_its_reason_and_ke
     .await;
     assert_eq!(reasons.len(), n, "{reasons:?}");
     assert!(
-        reasons.iter().all(|r| r.contains("malformed Coditect-Meta header")),
+        reasons
+            .iter()
+            .all(|r| r.contains("malformed Coditect-Meta header")),
         "{reasons:?}"
     );
     assert_eq!(worker_t.metrics().dead_lettered, n as u64);
-    assert_eq!(handled.load(Ordering::SeqCst), 0, "a damaged task was handled");
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        0,
+        "a damaged task was handled"
+    );
     // The worker still takes good work.
     let requester = Runtime::builder(connect(&urls, fast_durable()).await)
         .build()
@@ -574,14 +584,19 @@ async fn a_worker_fed_damaged_envelopes_dead_letters_each_with_its_reason_and_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_delivered_twice_is_recorded_once_in_the_runs_events_and_usage() {
     use coditect_orchestrator::orchestrator::{RunEvent, StaticPlanner};
-    use coditect_orchestrator::{AgentCard, Orchestrator, Plan, Step, StepInput, TaskSpec, Tally, Usage};
+    use coditect_orchestrator::{
+        AgentCard, Orchestrator, Plan, Step, StepInput, Tally, TaskSpec, Usage,
+    };
     let server = NatsServer::start().expect("start nats-server");
     let urls = vec![server.url()];
     // A worker built on the bare transport that answers every task twice,
     // each time with the same tally of usage.
     let fake_t = connect(&urls, fast_durable()).await;
     let mut fake = fake_t
-        .subscribe(Route::kind(TenantId::default(), AgentKind::new("twice").unwrap()), 4)
+        .subscribe(
+            Route::kind(TenantId::default(), AgentKind::new("twice").unwrap()),
+            4,
+        )
         .await
         .unwrap();
     let answering = tokio::spawn(async move {
@@ -603,8 +618,9 @@ async fn a_result_delivered_twice_is_recorded_once_in_the_runs_events_and_usage(
         .await
         .unwrap();
     let plan = Plan::new([Step::new("a", "twice", StepInput::literal(1u64))]);
-    let orch = Orchestrator::new(rt.clone(), StaticPlanner::new(plan))
-        .cards(vec![AgentCard::of::<Counter>(AgentKind::new("twice").unwrap())]);
+    let orch = Orchestrator::new(rt.clone(), StaticPlanner::new(plan)).cards(vec![
+        AgentCard::of::<Counter>(AgentKind::new("twice").unwrap()),
+    ]);
     let mut handle = orch.start(TaskSpec::new("once"));
     let events = handle.events();
     let outcome = timeout(T, handle.outcome()).await.unwrap().unwrap();

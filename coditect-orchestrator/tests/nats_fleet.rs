@@ -169,7 +169,10 @@ async fn fleet_worker_entry() {
                 b.register(|_| Editor).await.unwrap();
             }
             "speller" => {
-                b.capability("spelling").register(|_| Speller).await.unwrap();
+                b.capability("spelling")
+                    .register(|_| Speller)
+                    .await
+                    .unwrap();
             }
             "parent" => {
                 b.register(|_| Parent).await.unwrap();
@@ -201,7 +204,12 @@ impl Worker {
     async fn start(urls: &[String], name: &str, kinds: &str) -> Self {
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new(exe)
-            .args(["fleet_worker_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "fleet_worker_entry",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("CODITECT_FLEET_WORKER", urls.join(","))
             .env("CODITECT_FLEET_NAME", name)
             .env("CODITECT_FLEET_KINDS", kinds)
@@ -302,9 +310,11 @@ async fn workers_are_seen_when_they_start_and_gone_when_they_stop_or_die() {
     let w2 = Worker::start(&urls, "w2", "double").await;
     eventually(T, "w2 is seen", || has(&orch, "double", "w2")).await;
     w2.stop().await;
-    eventually(Duration::from_millis(1500), "w2's card is withdrawn", || {
-        !has(&orch, "double", "w2")
-    })
+    eventually(
+        Duration::from_millis(1500),
+        "w2's card is withdrawn",
+        || !has(&orch, "double", "w2"),
+    )
     .await;
 
     // A killed worker says nothing: its card expires after the time to live.
@@ -334,7 +344,8 @@ async fn run_doubles(
     n: u64,
     mut at: impl FnMut(usize) -> Option<futures::future::BoxFuture<'static, ()>>,
 ) -> Tally {
-    let plan = Plan::new((0..n).map(|i| Step::new(format!("s{i}"), "double", StepInput::literal(i))));
+    let plan =
+        Plan::new((0..n).map(|i| Step::new(format!("s{i}"), "double", StepInput::literal(i))));
     let policy = RunPolicy {
         max_steps: 10 * n as usize,
         // Retries off: what a dead worker had in flight comes back through
@@ -376,7 +387,10 @@ async fn run_doubles(
     timeout(Duration::from_secs(240), watch)
         .await
         .expect("the run did not finish");
-    let outcome = timeout(T, handle.outcome()).await.unwrap().expect("the run failed");
+    let outcome = timeout(T, handle.outcome())
+        .await
+        .unwrap()
+        .expect("the run failed");
     let steps: HashMap<String, serde_json::Value> = outcome
         .steps
         .into_iter()
@@ -429,9 +443,11 @@ async fn a_worker_joining_mid_run_takes_work_and_one_killed_mid_run_leaves() {
         assert_eq!(t.dispatched.get(&s), Some(&1), "{s}");
         assert_eq!(t.succeeded.get(&s), Some(&1), "{s}");
     }
-    eventually(fleet().ttl_value() * 3, "the dead worker leaves the directory", || {
-        !has(&orch, "double", "w1")
-    })
+    eventually(
+        fleet().ttl_value() * 3,
+        "the dead worker leaves the directory",
+        || !has(&orch, "double", "w1"),
+    )
     .await;
     assert!(has(&orch, "double", "w2"));
     w2.stop().await;
@@ -453,8 +469,15 @@ async fn steps_go_to_the_live_kind_that_offers_their_capability() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let open = dir.path().join("open");
-    let mut steps = vec![Step::new("g", "gate", StepInput::literal(open.to_str().unwrap()))];
-    steps.extend((0..20u64).map(|i| Step::new(format!("s{i}"), "double", StepInput::literal(i)).after(["g"])));
+    let mut steps = vec![Step::new(
+        "g",
+        "gate",
+        StepInput::literal(open.to_str().unwrap()),
+    )];
+    steps.extend(
+        (0..20u64)
+            .map(|i| Step::new(format!("s{i}"), "double", StepInput::literal(i)).after(["g"])),
+    );
     let o = Orchestrator::new(orch.clone(), StaticPlanner::new(Plan::new(steps)));
     let policy = RunPolicy {
         retry: RetryPolicy::none(),
@@ -494,9 +517,15 @@ async fn a_capability_nobody_offers_fails_at_once_or_waits_for_a_worker() {
 
     // Fail (the default): refused before anything is dispatched.
     let o = Orchestrator::new(orch.clone(), StaticPlanner::new(plan()));
-    let err = timeout(T, o.run(TaskSpec::new("x"))).await.unwrap().unwrap_err();
+    let err = timeout(T, o.run(TaskSpec::new("x")))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(
-        matches!(&err.kind, RunErrorKind::InvalidPlan(PlanError::UnknownCapability { .. })),
+        matches!(
+            &err.kind,
+            RunErrorKind::InvalidPlan(PlanError::UnknownCapability { .. })
+        ),
         "{err:?}"
     );
 
@@ -533,7 +562,10 @@ async fn a_capability_nobody_offers_fails_at_once_or_waits_for_a_worker() {
         !has(&orch, "double", "w1")
     })
     .await;
-    let err = timeout(T, o.run(TaskSpec::new("x"))).await.unwrap().unwrap_err();
+    let err = timeout(T, o.run(TaskSpec::new("x")))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(&err.kind, RunErrorKind::InvalidPlan(_)), "{err:?}");
     orch.shutdown(Duration::from_secs(1)).await;
 }
@@ -547,7 +579,10 @@ async fn delegate_in_one_worker_finds_a_capability_another_worker_hosts() {
     let orch = runtime(&urls).await;
     let plan = Plan::new([Step::new("a", "editor", StepInput::Goal)]);
     let o = Orchestrator::new(orch.clone(), StaticPlanner::new(plan));
-    let outcome = timeout(T, o.run(TaskSpec::new("teh cat"))).await.unwrap().unwrap();
+    let outcome = timeout(T, o.run(TaskSpec::new("teh cat")))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome.output, serde_json::json!("THE CAT"));
     editor.stop().await;
     speller.stop().await;
@@ -617,7 +652,12 @@ async fn tenant_runtime(url: &str, tenant: &TenantId) -> Runtime {
     .await
     .unwrap()
     .expect("connect");
-    Runtime::builder(t).tenant(tenant.clone()).fleet(fleet()).build().await.unwrap()
+    Runtime::builder(t)
+        .tenant(tenant.clone())
+        .fleet(fleet())
+        .build()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -647,30 +687,53 @@ async fn on_the_durable_path_a_tenant_reaches_nothing_of_another_tenant() {
     b.kind("public").register(|_| Speller).await.unwrap();
 
     // Neither directory lists the other tenant's cards.
-    assert!(b.fleet().iter().all(|l| l.card.kind.as_str() == "public"), "{:?}", b.fleet());
-    assert!(a.fleet().iter().all(|l| l.card.kind.as_str() == "secret"), "{:?}", a.fleet());
+    assert!(
+        b.fleet().iter().all(|l| l.card.kind.as_str() == "public"),
+        "{:?}",
+        b.fleet()
+    );
+    assert!(
+        a.fleet().iter().all(|l| l.card.kind.as_str() == "secret"),
+        "{:?}",
+        a.fleet()
+    );
 
     // With globex's credentials, the server answers for none of acme's
     // JetStream objects: not the task stream, its consumer, the lease or
     // card buckets, and none of them is listed.
-    let raw = async_nats::ConnectOptions::with_user_and_password("globex".into(), "globex-secret".into())
-        .connect(url.as_str())
-        .await
-        .unwrap();
+    let raw =
+        async_nats::ConnectOptions::with_user_and_password("globex".into(), "globex-secret".into())
+            .connect(url.as_str())
+            .await
+            .unwrap();
     let js = async_nats::jetstream::new(raw.clone());
     let tasks = NatsTransport::task_stream(&acme);
     let err = js.get_stream(&tasks).await.unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
     let err = js
-        .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>("secret", &tasks)
+        .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+            "secret", &tasks,
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
-    for bucket in [NatsTransport::card_bucket(&acme), format!("CODITECT_LEASES_{acme}")] {
+    for bucket in [
+        NatsTransport::card_bucket(&acme),
+        format!("CODITECT_LEASES_{acme}"),
+    ] {
         let err = js.get_key_value(&bucket).await.unwrap_err();
-        assert!(err.to_string().to_lowercase().contains("not found"), "{bucket}: {err}");
+        assert!(
+            err.to_string().to_lowercase().contains("not found"),
+            "{bucket}: {err}"
+        );
     }
-    let names: Vec<String> = js.stream_names().collect::<Vec<_>>().await.into_iter().map(|n| n.unwrap()).collect();
+    let names: Vec<String> = js
+        .stream_names()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(|n| n.unwrap())
+        .collect();
     assert!(!names.is_empty(), "globex lists its own streams");
     assert!(names.iter().all(|n| !n.contains("acme")), "{names:?}");
     // Publishing a task on acme's subject from globex stores nothing

@@ -183,7 +183,9 @@ fn nats_orchestrator_finds_three_workers_with_no_cards_of_its_own() {
             "{stdout}"
         );
         assert!(
-            stdout.contains(&format!("discovered count on w{i}: Counts the words of a text.")),
+            stdout.contains(&format!(
+                "discovered count on w{i}: Counts the words of a text."
+            )),
             "{stdout}"
         );
     }
@@ -195,7 +197,9 @@ fn nats_orchestrator_finds_three_workers_with_no_cards_of_its_own() {
             "{stdout}"
         );
         assert!(
-            stdout.contains(&format!("done       shout{i}: \"SENTENCE NUMBER {i} GOES THROUGH THE BUS (by w")),
+            stdout.contains(&format!(
+                "done       shout{i}: \"SENTENCE NUMBER {i} GOES THROUGH THE BUS (by w"
+            )),
             "{stdout}"
         );
     }

@@ -174,7 +174,6 @@ impl Inner {
 }
 
 impl Orchestrator {
-
     /// Runs a task to the end.
     ///
     /// # Errors

@@ -373,7 +373,11 @@ mod tests {
     #[test]
     fn local_kinds_come_first() {
         let d = Directory::default();
-        put(&d, live("remote", "n1", &["write"], 0, 100), Duration::from_secs(60));
+        put(
+            &d,
+            live("remote", "n1", &["write"], 0, 100),
+            Duration::from_secs(60),
+        );
         d.add(live("here", "n0", &["write"], 0, 1).card);
         assert_eq!(d.kind_for("write").unwrap().as_str(), "here");
         assert_eq!(d.fleet_cards().len(), 2);
@@ -384,9 +388,14 @@ mod tests {
         let d = std::sync::Arc::new(Directory::default());
         assert!(!d.wait_for("write", Duration::from_millis(1)).await);
         let d2 = d.clone();
-        let waiter = tokio::spawn(async move { d2.wait_for("write", Duration::from_secs(30)).await });
+        let waiter =
+            tokio::spawn(async move { d2.wait_for("write", Duration::from_secs(30)).await });
         tokio::task::yield_now().await;
-        put(&d, live("a", "n1", &["write"], 0, 1), Duration::from_secs(60));
+        put(
+            &d,
+            live("a", "n1", &["write"], 0, 1),
+            Duration::from_secs(60),
+        );
         assert!(waiter.await.unwrap());
     }
 }

@@ -11,10 +11,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::id::NodeId;
+use crate::runtime::RuntimeInner;
 use crate::runtime::call::Node;
 use crate::runtime::directory::{FleetOptions, LiveCard};
 use crate::runtime::kind::KindHost;
-use crate::runtime::RuntimeInner;
 use crate::transport::TransportError;
 use crate::transport::nats::NatsTransport;
 use crate::transport::nats::directory::{CardBucket, CardChange};
@@ -77,11 +77,8 @@ impl Fleet {
         ));
         // Caught up with what is there: a bounded wait (values may expire
         // before they are delivered, and then the last one never comes).
-        let _ = tokio::time::timeout(
-            ttl.min(Duration::from_secs(5)),
-            ready_rx.wait_for(|r| *r),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(ttl.min(Duration::from_secs(5)), ready_rx.wait_for(|r| *r)).await;
         let fleet = Arc::new(Self {
             bucket,
             node: inner.node.id.clone(),

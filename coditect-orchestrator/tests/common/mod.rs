@@ -189,18 +189,22 @@ where
         retry: RetryPolicy::none(),
         ..RunPolicy::default()
     };
-    let policy = if retries == Retries::Off { off } else { RunPolicy {
-        max_steps: 10 * n as usize,
-        step_timeout: Some(Duration::from_secs(10)),
-        retry: RetryPolicy {
-            max_attempts: 30,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            retry_on: RetryOn::Always,
-            ..RetryPolicy::default()
-        },
-        ..RunPolicy::default()
-    } };
+    let policy = if retries == Retries::Off {
+        off
+    } else {
+        RunPolicy {
+            max_steps: 10 * n as usize,
+            step_timeout: Some(Duration::from_secs(10)),
+            retry: RetryPolicy {
+                max_attempts: 30,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+                retry_on: RetryOn::Always,
+                ..RetryPolicy::default()
+            },
+            ..RunPolicy::default()
+        }
+    };
     let orch = Orchestrator::new(rt.clone(), StaticPlanner::new(plan))
         .cards(vec![AgentCard::of::<Doubler>(kind)]);
     let mut handle = orch.start(TaskSpec::new("fault run").policy(policy));
@@ -281,6 +285,10 @@ pub fn assert_complete_without_retries(r: &RunResult, n: u64) {
     assert_eq!(r.failed, 0, "an attempt failed");
     for i in 0..n {
         let key = format!("s{i}");
-        assert_eq!(r.dispatched.get(&key), Some(&1), "step {key} was dispatched again");
+        assert_eq!(
+            r.dispatched.get(&key),
+            Some(&1),
+            "step {key} was dispatched again"
+        );
     }
 }

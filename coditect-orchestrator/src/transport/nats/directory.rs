@@ -135,9 +135,8 @@ impl CardBucket {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos());
                 let at = u128::try_from(e.created.unix_timestamp_nanos()).unwrap_or(0);
-                let age = Duration::from_nanos(
-                    u64::try_from(now.saturating_sub(at)).unwrap_or(u64::MAX),
-                );
+                let age =
+                    Duration::from_nanos(u64::try_from(now.saturating_sub(at)).unwrap_or(u64::MAX));
                 let value = match e.operation {
                     Operation::Put => Some(e.value),
                     Operation::Delete | Operation::Purge => None,
