@@ -638,3 +638,109 @@ async fn a_result_delivered_twice_is_recorded_once_in_the_runs_events_and_usage(
     assert_eq!(outcome.state.usage, outcome.usage);
     rt.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Resident memory of a process, from `/proc/<pid>/status`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The most a worker process may hold while 100,000 tasks wait for it: the
+/// stream keeps them, a worker only what it pulled (MaxAckPending).
+const WORKER_RSS_BOUND_KIB: u64 = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_tasks_wait_in_the_stream_while_two_workers_stay_small() {
+    let server = NatsServer::start().expect("start nats-server");
+    let urls = vec![server.url()];
+    let workers = [
+        spawn_worker_process("worker_process_entry", &urls, 5).await,
+        spawn_worker_process("worker_process_entry", &urls, 5).await,
+    ];
+    let pids: Vec<u32> = workers.iter().map(|w| w.id().unwrap()).collect();
+    let start_rss: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
+    let producer = Runtime::builder(connect(&urls, fast_durable()).await)
+        .build()
+        .await
+        .unwrap();
+    let kind = AgentKind::new("double").unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(raw);
+    let stream_name = NatsTransport::task_stream(&TenantId::default());
+    const N: u64 = 100_000;
+    let mut peak_queued = 0u64;
+    let mut peak_rss = 0u64;
+    // Publish far faster than 2 × 8 handlers of 5 ms take them.
+    let sends = futures::stream::iter(0..N)
+        .map(|i| {
+            let p = producer.clone();
+            let k = kind.clone();
+            async move { p.send(k, i).await }
+        })
+        .buffer_unordered(256);
+    futures::pin_mut!(sends);
+    let mut sent = 0u64;
+    while let Some(r) = timeout(T, sends.next()).await.expect("a send hung") {
+        r.expect("a task was refused or dropped");
+        sent += 1;
+        if sent % 10_000 == 0 {
+            let mut s = js.get_stream(&stream_name).await.unwrap();
+            peak_queued = peak_queued.max(s.info().await.unwrap().state.messages);
+            for &p in &pids {
+                peak_rss = peak_rss.max(rss_kib(p));
+            }
+        }
+    }
+    assert!(
+        peak_queued > 10_000,
+        "the tasks never queued up ({peak_queued})"
+    );
+    // Drained: every task acked (the work queue deletes acked tasks), none
+    // dead-lettered, the workers' memory bounded all along.
+    let mut s = js.get_stream(&stream_name).await.unwrap();
+    let limit = Duration::from_secs(300);
+    let began = tokio::time::Instant::now();
+    loop {
+        let left = s.info().await.unwrap().state.messages;
+        for &p in &pids {
+            peak_rss = peak_rss.max(rss_kib(p));
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(began.elapsed() < limit, "{left} tasks never drained");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut c = s
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("double")
+        .await
+        .unwrap();
+    let info = c.info().await.unwrap();
+    assert_eq!(
+        info.ack_floor.stream_sequence, N,
+        "not every task was acked"
+    );
+    assert_eq!(info.num_ack_pending, 0);
+    let dead = js
+        .get_stream(NatsTransport::dead_letter_stream(&TenantId::default()))
+        .await;
+    if let Ok(mut d) = dead {
+        assert_eq!(
+            d.info().await.unwrap().state.messages,
+            0,
+            "tasks were dead-lettered"
+        );
+    }
+    println!("worker RSS: start {start_rss:?} KiB, peak {peak_rss} KiB; peak queued {peak_queued}");
+    assert!(peak_rss > 0, "RSS was not read");
+    assert!(
+        peak_rss < WORKER_RSS_BOUND_KIB,
+        "a worker grew to {peak_rss} KiB with the queue full"
+    );
+    producer.shutdown(Duration::from_secs(2)).await;
+    drop(workers);
+}
