@@ -687,7 +687,7 @@ async fn a_hundred_thousand_tasks_wait_in_the_stream_while_two_workers_stay_smal
     while let Some(r) = timeout(T, sends.next()).await.expect("a send hung") {
         r.expect("a task was refused or dropped");
         sent += 1;
-        if sent % 10_000 == 0 {
+        if sent.is_multiple_of(10_000) {
             let mut s = js.get_stream(&stream_name).await.unwrap();
             peak_queued = peak_queued.max(s.info().await.unwrap().state.messages);
             for &p in &pids {
