@@ -1,10 +1,9 @@
-//! The agents the `nats_worker` example hosts and the `nats_orchestrator`
-//! example plans with. Shared by both binaries through `#[path]`; in your own
-//! project this is the crate both of your binaries depend on.
+//! The agents the `nats_worker` example hosts. The `nats_orchestrator`
+//! example does not link them: it reads their cards from the bus.
 
 use std::time::Duration;
 
-use coditect_orchestrator::{Agent, AgentCard, AgentContext, AgentError, AgentKind};
+use coditect_orchestrator::{Agent, AgentContext, AgentError};
 
 /// Upper-cases a sentence and signs it with the worker that did it, so you
 /// can see the load spread over workers.
@@ -32,15 +31,6 @@ impl Agent for Count {
     async fn handle(&mut self, text: String, _ctx: &AgentContext) -> Result<usize, AgentError> {
         Ok(text.split_whitespace().count())
     }
-}
-
-/// The cards of the kinds the workers host, for the orchestrator's planner.
-#[allow(dead_code)] // used by the orchestrator binary only
-pub(crate) fn cards() -> Result<Vec<AgentCard>, coditect_orchestrator::IdError> {
-    Ok(vec![
-        AgentCard::of::<Shout>(AgentKind::new("shout")?),
-        AgentCard::of::<Count>(AgentKind::new("count")?),
-    ])
 }
 
 /// `--name value` from the command line, else the environment variable, else

@@ -3,7 +3,10 @@
 //!
 //! The plan: for each sentence, `shout` it, then `count` the words of what came
 //! back. Steps run in parallel on whichever workers are up; the result shows
-//! which worker did each one.
+//! which worker did each one. The orchestrator links none of the agents: it
+//! reads their cards (description, capabilities, schemas, load) from the
+//! tenant's card directory, where every worker advertises what it hosts, and
+//! waits for a worker offering each capability if none is up yet.
 //!
 //! ```text
 //! nats-server -js &
@@ -16,21 +19,21 @@
 //! Arguments (or environment):
 //! - `--nats URL` (`NATS_URL`): the server, `nats://127.0.0.1:4222` by default.
 //! - `--sentences N` (`SENTENCES`): how many sentences, 6 by default.
-
-#[path = "nats_agents.rs"]
-mod agents;
+//! - `--wait SECONDS` (`WAIT_FOR_WORKERS`): how long to wait for workers to
+//!   offer `shout` and `count`, 30 by default.
 
 use std::time::Duration;
 
-use coditect_orchestrator::orchestrator::{RunEvent, StaticPlanner};
+use coditect_orchestrator::orchestrator::{NoWorker, RunEvent, RunPolicy, StaticPlanner};
 use coditect_orchestrator::transport::nats::NatsOptions;
 use coditect_orchestrator::{Orchestrator, Plan, Runtime, Step, StepInput, TaskSpec};
 use futures::StreamExt;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = agents::arg("--nats", "NATS_URL", "nats://127.0.0.1:4222");
-    let n: usize = agents::arg("--sentences", "SENTENCES", "6").parse()?;
+    let url = arg("--nats", "NATS_URL", "nats://127.0.0.1:4222");
+    let n: usize = arg("--sentences", "SENTENCES", "6").parse()?;
+    let wait: u64 = arg("--wait", "WAIT_FOR_WORKERS", "30").parse()?;
     let transport = NatsOptions::new(&url)
         .name("coditect-orchestrator")
         .connect()
@@ -51,9 +54,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             StepInput::Output(format!("shout{i}").into()),
         ));
     }
-    let orchestrator = Orchestrator::new(runtime.clone(), StaticPlanner::new(Plan::new(steps)))
-        .cards(agents::cards()?);
-    let mut run = orchestrator.start(TaskSpec::new("shout and count"));
+    let orchestrator = Orchestrator::new(runtime.clone(), StaticPlanner::new(Plan::new(steps)));
+    for capability in ["shout", "count"] {
+        runtime
+            .wait_for_capability(capability, Duration::from_secs(wait))
+            .await;
+    }
+    let mut fleet = runtime.fleet();
+    fleet.sort_by(|a, b| (&a.card.kind, &a.node).cmp(&(&b.card.kind, &b.node)));
+    for live in &fleet {
+        println!(
+            "discovered {} on {}: {} (capabilities {:?}, capacity {})",
+            live.card.kind, live.node, live.card.description, live.card.capabilities, live.capacity
+        );
+    }
+    let policy = RunPolicy {
+        no_worker: NoWorker::Wait(Duration::from_secs(wait)),
+        ..RunPolicy::default()
+    };
+    let mut run = orchestrator.start(TaskSpec::new("shout and count").policy(policy));
     let mut events = run.events();
     let progress = tokio::spawn(async move {
         while let Some(record) = events.next().await {
@@ -81,4 +100,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", serde_json::to_string_pretty(&outcome.output)?);
     runtime.shutdown(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// `--name value` from the command line, else the environment variable, else
+/// the default.
+fn arg(name: &str, env: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| std::env::var(env).ok())
+        .unwrap_or_else(|| default.to_owned())
 }

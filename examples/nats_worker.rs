@@ -1,7 +1,9 @@
 //! `nats_worker`: a worker process that hosts agent kinds on a NATS bus.
 //!
 //! Start as many as you like; each one shares the work of the kinds it hosts
-//! (`shout` and `count`) with the others. Tasks reach it through JetStream, so
+//! (`shout` and `count`) with the others, and advertises their cards (with
+//! its load, every second) in the tenant's card directory, where
+//! orchestrators find them. Tasks reach it through JetStream, so
 //! a worker that crashes loses nothing: its unfinished tasks go to another
 //! worker. Ctrl-C drains it: it stops taking tasks, finishes (and acks) the
 //! ones it has, and exits.
@@ -21,8 +23,8 @@ mod agents;
 
 use std::time::Duration;
 
-use coditect_orchestrator::Runtime;
 use coditect_orchestrator::transport::nats::NatsOptions;
+use coditect_orchestrator::{NodeId, Runtime};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,16 +34,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .name(format!("coditect-{name}"))
         .connect()
         .await?;
-    let runtime = Runtime::builder(transport).build().await?;
+    let runtime = Runtime::builder(transport)
+        .node_id(NodeId::new(&name)?)
+        .build()
+        .await?;
     let me = name.clone();
     runtime
         .kind("shout")
         .description("Upper-cases a sentence.")
+        .version("1.0.0")
         .register(move |_| agents::Shout { worker: me.clone() })
         .await?;
     runtime
         .kind("count")
         .description("Counts the words of a text.")
+        .version("1.0.0")
         .register(|_| agents::Count)
         .await?;
     println!("{name}: hosting shout and count on {url}; Ctrl-C to stop");

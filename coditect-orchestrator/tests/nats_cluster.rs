@@ -18,6 +18,21 @@ use tokio::time::timeout;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_run_in_a_three_node_cluster_loses_nothing() {
+    node_loss(Retries::On).await;
+}
+
+/// Known gap, kept as a test so it is seen: the orchestrator's connection
+/// fails over too, and a reply published before its reply subscription is
+/// back on another node is lost (replies are core NATS, at most once); with
+/// retries off that step waits forever. It passes when no reply falls in
+/// that window; the test above, with retries, always recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "replies are at most once: one published during the requester's failover is lost"]
+async fn with_retries_off_jetstream_alone_recovers_from_a_node_loss() {
+    node_loss(Retries::Off).await;
+}
+
+async fn node_loss(retries: Retries) {
     let cluster = tokio::task::spawn_blocking(|| NatsCluster::start(3))
         .await
         .unwrap()
@@ -43,12 +58,16 @@ async fn a_node_killed_mid_run_in_a_three_node_cluster_loses_nothing() {
     .expect("connect to the cluster");
     let rt = Runtime::builder(transport.clone()).build().await.unwrap();
     let c = cluster.clone();
-    let result = run_steps(&rt, 1000, 200, || async move {
+    let result = run_steps_with(&rt, 1000, 200, retries, || async move {
         c.lock().unwrap().kill(0);
     })
     .await;
     assert!(result.at_fault < 1000, "the node died mid-run");
-    assert_complete(&result, 1000);
+    if retries == Retries::Off {
+        assert_complete_without_retries(&result, 1000);
+    } else {
+        assert_complete(&result, 1000);
+    }
     assert!(
         transport.metrics().disconnects >= 1,
         "the orchestrator's connection failed over"

@@ -2,7 +2,8 @@
 //! say they are scripted; an unreachable API fails with one clear line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -115,4 +116,92 @@ fn review_loop_sends_drafts_back_until_one_passes() {
     assert!(out.contains("critic: draft 2: sent back (7/10)"), "{out}");
     assert!(out.contains("critic: draft 3: passed (10/10)"), "{out}");
     assert!(out.contains("passed after 3 round(s):"), "{out}");
+}
+
+/// A worker process, killed by its PID when dropped (also when a test fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `nats_worker` named `name` and waits until it says it is hosting.
+fn start_worker(url: &str, name: &str) -> Killed {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nats_worker"))
+        .args(["--nats", url, "--name", name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start nats_worker");
+    let stdout = child.stdout.take().unwrap();
+    let child = Killed(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            let hosting = line.contains("hosting shout and count");
+            let _ = tx.send(line);
+            if hosting {
+                break;
+            }
+        }
+        // Keep reading so the worker never blocks on a full pipe.
+        for _ in lines {}
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the worker did not start within a minute");
+        if line.contains("hosting shout and count") {
+            return child;
+        }
+    }
+}
+
+#[test]
+fn nats_orchestrator_finds_three_workers_with_no_cards_of_its_own() {
+    let server = coditect_orchestrator::testing::NatsServer::start().expect("start nats-server");
+    let url = server.url();
+    let workers: Vec<Killed> = (1..=3)
+        .map(|i| start_worker(&url, &format!("w{i}")))
+        .collect();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nats_orchestrator"));
+    cmd.args(["--nats", &url, "--sentences", "9", "--wait", "30"]);
+    let out = run(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    // Every worker's cards came from the bus, descriptions and all.
+    for i in 1..=3 {
+        assert!(
+            stdout.contains(&format!(
+                "discovered shout on w{i}: Upper-cases a sentence. (capabilities [\"shout\"], capacity 16)"
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "discovered count on w{i}: Counts the words of a text."
+            )),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("run finished: Succeeded"), "{stdout}");
+    for i in 0..9 {
+        // "SENTENCE NUMBER i GOES THROUGH THE BUS (by wN)": nine words.
+        assert!(
+            stdout.contains(&format!("done       count{i}: 9")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "done       shout{i}: \"SENTENCE NUMBER {i} GOES THROUGH THE BUS (by w"
+            )),
+            "{stdout}"
+        );
+    }
+    drop(workers);
 }

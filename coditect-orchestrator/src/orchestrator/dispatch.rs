@@ -4,11 +4,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::agent::AgentCard;
 use crate::envelope::Destination;
 use crate::id::AgentKind;
 use crate::orchestrator::Inner;
+use crate::orchestrator::driver::Stop;
 use crate::orchestrator::plan::{Plan, StepTarget};
+use crate::orchestrator::policy::NoWorker;
+use crate::orchestrator::task::RunErrorKind;
 
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -78,6 +83,64 @@ impl Routing {
         }
     }
 
+    /// Makes sure every capability and kind `plan` names has a card: reads
+    /// the fleet's directory again and, if the policy says so, waits for a
+    /// worker to join.
+    ///
+    /// # Errors
+    /// With [`NoWorker::Wait`], a [`Stop`] with [`RunErrorKind::NoWorker`]
+    /// naming what is still missing when the wait ends, or `Cancelled` if the
+    /// run is cancelled while waiting. With [`NoWorker::Fail`] it only reads
+    /// the directory again, and the plan's check refuses the plan.
+    pub(crate) async fn await_workers(
+        &mut self,
+        inner: &Inner,
+        plan: &Plan,
+        policy: NoWorker,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let Some(mut missing) = first_missing(&self.cards, plan) else {
+            return Ok(());
+        };
+        let waited = match policy {
+            NoWorker::Wait(d) if !d.is_zero() => d,
+            _ => {
+                // Fail at once: the plan's check names the step and what it
+                // asked for (an unknown capability: no live card offers it).
+                *self = Self::new(inner, inner.all_cards());
+                return Ok(());
+            }
+        };
+        let until = tokio::time::Instant::now() + waited;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if !left.is_zero() {
+                tokio::select! {
+                    () = cancel.cancelled() => return Err(Stop(
+                        RunErrorKind::Cancelled,
+                        "the run was cancelled".into(),
+                    )),
+                    _ = inner.runtime.wait_for_capability(&missing, left) => {}
+                }
+            }
+            *self = Self::new(inner, inner.all_cards());
+            match first_missing(&self.cards, plan) {
+                None => return Ok(()),
+                Some(m) if left.is_zero() => {
+                    let msg = format!("no live worker offers {m:?} (waited {waited:?})");
+                    return Err(Stop(
+                        RunErrorKind::NoWorker {
+                            capability: m,
+                            waited,
+                        },
+                        msg,
+                    ));
+                }
+                Some(m) => missing = m,
+            }
+        }
+    }
+
     /// Works out where each step of a new plan finds its agent.
     pub(crate) fn adopt(&mut self, plan: &Plan) {
         let mut sets: FastMap<&str, usize> = FastMap::default();
@@ -144,6 +207,21 @@ impl Routing {
         capability: &str,
         set: &[usize],
     ) -> Option<(AgentKind, Option<usize>)> {
+        // Kinds no live worker hosts now are passed over while another can
+        // take the step; if none can, the step still goes (durable tasks wait
+        // in their queue for a worker to come back).
+        let directory = inner.runtime.directory();
+        let live: Vec<usize>;
+        let set = if set.len() > 1 {
+            live = set
+                .iter()
+                .copied()
+                .filter(|&i| directory.is_live(&self.cards[i].kind))
+                .collect();
+            if live.is_empty() { set } else { &live[..] }
+        } else {
+            set
+        };
         let first = &self.cards[*set.first()?];
         let mut few: [&AgentCard; 8] = [first; 8];
         let many: Vec<&AgentCard>;
@@ -156,10 +234,14 @@ impl Routing {
             many = set.iter().map(|&i| &self.cards[i]).collect();
             &many
         };
+        // Live load: what this orchestrator has in flight, or what the
+        // kind's workers report in their heartbeats, whichever is more.
         let load = |k: &AgentKind| {
-            set.iter()
+            let own = set
+                .iter()
                 .find(|&&i| &self.cards[i].kind == k)
-                .map_or(0, |&i| self.loads[i].load(Ordering::Relaxed))
+                .map_or(0, |&i| self.loads[i].load(Ordering::Relaxed));
+            own.max(directory.remote_load(k).0)
         };
         let kind = inner.router.route(capability, cands, &load);
         let card = set
@@ -175,4 +257,15 @@ impl Routing {
 fn foreign_load(inner: &Inner, kind: &AgentKind) -> Arc<AtomicUsize> {
     let mut table = inner.load.lock().unwrap_or_else(|p| p.into_inner());
     table.entry(kind.clone()).or_default().clone()
+}
+
+/// The first capability or kind of `plan` that no card offers.
+fn first_missing(cards: &[AgentCard], plan: &Plan) -> Option<String> {
+    plan.steps.iter().find_map(|s| match &s.target {
+        StepTarget::Capability(c) if !cards.iter().any(|k| k.can(c)) => Some(c.to_string()),
+        StepTarget::Agent(a) if !cards.iter().any(|k| &k.kind == a.kind()) => {
+            Some(a.kind().to_string())
+        }
+        _ => None,
+    })
 }

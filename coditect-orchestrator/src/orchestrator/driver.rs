@@ -320,6 +320,9 @@ impl Driver {
         }
         if let Some(plan) = self.resumed.as_ref().and(self.state.plan().cloned()) {
             // A resumed run goes on with the plan it had.
+            if let Err(stop) = self.await_workers(&plan).await {
+                return self.fail(stop, Some(&mut signals)).await;
+            }
             match plan.check(&self.routing.cards, self.task.policy.max_steps) {
                 Ok(graph) => self.index(graph),
                 Err(e) => {
@@ -336,11 +339,26 @@ impl Driver {
             if let Some(stop) = self.planning_spent(&ctx) {
                 return self.fail(stop, Some(&mut signals)).await;
             }
+            if let Ok(plan) = &planned
+                && let Err(stop) = self.await_workers(plan).await
+            {
+                return self.fail(stop, Some(&mut signals)).await;
+            }
             if let Err(stop) = self.adopt_planned(planned) {
                 return self.fail(stop, Some(&mut signals)).await;
             }
         }
         self.run_loop(signals).await
+    }
+
+    /// Plans may name workers that are not (yet) in the fleet's directory:
+    /// waits for them as the run's policy says.
+    async fn await_workers(&mut self, plan: &crate::orchestrator::plan::Plan) -> Result<(), Stop> {
+        let policy = self.task.policy.no_worker;
+        let cancel = self.cancel.clone();
+        self.routing
+            .await_workers(&self.inner, plan, policy, &cancel)
+            .await
     }
 
     /// Dispatches, takes results and reports, until the run is done.

@@ -52,7 +52,7 @@ pub use event::{RunEvent, RunEventRecord};
 pub use handle::{RunEvents, RunHandle};
 pub use plan::{Plan, PlanError, Step, StepId, StepInput, StepTarget};
 pub use planner::{Planner, PlanningContext, StaticPlanner, StepFailure};
-pub use policy::{RetryOn, RetryPolicy, RunPolicy};
+pub use policy::{NoWorker, RetryOn, RetryPolicy, RunPolicy};
 pub use resume::{DurableError, DurableErrorKind, Fork, Responded};
 pub use router::{LeastLoaded, Router};
 pub use state::{
@@ -146,8 +146,9 @@ impl Orchestrator {
         self.rebuild(|i| i.router = Arc::new(router))
     }
 
-    /// Adds the cards of agents hosted elsewhere (other processes on the same
-    /// bus), so plans may use them.
+    /// Adds cards by hand: an override for agents the tenant's card
+    /// directory does not list. Not needed over NATS, where plans use the
+    /// live cards every worker advertises.
     #[must_use]
     pub fn cards(self, cards: Vec<AgentCard>) -> Self {
         self.rebuild(|i| i.extra_cards.extend(cards))
@@ -174,17 +175,27 @@ impl Orchestrator {
         &self.inner.runtime
     }
 
-    /// Every card plans may use: the runtime's kinds and the added ones.
+    /// Every card plans may use: the runtime's kinds, the live ones of the
+    /// fleet, and the added ones.
     pub fn all_cards(&self) -> Vec<AgentCard> {
-        let mut cards = self.inner.runtime.cards();
-        for c in &self.inner.extra_cards {
+        self.inner.all_cards()
+    }
+}
+
+impl Inner {
+    /// See [`Orchestrator::all_cards`].
+    pub(crate) fn all_cards(&self) -> Vec<AgentCard> {
+        let mut cards = self.runtime.fleet_cards();
+        for c in &self.extra_cards {
             if !cards.iter().any(|k| k.kind == c.kind) {
                 cards.push(c.clone());
             }
         }
         cards
     }
+}
 
+impl Orchestrator {
     /// Runs a task to the end.
     ///
     /// # Errors

@@ -45,6 +45,35 @@ pub struct RunPolicy {
     /// answered, across restarts.
     #[serde(with = "opt_ms")]
     pub input_timeout: Option<Duration>,
+    /// What a run does when its plan names a capability no live worker
+    /// offers (or a kind none hosts): fail at once (the default) or wait for
+    /// one to join the fleet. See [`NoWorker`].
+    pub no_worker: NoWorker,
+}
+
+/// What a run does when its plan names a capability no live worker offers.
+///
+/// ```
+/// use std::time::Duration;
+/// use coditect_orchestrator::orchestrator::{NoWorker, RunPolicy};
+/// let policy = RunPolicy { no_worker: NoWorker::Wait(Duration::from_secs(30)), ..RunPolicy::default() };
+/// assert_eq!(RunPolicy::default().no_worker, NoWorker::Fail);
+/// # let _ = policy;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NoWorker {
+    /// Refuse the plan at once:
+    /// [`RunErrorKind::InvalidPlan`](crate::orchestrator::RunErrorKind::InvalidPlan)
+    /// with [`PlanError::UnknownCapability`](crate::orchestrator::PlanError::UnknownCapability)
+    /// (or `UnknownAgent`) — the cards a plan is checked against are the live ones.
+    #[default]
+    Fail,
+    /// Wait up to this long for a worker offering it to appear in the
+    /// tenant's card directory; if none does, end the run with
+    /// [`RunErrorKind::NoWorker`](crate::orchestrator::RunErrorKind::NoWorker).
+    Wait(#[serde(with = "ms")] Duration),
 }
 
 impl Default for RunPolicy {
@@ -61,6 +90,7 @@ impl Default for RunPolicy {
             max_replans: 2,
             report_wait: Duration::from_millis(500),
             input_timeout: None,
+            no_worker: NoWorker::Fail,
         }
     }
 }

@@ -137,6 +137,15 @@ pub enum RunErrorKind {
         /// The limit.
         limit: usize,
     },
+    /// No live worker offers a capability (or hosts a kind) the plan names,
+    /// after waiting as the policy's [`NoWorker`](crate::orchestrator::NoWorker) says.
+    NoWorker {
+        /// The capability or kind.
+        capability: String,
+        /// How long the run waited for one (zero: it did not).
+        #[serde(with = "duration_ms")]
+        waited: std::time::Duration,
+    },
     /// The run's wall-clock deadline passed.
     Deadline,
     /// The run was cancelled.

@@ -29,6 +29,8 @@ type Factory = dyn Fn(&AgentId) -> Result<Box<dyn DynAgent>, AgentError> + Send 
 pub(crate) struct KindHost {
     pub(crate) kind: AgentKind,
     pub(crate) card: AgentCard,
+    /// The version the kind was registered with (advertised with its card).
+    pub(crate) version: String,
     factory: Box<Factory>,
     shards: Box<[Activations]>,
     /// Keys of the instances that share messages sent to the kind itself.
@@ -86,6 +88,11 @@ impl KindHost {
 
     fn get(&self, key: &AgentKey) -> Option<Arc<Activation>> {
         self.shard(key).lock().ok()?.get(key).cloned()
+    }
+
+    /// How many of the kind's tasks this runtime handles at once: its pool.
+    pub(crate) fn capacity(&self) -> usize {
+        self.pool.len()
     }
 
     /// How many ids are live.
@@ -570,6 +577,7 @@ pub struct KindBuilder<'r> {
     name: Option<String>,
     description: String,
     capabilities: Vec<String>,
+    version: String,
     mailbox: usize,
     instances: usize,
     idle_timeout: Option<Duration>,
@@ -586,6 +594,7 @@ impl<'r> KindBuilder<'r> {
             name: None,
             description: String::new(),
             capabilities: Vec::new(),
+            version: "0".to_owned(),
             mailbox: cfg.mailbox,
             instances: cfg.instances,
             idle_timeout: cfg.idle_timeout,
@@ -609,6 +618,14 @@ impl<'r> KindBuilder<'r> {
     /// A capability it offers (default: the kind's name). May be repeated.
     pub fn capability(mut self, capability: impl Into<String>) -> Self {
         self.capabilities.push(capability.into());
+        self
+    }
+
+    /// The version of the agent, advertised with its card in the fleet's
+    /// directory (default `"0"`). When runtimes host different versions of
+    /// a kind, planners read the card of the greatest.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
         self
     }
 
@@ -699,6 +716,7 @@ impl<'r> KindBuilder<'r> {
         let host = Arc::new(KindHost {
             kind: kind.clone(),
             card,
+            version: self.version,
             factory: Box::new(move |id: &AgentId| {
                 factory(id).map(|a| Box::new(a) as Box<dyn DynAgent>)
             }),

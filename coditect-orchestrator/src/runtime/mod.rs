@@ -58,6 +58,8 @@ pub(crate) mod cancel;
 pub(crate) mod deadlines;
 pub(crate) mod direct;
 pub(crate) mod directory;
+#[cfg(feature = "nats")]
+pub(crate) mod fleet;
 pub(crate) mod kind;
 pub(crate) mod limit;
 pub(crate) mod replies;
@@ -83,6 +85,7 @@ use crate::transport::{
 };
 
 pub use call::RequestOptions;
+pub use directory::{FleetOptions, LiveCard};
 pub use kind::KindBuilder;
 
 use call::{Node, Origin};
@@ -109,6 +112,7 @@ pub struct RuntimeBuilder {
     max_concurrency: usize,
     default_timeout: Duration,
     config: RuntimeConfig,
+    fleet: FleetOptions,
 }
 
 impl RuntimeBuilder {
@@ -161,10 +165,20 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Starts the runtime: attaches its reply route.
+    /// How this runtime takes part in its tenant's card directory (default:
+    /// over NATS with JetStream it advertises its kinds with a 1 s heartbeat
+    /// and a 10 s time to live, and reads everyone else's).
+    pub fn fleet(mut self, fleet: FleetOptions) -> Self {
+        self.fleet = fleet;
+        self
+    }
+
+    /// Starts the runtime: attaches its reply route and, over NATS, joins the
+    /// tenant's card directory (reading what is in it before it returns).
     ///
     /// # Errors
-    /// [`TransportError`] if the transport will not attach the reply route.
+    /// [`TransportError`] if the transport will not attach the reply route,
+    /// or the card directory cannot be set up.
     pub async fn build(self) -> Result<Runtime, TransportError> {
         let node_id = self.node.unwrap_or_else(NodeId::random);
         let pending = Arc::new(PendingReplies::new());
@@ -204,7 +218,18 @@ impl RuntimeBuilder {
             reply_subscription: Mutex::new(Some(reply_sub)),
             shutdown: CancellationToken::new(),
             config: self.config,
+            #[cfg(feature = "nats")]
+            fleet: Mutex::new(None),
         });
+        #[cfg(feature = "nats")]
+        {
+            let fleet = fleet::Fleet::join(&inner, &self.fleet).await?;
+            if let Ok(mut f) = inner.fleet.lock() {
+                *f = fleet;
+            }
+        }
+        #[cfg(not(feature = "nats"))]
+        let _ = &self.fleet;
         tokio::spawn(Deadlines::watch(
             deadlines,
             Arc::downgrade(&inner.node.pending),
@@ -223,6 +248,9 @@ pub(crate) struct RuntimeInner {
     /// child of it.
     pub(crate) shutdown: CancellationToken,
     pub(crate) config: RuntimeConfig,
+    /// Membership in the tenant's card directory, over NATS.
+    #[cfg(feature = "nats")]
+    fleet: Mutex<Option<Arc<fleet::Fleet>>>,
 }
 
 impl Drop for RuntimeInner {
@@ -243,6 +271,22 @@ impl RuntimeInner {
     /// Whether the shutdown grace period has ended.
     pub(crate) fn is_stopped(&self) -> bool {
         self.node.is_stopped()
+    }
+
+    /// The kinds whose registration is complete (their routes attached):
+    /// what this runtime may advertise. A kind being registered is in
+    /// `kinds` before its routes are attached.
+    pub(crate) fn registered_hosts(&self) -> Vec<Arc<KindHost>> {
+        let done = self.node.directory.cards();
+        self.kinds
+            .read()
+            .map(|k| {
+                k.values()
+                    .filter(|h| done.iter().any(|c| c.kind == h.kind))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub(crate) fn kind_host(&self, kind: &AgentKind) -> Option<Arc<KindHost>> {
@@ -276,6 +320,10 @@ impl RuntimeInner {
             }
         }
         self.node.directory.add(host.card.clone());
+        #[cfg(feature = "nats")]
+        if let Some(f) = self.fleet.lock().ok().and_then(|f| f.clone()) {
+            f.advertise(&host).await;
+        }
         if let Ok(mut all) = self.subscriptions.lock() {
             all.extend(subs);
         }
@@ -368,6 +416,7 @@ impl Runtime {
                 idle_timeout: None,
                 cancel_grace: Duration::from_millis(100),
             },
+            fleet: FleetOptions::default(),
         }
     }
 
@@ -408,6 +457,45 @@ impl Runtime {
     /// The cards of the kinds registered here.
     pub fn cards(&self) -> Vec<AgentCard> {
         self.inner.node.directory.cards()
+    }
+
+    /// Every live advert of the tenant's card directory: this runtime's kinds
+    /// (with their load now) and those of every other live runtime, one
+    /// entry per kind and node.
+    pub fn fleet(&self) -> Vec<LiveCard> {
+        let node = &self.inner.node;
+        let mut all: Vec<LiveCard> = self
+            .inner
+            .registered_hosts()
+            .iter()
+            .map(|h| LiveCard {
+                card: h.card.clone(),
+                node: node.id.clone(),
+                version: h.version.clone(),
+                capacity: h.capacity(),
+                in_flight: h.load.load(Ordering::Relaxed),
+            })
+            .collect();
+        all.extend(node.directory.remote());
+        all
+    }
+
+    /// One card per kind that can take work now: the kinds registered here
+    /// and those a live runtime of the fleet advertises. What an
+    /// [`Orchestrator`](crate::Orchestrator) plans with.
+    pub fn fleet_cards(&self) -> Vec<AgentCard> {
+        self.inner.node.directory.fleet_cards()
+    }
+
+    /// Waits up to `limit` until some live card offers `capability` (or a
+    /// live kind has that name). Returns whether one does.
+    pub async fn wait_for_capability(&self, capability: &str, limit: Duration) -> bool {
+        self.inner.node.directory.wait_for(capability, limit).await
+    }
+
+    /// The cards routing reads (this runtime's and the fleet's).
+    pub(crate) fn directory(&self) -> &Directory {
+        &self.inner.node.directory
     }
 
     /// How many ids of a kind are live here.
@@ -557,6 +645,15 @@ impl Runtime {
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let inner = &self.inner;
         inner.node.draining.store(true, Ordering::Release);
+        #[cfg(feature = "nats")]
+        if let Some(f) = inner.fleet.lock().ok().and_then(|mut f| f.take()) {
+            let hosts: Vec<Arc<KindHost>> = inner
+                .kinds
+                .read()
+                .map(|k| k.values().cloned().collect())
+                .unwrap_or_default();
+            f.leave(&hosts).await;
+        }
         // Detach the kinds' routes so new messages go elsewhere (or fail fast).
         let subs = inner
             .subscriptions

@@ -140,13 +140,43 @@ pub struct RunResult {
     pub outputs: HashMap<String, serde_json::Value>,
     /// How many times the run recorded each step as succeeded.
     pub recorded: HashMap<String, usize>,
+    /// How many times the run dispatched each step (attempts).
+    pub dispatched: HashMap<String, usize>,
+    /// Failed attempts the run recorded.
+    pub failed: usize,
     /// Steps that had succeeded when the fault was injected.
     pub at_fault: usize,
 }
 
 /// Runs `n` steps of `double` through the orchestrator on `rt`, calling
-/// `fault` once `fault_after` steps have succeeded.
+/// `fault` once `fault_after` steps have succeeded; the orchestrator retries
+/// any failed or timed-out step (up to 30 attempts).
 pub async fn run_steps<F, Fut>(rt: &Runtime, n: u64, fault_after: usize, fault: F) -> RunResult
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    run_steps_with(rt, n, fault_after, Retries::On, fault).await
+}
+
+/// Whether the orchestrator retries steps in a fault run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Retries {
+    /// Up to 30 attempts, a 10 s step timeout.
+    On,
+    /// One attempt, no step timeout: only JetStream redelivery can recover
+    /// a task a fault interrupted.
+    Off,
+}
+
+/// [`run_steps`] with the retry policy chosen.
+pub async fn run_steps_with<F, Fut>(
+    rt: &Runtime,
+    n: u64,
+    fault_after: usize,
+    retries: Retries,
+    fault: F,
+) -> RunResult
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -154,23 +184,34 @@ where
     let kind = AgentKind::new("double").unwrap();
     let plan =
         Plan::new((0..n).map(|i| Step::new(format!("s{i}"), "double", StepInput::literal(i))));
-    let policy = RunPolicy {
+    let off = RunPolicy {
         max_steps: 10 * n as usize,
-        step_timeout: Some(Duration::from_secs(10)),
-        retry: RetryPolicy {
-            max_attempts: 30,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            retry_on: RetryOn::Always,
-            ..RetryPolicy::default()
-        },
+        retry: RetryPolicy::none(),
         ..RunPolicy::default()
+    };
+    let policy = if retries == Retries::Off {
+        off
+    } else {
+        RunPolicy {
+            max_steps: 10 * n as usize,
+            step_timeout: Some(Duration::from_secs(10)),
+            retry: RetryPolicy {
+                max_attempts: 30,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+                retry_on: RetryOn::Always,
+                ..RetryPolicy::default()
+            },
+            ..RunPolicy::default()
+        }
     };
     let orch = Orchestrator::new(rt.clone(), StaticPlanner::new(plan))
         .cards(vec![AgentCard::of::<Doubler>(kind)]);
     let mut handle = orch.start(TaskSpec::new("fault run").policy(policy));
     let mut events = handle.events();
     let mut recorded: HashMap<String, usize> = HashMap::new();
+    let mut dispatched: HashMap<String, usize> = HashMap::new();
+    let mut failed = 0;
     let mut fault = Some(fault);
     let mut at_fault = 0;
     let watch = async {
@@ -185,6 +226,10 @@ where
                         f().await;
                     }
                 }
+                RunEvent::StepDispatched { step, .. } => {
+                    *dispatched.entry(step.to_string()).or_default() += 1;
+                }
+                RunEvent::StepFailed { .. } => failed += 1,
                 RunEvent::RunFinished { .. } => break,
                 _ => {}
             }
@@ -205,6 +250,8 @@ where
     RunResult {
         outputs,
         recorded,
+        dispatched,
+        failed,
         at_fault,
     }
 }
@@ -227,6 +274,21 @@ pub fn assert_complete(r: &RunResult, n: u64) {
             r.recorded.get(&key),
             Some(&1),
             "step {key} must be recorded exactly once"
+        );
+    }
+}
+
+/// Asserts what [`assert_complete`] does, and that each step was dispatched
+/// once and nothing failed: nothing was recovered by an orchestrator retry.
+pub fn assert_complete_without_retries(r: &RunResult, n: u64) {
+    assert_complete(r, n);
+    assert_eq!(r.failed, 0, "an attempt failed");
+    for i in 0..n {
+        let key = format!("s{i}");
+        assert_eq!(
+            r.dispatched.get(&key),
+            Some(&1),
+            "step {key} was dispatched again"
         );
     }
 }

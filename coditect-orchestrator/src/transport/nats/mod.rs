@@ -53,6 +53,7 @@
 //! With [`KindDelivery::AtMostOnce`] messages to an id go to a core queue
 //! group and this promise holds within one worker only.
 
+pub(crate) mod directory;
 pub mod error;
 mod jetstream;
 pub mod options;
@@ -472,6 +473,19 @@ impl NatsTransport {
         jetstream::dead_stream(tenant)
     }
 
+    /// The name of a tenant's card bucket: the JetStream KV bucket where
+    /// runtimes advertise the agent kinds they host (see
+    /// [`FleetOptions`](crate::runtime::FleetOptions)).
+    pub fn card_bucket(tenant: &TenantId) -> String {
+        directory::card_bucket(tenant)
+    }
+
+    /// Whether kinds go through JetStream (the default), which the card
+    /// directory needs too.
+    pub(crate) fn is_durable(&self) -> bool {
+        self.shared.options.kind_delivery == KindDelivery::Durable
+    }
+
     /// Stops every route's background task and flushes what was published.
     pub async fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
@@ -631,6 +645,43 @@ fn stream_full(e: &async_nats::jetstream::context::PublishError) -> bool {
         })
 }
 
+/// Publishes a task to its stream and waits for the server's ack, trying
+/// again (with the same `Nats-Msg-Id`, so it is stored once) while the server
+/// cannot take it for a moment — no stream leader yet, no responders, a
+/// timeout — for up to [`DurableOptions::publish_retry`]. A full stream or a
+/// refusal is final at once.
+async fn publish_task(
+    shared: &Shared,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<(), async_nats::jetstream::context::PublishError> {
+    let until = Instant::now() + shared.options.durable.publish_retry;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let result = match shared
+            .js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e)
+                if !stream_full(&e)
+                    && !shared.closed.load(Ordering::Relaxed)
+                    && Instant::now() + delay < until =>
+            {
+                tracing::debug!(error = %e, "task publish not acknowledged; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Hands a delivery to an inbox, waiting while it is full (backpressure).
 pub(crate) async fn deliver(
     inbox: &dyn Inbox,
@@ -673,6 +724,14 @@ impl Transport for NatsTransport {
             ),
             (to, _) => wire::subject(&envelope.tenant, to, durable),
         };
+        if let (Payload::Cancel(_), Destination::Kind(k)) = (&envelope.payload, &envelope.to) {
+            // Whichever worker took the message may be handling it: tell all.
+            subject = wire::cancel_subject(&envelope.tenant, k);
+        } else if let (Payload::Cancel(_), Destination::Agent(id)) =
+            (&envelope.payload, &envelope.to)
+        {
+            subject = wire::cancel_subject(&envelope.tenant, id.kind());
+        }
         if let Destination::Reply(_) = &envelope.to {
             let id = envelope.correlation.unwrap_or(envelope.id);
             subject = format!("{subject}.{id}");
@@ -740,22 +799,14 @@ impl Transport for NatsTransport {
                     return Err(SendError::new(SendErrorKind::NoRoute, envelope, msg));
                 }
                 Err(e) => {
-                    return Err(SendError::new(
-                        SendErrorKind::Other,
-                        envelope,
-                        e.to_string(),
-                    ));
+                    // The probe is only there to fail fast when nobody hosts
+                    // the kind; if the server cannot answer it now (a stream
+                    // leader being elected), the stream still takes the task.
+                    tracing::debug!(error = %e, %kind, "consumer lookup failed; publishing anyway");
                 }
             }
             headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
-            let result = match shared
-                .js
-                .publish_with_headers(subject, headers, payload)
-                .await
-            {
-                Ok(ack) => ack.await.map(|_| ()),
-                Err(e) => Err(e),
-            };
+            let result = publish_task(shared, subject, headers, payload).await;
             return match result {
                 Ok(()) => {
                     shared.counters.sent.fetch_add(1, Ordering::Relaxed);
@@ -877,6 +928,10 @@ impl Transport for NatsTransport {
                     .await?;
                     let ids = format!("{}.{}.agent.{kind}.*", wire::PREFIX, tenant);
                     self.subscribe_core(ids, q, inbox.clone(), false, token.clone())
+                        .await?;
+                    // No queue group: a cancel reaches every worker of the kind.
+                    let cancels = wire::cancel_subject(tenant, kind);
+                    self.subscribe_core(cancels, None, inbox.clone(), false, token.clone())
                         .await?;
                     if self.shared.options.kind_delivery == KindDelivery::Durable {
                         jetstream::attach_kind(&self.shared, tenant, kind, inbox, token.clone())

@@ -51,6 +51,10 @@ pub struct DurableOptions {
     /// How long a worker's hold on a partition of ids lasts without renewal:
     /// how long an id's messages wait after its worker died.
     pub lease_ttl: Duration,
+    /// How long a task publish the server did not acknowledge (a stream
+    /// leader being elected after a node loss, a reconnect) is tried again
+    /// before the send fails. Retrying is safe: `Nats-Msg-Id` stores it once.
+    pub publish_retry: Duration,
 }
 
 impl Default for DurableOptions {
@@ -65,6 +69,7 @@ impl Default for DurableOptions {
             duplicate_window: Duration::from_secs(120),
             batch: 64,
             lease_ttl: Duration::from_secs(10),
+            publish_retry: Duration::from_secs(10),
         }
     }
 }
@@ -116,6 +121,12 @@ impl DurableOptions {
     #[must_use]
     pub fn lease_ttl(mut self, d: Duration) -> Self {
         self.lease_ttl = d.max(Duration::from_millis(300));
+        self
+    }
+    /// Sets [`DurableOptions::publish_retry`].
+    #[must_use]
+    pub fn publish_retry(mut self, d: Duration) -> Self {
+        self.publish_retry = d;
         self
     }
     /// Sets [`DurableOptions::batch`].

@@ -16,6 +16,7 @@
 //! | one id, durable | `coditect.<tenant>.task.<kind>.p<partition>` (one of 16, by key) |
 //! | one id, at most once | `coditect.<tenant>.agent.<kind>.<key>` |
 //! | topic | `coditect.<tenant>.topic.<topic>` |
+//! | cancels for a kind or its ids | `coditect.<tenant>.cancel.<kind>` (every worker of the kind) |
 //! | replies of a node | `coditect.<tenant>.reply.<node>.<request id>` |
 //! | dead letters | `coditect.<tenant>.dead.<kind>` |
 
@@ -103,6 +104,12 @@ pub(crate) fn subject(tenant: &TenantId, to: &Destination, durable_kind: bool) -
         Destination::Topic(t) => format!("{PREFIX}.{tenant}.topic.{t}"),
         Destination::Reply(n) => format!("{PREFIX}.{tenant}.reply.{n}"),
     }
+}
+
+/// The subject cancels for a kind (or one of its ids) go to: every worker
+/// hosting the kind listens, since any of them may be handling the message.
+pub(crate) fn cancel_subject(tenant: &TenantId, kind: &AgentKind) -> String {
+    format!("{PREFIX}.{tenant}.cancel.{kind}")
 }
 
 /// The durable task subject of a kind.
@@ -315,5 +322,96 @@ mod tests {
             decode(Some(&h), p, Some("other"), 10),
             Err(WireError::TenantMismatch { .. })
         ));
+    }
+
+    /// A valid envelope's header, to mutate.
+    fn valid_meta(reply: bool) -> String {
+        let id = AgentId::new("a", "b").unwrap();
+        let mut env = Envelope::new(
+            tenant(),
+            Destination::Agent(id.clone()),
+            if reply {
+                Payload::Reply(Err(crate::envelope::Failure::new(
+                    crate::envelope::FailureKind::Handler,
+                    "no",
+                )))
+            } else {
+                Payload::Message(Body::new("x".to_string()))
+            },
+        );
+        env.reply_to = Some(NodeId::new("n1").unwrap());
+        env.ctx.chain = crate::envelope::CallChain::new().with(&id);
+        let (h, _) = encode(&env).unwrap();
+        h.get(META_HEADER).unwrap().as_str().to_owned()
+    }
+
+    /// Either a typed error, or an envelope that is whole: its tenant is the
+    /// subject's, and it encodes and decodes again to the same message.
+    fn check(meta: Option<&str>, payload: Vec<u8>, traceparent: Option<&str>) {
+        let mut h = HeaderMap::new();
+        if let Some(m) = meta {
+            h.insert(META_HEADER, m);
+        }
+        if let Some(t) = traceparent {
+            h.insert("traceparent", t);
+        }
+        let headers = meta.is_some().then_some(&h);
+        match decode(headers, Bytes::from(payload), Some("acme"), 4096) {
+            Err(e) => assert!(!e.to_string().is_empty()),
+            Ok(env) => {
+                assert_eq!(env.tenant.as_str(), "acme");
+                let (h2, p2) = encode(&env).unwrap();
+                let again = decode(Some(&h2), p2, Some("acme"), 1 << 20).unwrap();
+                assert_eq!(again.id, env.id);
+                assert_eq!(again.to, env.to);
+                assert_eq!(again.ctx.chain, env.ctx.chain);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn random_headers_and_bytes_never_panic(
+            meta in proptest::option::of("[^\r\n]{0,200}"),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..5000),
+            trace in proptest::option::of("[0-9a-f-]{0,60}"),
+        ) {
+            check(meta.as_deref(), payload, trace.as_deref());
+        }
+
+        #[test]
+        fn mutated_valid_headers_never_panic(
+            reply in proptest::prelude::any::<bool>(),
+            edits in proptest::collection::vec(
+                (
+                    proptest::prelude::any::<proptest::sample::Index>(),
+                    0u8..4,
+                    // JSON's own characters and a few letters, so that edits
+                    // hit structure and values, not only string contents.
+                    proptest::sample::select("{}[]\":,.-0123456789abcmnprtz \\".chars().collect::<Vec<_>>()),
+                ),
+                1..4,
+            ),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let mut meta: Vec<char> = valid_meta(reply).chars().collect();
+            for (at, op, c) in edits {
+                if meta.is_empty() {
+                    break;
+                }
+                let i = at.index(meta.len());
+                match op {
+                    0 => meta[i] = c,
+                    1 => { meta.remove(i); }
+                    2 => meta.insert(i, c),
+                    _ => meta.truncate(i),
+                }
+            }
+            // Header values cannot hold line breaks.
+            let meta: String = meta.into_iter().filter(|c| *c != '\r' && *c != '\n').collect();
+            check(Some(&meta), payload, None);
+        }
     }
 }
