@@ -263,22 +263,18 @@ impl LlmAgent {
                 temperature: cfg.temperature,
                 stop_sequences: Vec::new(),
             };
-            let span = tracing::info_span!(
-                "coditect.model",
-                gen_ai.operation.name = "chat",
-                gen_ai.response.model = tracing::field::Empty,
-                gen_ai.usage.input_tokens = tracing::field::Empty,
-                gen_ai.usage.output_tokens = tracing::field::Empty,
-                agent = ctx.map(|c| c.id().to_string()),
+            let chat = crate::telemetry::chat(
+                cfg.model.provider_dyn(),
+                cfg.model.model_name_dyn(),
+                &request,
+                ctx,
                 iteration,
             );
             let response = self
-                .call_model(request, ctx)
-                .instrument(span.clone())
+                .call_model(request, ctx, &chat)
+                .instrument(chat.span.clone())
                 .await?;
-            span.record("gen_ai.response.model", response.model.as_str());
-            span.record("gen_ai.usage.input_tokens", response.usage.input_tokens);
-            span.record("gen_ai.usage.output_tokens", response.usage.output_tokens);
+            chat.answered(&response);
             usage.add(&response.usage);
             let turn_cost = cfg
                 .pricing
@@ -287,7 +283,7 @@ impl LlmAgent {
             cost += turn_cost;
             if let Some(c) = ctx {
                 let u = &response.usage;
-                report_usage(c, u, turn_cost).await;
+                report_usage(c, &response.model, u, turn_cost).await;
                 emit(
                     c,
                     AgentProgress::Turn {
@@ -396,6 +392,7 @@ impl LlmAgent {
         &self,
         request: CompletionRequest,
         ctx: Option<&AgentContext>,
+        chat: &crate::telemetry::Chat,
     ) -> Result<CompletionResponse, AgentError> {
         let call = async {
             if !self.inner.streaming {
@@ -431,7 +428,10 @@ impl LlmAgent {
             },
             None => call.await,
         };
-        result.map_err(model_error)
+        result.map_err(|e| {
+            chat.failed(&e);
+            model_error(e)
+        })
     }
 }
 
@@ -450,15 +450,17 @@ pub(crate) fn model_error(e: ModelError) -> AgentError {
 }
 
 /// Reports a model call's usage to the run, so its budgets apply.
-pub(crate) async fn report_usage(ctx: &AgentContext, u: &Usage, cost_usd: f64) {
+pub(crate) async fn report_usage(ctx: &AgentContext, model: &str, u: &Usage, cost_usd: f64) {
     let reported = coditect_orchestrator::Usage::new(
         u.input_tokens
             .saturating_add(u.cache_creation_input_tokens)
             .saturating_add(u.cache_read_input_tokens),
         u.output_tokens,
         cost_usd,
-    );
-    if let Err(e) = ctx.report_usage(reported).await {
+    )
+    .with_cache(u.cache_read_input_tokens, u.cache_creation_input_tokens);
+    let model = (!model.is_empty()).then_some(model);
+    if let Err(e) = ctx.report_model_usage(model, reported).await {
         tracing::warn!(error = %e, "could not report usage to the run");
     }
 }

@@ -50,6 +50,7 @@ mod context;
 mod envelope;
 mod error;
 mod id;
+pub mod observe;
 pub mod orchestrator;
 pub mod report;
 pub mod runtime;

@@ -10,6 +10,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::agent::AgentCard;
 use crate::body::Body;
@@ -141,6 +142,7 @@ impl Driver {
             event,
         };
         self.seq += 1;
+        crate::observe::metrics::on_event(&record);
         if self.publishing {
             if self.events.receiver_count() > 0 {
                 self.state.apply(&record);
@@ -231,7 +233,12 @@ impl Driver {
             }
         };
         let ctx = PlanningContext::new(self.routing.cards.clone());
-        let planned = self.inner.planner.plan(&self.task, &ctx).await;
+        let planned = self
+            .inner
+            .planner
+            .plan(&self.task, &ctx)
+            .instrument(crate::observe::spans::plan(self.run))
+            .await;
         self.tick();
         if let Some(stop) = self.planning_spent(&ctx) {
             return self.fail(stop, Some(&mut signals));

@@ -183,7 +183,7 @@ impl Orchestrator {
         let inner = self.inner.clone();
         let cards = self.all_cards();
         let token = cancel.clone();
-        let span = tracing::info_span!("coditect.run", run = %run, tenant = %task.tenant, goal = %task.goal);
+        let span = crate::observe::spans::workflow(run, &task);
         tokio::spawn(
             async move {
                 let result = driver::Driver::new(inner, run, task, cards, token, events)

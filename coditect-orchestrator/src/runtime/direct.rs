@@ -65,7 +65,12 @@ type Reply = (Result<Body, RequestError>, Option<Box<Tally>>);
 type Rest = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The handler of a direct call, owning everything it borrows.
-async fn run(mut agent: Box<dyn DynAgent>, ctx: AgentContext, body: Body) -> Done {
+async fn run(
+    mut agent: Box<dyn DynAgent>,
+    ctx: AgentContext,
+    body: Body,
+    observed: crate::observe::spans::AgentSpan,
+) -> Done {
     let (result, keep) = {
         let handler = AssertUnwindSafe(agent.handle_dyn(body, &ctx)).catch_unwind();
         let mut handler = std::pin::pin!(handler);
@@ -81,6 +86,7 @@ async fn run(mut agent: Box<dyn DynAgent>, ctx: AgentContext, body: Body) -> Don
     };
     let id = ctx.id();
     let result = result.map_err(|f| if f.agent.is_none() { f.at(id) } else { f });
+    observed.finish(&result);
     Done {
         result,
         agent: keep.then_some(agent),
@@ -271,13 +277,8 @@ fn start(
         _tracked: node.tracker.token(),
     };
     let started = signal_started(node, &env, &parts.act.id);
-    let span = tracing::debug_span!(
-        "coditect.handle",
-        agent = %parts.act.id,
-        message = %env.id,
-        run = env.ctx.run.map(tracing::field::display),
-        tenant = %env.tenant,
-    );
+    let observed = crate::observe::spans::invoke_agent(&parts.act.id, &env);
+    let span = observed.span.clone();
     let ctx = AgentContext::new(
         node.clone(),
         parts.act.id.clone(),
@@ -285,9 +286,9 @@ fn start(
         parts.cancel.clone(),
     );
     let call: Call = if span.is_disabled() {
-        Box::pin(run(agent, ctx, body))
+        Box::pin(run(agent, ctx, body, observed))
     } else {
-        Box::pin(run(agent, ctx, body).instrument(span))
+        Box::pin(run(agent, ctx, body, observed).instrument(span))
     };
     (
         InFlight {
