@@ -192,15 +192,26 @@ fn attr_str(span: &SpanData, key: &str) -> Option<String> {
     attr(span, key).map(|v| v.as_str().into_owned())
 }
 
+/// The binary's one subscriber, exporting to memory (global: a thread's own
+/// default would race with the callsite-interest cache of tests running at
+/// the same time).
+fn exported() -> &'static (SdkTracerProvider, InMemorySpanExporter) {
+    static OTEL: OnceLock<(SdkTracerProvider, InMemorySpanExporter)> = OnceLock::new();
+    OTEL.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        (provider, exporter)
+    })
+}
+
 #[tokio::test]
 async fn spans_follow_the_genai_conventions_with_the_right_parents() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (provider, exporter) = exported();
     let (out, _) = scenario("spans").await;
     provider.force_flush().unwrap();
     let spans = exporter.get_finished_spans().unwrap();
