@@ -380,3 +380,290 @@ async fn metrics_count_steps_retries_failures_tokens_and_cost_by_model_and_tenan
     assert!(histograms["coditect.dispatch.latency"] >= 4);
     assert!(histograms["gen_ai.invoke_agent.duration"] >= 6);
 }
+
+mod pictures {
+    use std::path::{Path, PathBuf};
+
+    use coditect_orchestrator::observe::{mermaid, timeline};
+    use coditect_orchestrator::orchestrator::{
+        Plan, RunEvent, RunEventRecord, RunStatus, Step, StepInput, TaskSpec,
+    };
+    use coditect_orchestrator::{AgentId, Failure, FailureKind, MessageId, RunId};
+    use serde_json::json;
+    use tokio::time::timeout;
+
+    use super::T;
+
+    fn msg(n: u128) -> MessageId {
+        MessageId::from_uuid(uuid::Uuid::from_u128(n))
+    }
+
+    /// A run with a delegation and a retried step, event by event.
+    fn known_run() -> Vec<RunEventRecord> {
+        let run = RunId::from_uuid(uuid::Uuid::from_u128(7));
+        let agent = |s: &str| {
+            let (k, key) = s.split_once('/').unwrap();
+            AgentId::new(k, key).unwrap()
+        };
+        let events = vec![
+            RunEvent::RunStarted {
+                task: TaskSpec::new("write a report; then #publish"),
+            },
+            RunEvent::PlanMade {
+                revision: 0,
+                plan: Plan::new([
+                    Step::new("research", "research", StepInput::Goal),
+                    Step::new("write", "write", StepInput::output("research")),
+                ]),
+            },
+            RunEvent::StepDispatched {
+                step: "research".into(),
+                attempt: 1,
+                message: msg(1),
+                to: "research".into(),
+            },
+            RunEvent::StepStarted {
+                step: "research".into(),
+                message: msg(1),
+                agent: agent("lead/1"),
+            },
+            RunEvent::Delegated {
+                step: Some("research".into()),
+                parent: msg(1),
+                message: msg(2),
+                agent: agent("search/1"),
+                depth: 1,
+            },
+            RunEvent::DelegationFinished {
+                message: msg(2),
+                failure: None,
+            },
+            RunEvent::StepSucceeded {
+                step: "research".into(),
+                attempt: 1,
+                output: json!("notes"),
+            },
+            RunEvent::StepDispatched {
+                step: "write".into(),
+                attempt: 1,
+                message: msg(3),
+                to: "write".into(),
+            },
+            RunEvent::StepStarted {
+                step: "write".into(),
+                message: msg(3),
+                agent: agent("writer/1"),
+            },
+            RunEvent::StepFailed {
+                step: "write".into(),
+                attempt: 1,
+                failure: Failure::new(FailureKind::Handler, "the pen broke"),
+                will_retry: true,
+            },
+            RunEvent::StepRetried {
+                step: "write".into(),
+                attempt: 2,
+                backoff_ms: 10,
+            },
+            RunEvent::StepDispatched {
+                step: "write".into(),
+                attempt: 2,
+                message: msg(4),
+                to: "write".into(),
+            },
+            RunEvent::StepStarted {
+                step: "write".into(),
+                message: msg(4),
+                agent: agent("writer/1"),
+            },
+            RunEvent::StepSucceeded {
+                step: "write".into(),
+                attempt: 2,
+                output: json!("the report"),
+            },
+            RunEvent::RunFinished {
+                status: RunStatus::Succeeded,
+                output: Some(json!("the report")),
+                error: None,
+            },
+        ];
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| RunEventRecord {
+                run,
+                seq: i as u64,
+                at_ms: 10 * i as u64,
+                event,
+            })
+            .collect()
+    }
+
+    const EXPECTED: &str = "sequenceDiagram
+    actor Developer
+    participant Orchestrator
+    participant A1 as lead/1
+    participant A2 as search/1
+    participant A3 as writer/1
+    Developer->>Orchestrator: write a report then publish
+    Note over Orchestrator: plan - research, write
+    Orchestrator->>A1: research
+    A1->>A2: delegate to search
+    A2-->>A1: result
+    A1-->>Orchestrator: research done
+    Orchestrator->>A3: write
+    A3--xOrchestrator: write failed - handler, will retry
+    Orchestrator->>A3: write (attempt 2)
+    A3-->>Orchestrator: write done
+    Orchestrator-->>Developer: succeeded
+";
+
+    #[test]
+    fn the_mermaid_diagram_of_a_known_run_is_the_expected_text() {
+        assert_eq!(mermaid::sequence(&known_run()), EXPECTED);
+    }
+
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// The mermaid npm package's bundled script, installed by
+    /// `scripts/test-observe.sh install`.
+    fn mermaid_js() -> PathBuf {
+        std::env::var_os("MERMAID_JS").map_or_else(
+            || root().join("target/observe-node/node_modules/mermaid/dist/mermaid.min.js"),
+            PathBuf::from,
+        )
+    }
+
+    fn chromium() -> String {
+        std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "chromium".to_owned())
+    }
+
+    /// Runs headless Chromium on `page` with `args`; its standard output.
+    async fn headless(page: &Path, args: &[&str], profile: &Path) -> String {
+        let mut cmd = tokio::process::Command::new(chromium());
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=20000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .kill_on_drop(true);
+        let out = timeout(T * 2, cmd.output())
+            .await
+            .expect("chromium finished in time")
+            .expect("chromium runs (scripts/test-observe.sh install)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn between<'a>(dom: &'a str, start: &str, end: &str) -> &'a str {
+        let from = dom.find(start).map_or(dom.len(), |i| i + start.len());
+        let to = dom[from..].find(end).map_or(dom.len(), |i| from + i);
+        &dom[from..to]
+    }
+
+    #[tokio::test]
+    async fn the_pictures_render_in_headless_chromium() {
+        let js = mermaid_js();
+        assert!(js.exists(), "{} is missing: run scripts/test-observe.sh install", js.display());
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("profile");
+
+        // The diagram of the known run and of a real one render without error.
+        let (_, real) = super::scenario("pictures").await;
+        for (name, text) in [
+            ("known", mermaid::sequence(&known_run())),
+            ("real", mermaid::sequence(&real)),
+        ] {
+            let page = dir.path().join(format!("{name}.html"));
+            let harness = format!(
+                r#"<!DOCTYPE html><html><body><pre id="out">pending</pre>
+<script src="file://{js}"></script>
+<script>
+mermaid.initialize({{startOnLoad:false}});
+mermaid.render('g', {text}).then(function(r){{
+  var participants = (r.svg.match(/<text[^>]*class="actor[^"]*"/g) || []).length;
+  document.getElementById('out').textContent = 'RENDERED ' + participants + ' ' + (r.svg.indexOf('lead/') >= 0);
+}}).catch(function(e){{ document.getElementById('out').textContent = 'ERROR ' + e; }});
+</script></body></html>"#,
+                js = js.display(),
+                text = serde_json::to_string(&text).unwrap(),
+            );
+            std::fs::write(&page, harness).unwrap();
+            let dom = headless(&page, &["--dump-dom"], &profile).await;
+            let out = between(&dom, "<pre id=\"out\">", "</pre>");
+            assert!(out.starts_with("RENDERED"), "{name}: {out}\n{text}");
+            assert!(out.ends_with("true"), "{name}: the lead is drawn: {out}");
+        }
+
+        // The timeline of the real run: every step on the page, a click shows
+        // the details, and a screenshot.
+        let html = timeline::html(&real);
+        assert!(!html.contains("http://") && !html.contains("https://"), "no network");
+        let page = dir.path().join("timeline.html");
+        std::fs::write(&page, &html).unwrap();
+        let bars = timeline::bars(&real);
+        let failed = bars
+            .iter()
+            .find(|b| b.status == "failed")
+            .expect("the flaky step's failed attempt");
+        let harness = dir.path().join("click.html");
+        std::fs::write(
+            &harness,
+            format!(
+                r#"<!DOCTYPE html><html><body><pre id="out">pending</pre>
+<iframe id="f" src="file://{page}" width="1200" height="600"></iframe>
+<script>
+document.getElementById('f').addEventListener('load', function(){{
+  var doc = this.contentDocument, out = document.getElementById('out');
+  var rows = doc.querySelectorAll('.row');
+  var names = Array.prototype.map.call(rows, function(r){{ return r.querySelector('.name').textContent; }});
+  var row = doc.querySelector('.row[data-id="{failed}"]');
+  if (!row) {{ out.textContent = 'NO ROW'; return; }}
+  row.click();
+  var det = doc.getElementById('details');
+  out.textContent = 'ROWS ' + rows.length + '\n' + names.join('\n') + '\nDETAILS ' +
+    getComputedStyle(det).display + '\n' + det.textContent;
+}});
+</script></body></html>"#,
+                page = page.display(),
+                failed = failed.id,
+            ),
+        )
+        .unwrap();
+        let dom = headless(&harness, &["--dump-dom"], &profile).await;
+        let out = between(&dom, "<pre id=\"out\">", "</pre>");
+        assert!(out.starts_with(&format!("ROWS {}", bars.len())), "{out}");
+        for step in ["a", "b", "c"] {
+            assert!(
+                out.lines().any(|l| l.starts_with(step)),
+                "step {step} is on the page: {out}"
+            );
+        }
+        let details = between(out, "DETAILS ", "\u{0}");
+        assert!(details.starts_with("block"), "{details}");
+        assert!(details.contains("(failed)"), "{details}");
+        assert!(details.contains("error: first attempt fails"), "{details}");
+        assert!(details.contains("tokens: in 7, out 1"), "{details}");
+
+        let shot = dir.path().join("timeline.png");
+        headless(
+            &page,
+            &[&format!("--screenshot={}", shot.display()), "--window-size=1280,720"],
+            &profile,
+        )
+        .await;
+        let png = std::fs::read(&shot).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a screenshot");
+        if let Some(keep) = std::env::var_os("CODITECT_SCREENSHOT") {
+            std::fs::copy(&shot, keep).unwrap();
+        }
+    }
+}
