@@ -387,8 +387,14 @@ async fn an_agent_loop_marks_its_stable_prefix_and_conversation_for_the_prompt_c
         assert_eq!(body["system"][0]["text"], system.as_str());
         assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral");
         let parts = cache_parts(body);
-        assert!(parts.last().unwrap().1, "the conversation's last block is a breakpoint");
-        assert!(parts.iter().filter(|p| p.1).count() <= 4, "the API allows four");
+        assert!(
+            parts.last().unwrap().1,
+            "the conversation's last block is a breakpoint"
+        );
+        assert!(
+            parts.iter().filter(|p| p.1).count() <= 4,
+            "the API allows four"
+        );
     }
     // From the second turn on, what the turn before wrote to the cache (its
     // prompt up to its last breakpoint) is this turn's prefix: read, not
@@ -404,17 +410,20 @@ async fn an_agent_loop_marks_its_stable_prefix_and_conversation_for_the_prompt_c
         cached += hit;
     }
     let share = cached as f64 / eligible as f64;
-    assert!(share >= 0.9, "only {:.1}% of the input was cacheable", share * 100.0);
+    assert!(
+        share >= 0.9,
+        "only {:.1}% of the input was cacheable",
+        share * 100.0
+    );
 
     // With breakpoints off, none are sent.
     let server = within(StandIn::start()).await;
     server.push(Reply::stream(&text_message("plain")));
-    let agent = LlmAgent::builder(
-        claude(&server).with_prompt_cache(coditect_claude::PromptCache::Off),
-    )
-    .system("s")
-    .tool(Shout)
-    .build();
+    let agent =
+        LlmAgent::builder(claude(&server).with_prompt_cache(coditect_claude::PromptCache::Off))
+            .system("s")
+            .tool(Shout)
+            .build();
     within(agent.run(json!("x"), None)).await.unwrap();
     let body = &bodies(&server)[0];
     assert!(!body.to_string().contains("cache_control"), "{body}");
@@ -456,7 +465,10 @@ mod capture {
             let mut span = Span {
                 id: id.into_u64(),
                 name: attrs.metadata().name().to_owned(),
-                parent: ctx.span(id).and_then(|s| s.parent()).map(|p| p.id().into_u64()),
+                parent: ctx
+                    .span(id)
+                    .and_then(|s| s.parent())
+                    .map(|p| p.id().into_u64()),
                 ..Span::default()
             };
             attrs.record(&mut Fields(&mut span.fields));
@@ -478,8 +490,10 @@ fn captured() -> &'static capture::Capture {
     static CAPTURE: std::sync::OnceLock<capture::Capture> = std::sync::OnceLock::new();
     CAPTURE.get_or_init(|| {
         let capture = capture::Capture::default();
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(capture.clone()))
-            .unwrap();
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(capture.clone()),
+        )
+        .unwrap();
         capture
     })
 }
@@ -523,7 +537,12 @@ async fn model_and_tool_calls_are_chat_and_execute_tool_spans_content_only_on_re
             .collect();
         assert_eq!(agent.fields["otel.name"], "invoke_agent shouter");
         let chats: Vec<_> = spans.iter().filter(|s| s.name == "chat").collect();
-        assert_eq!(chats.len(), 2, "{:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>());
+        assert_eq!(
+            chats.len(),
+            2,
+            "{:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
         for c in &chats {
             let f = &c.fields;
             assert_eq!(f["otel.name"], "chat claude-sonnet-4-5");
@@ -544,8 +563,14 @@ async fn model_and_tool_calls_are_chat_and_execute_tool_spans_content_only_on_re
                 "content is recorded only on request"
             );
         }
-        assert_eq!(chats[0].fields["gen_ai.response.finish_reasons"], "[\"tool_use\"]");
-        assert_eq!(chats[1].fields["gen_ai.response.finish_reasons"], "[\"end_turn\"]");
+        assert_eq!(
+            chats[0].fields["gen_ai.response.finish_reasons"],
+            "[\"tool_use\"]"
+        );
+        assert_eq!(
+            chats[1].fields["gen_ai.response.finish_reasons"],
+            "[\"end_turn\"]"
+        );
         let tool = spans
             .iter()
             .find(|s| s.name == "execute_tool")

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::budget::Budget;
 use crate::envelope::{CallChain, Deadline, TraceContext};
 use crate::id::{MessageId, RunId, StepId};
+use crate::journal::Recorded;
 
 /// The run context of a message: which run and step it works for, who asked,
 /// how deep and until when, and what is left of the run's limits.
@@ -60,6 +61,11 @@ pub struct CallContext {
     /// What remains of the run's limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Arc<Budget>>,
+    /// For a run with a store (a durable run): what its journal already
+    /// holds for the step (effects, answers). `None` outside durable runs,
+    /// where effects simply run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<Arc<Recorded>>,
 }
 
 fn first_attempt() -> u32 {
@@ -79,6 +85,7 @@ impl Default for CallContext {
             trace: TraceContext::default(),
             chain: CallChain::new(),
             budget: None,
+            journal: None,
         }
     }
 }
@@ -112,6 +119,13 @@ impl CallContext {
         self
     }
 
+    /// For a durable run, with what its journal holds for the step.
+    #[must_use]
+    pub fn journal(mut self, recorded: Arc<Recorded>) -> Self {
+        self.journal = Some(recorded);
+        self
+    }
+
     /// The context of the work a handler of message `id` sends: same run, step
     /// and limits, `id` as the parent, the chain and depth as given.
     pub(crate) fn child_of(&self, id: MessageId) -> Self {
@@ -129,6 +143,7 @@ impl CallContext {
             }),
             chain: self.chain.clone(),
             budget: self.budget.clone(),
+            journal: self.journal.clone(),
         }
     }
 }

@@ -4,14 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::{AgentError, AgentErrorKind};
 use crate::body::{Body, Message};
 use crate::budget::{Budget, Usage};
 use crate::envelope::{CallChain, Deadline, Destination, Envelope};
 use crate::envelope::{Failure, FailureKind};
 use crate::error::RequestError;
 use crate::id::{AgentId, AgentKind, MessageId, RunId, StepId, TenantId, Topic};
+use crate::journal::{EffectKey, JournalReply, JournalRequest};
 use crate::report::{ReportError, Signal, SignalKind, TallyCell};
 use crate::runtime::call::{Node, Origin, RequestOptions};
 use crate::runtime::cancel::HandlerCancel;
@@ -32,7 +35,12 @@ pub struct AgentContext {
     /// What this handling has reported, delegations included: its reply
     /// carries it.
     pub(crate) tally: TallyCell,
+    /// How many effects (and questions) of each name this handling made: the
+    /// `#n` of their keys. Allocated on the first one.
+    effects_made: std::sync::Mutex<Option<HashMap<String, u32>>>,
 }
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 impl AgentContext {
     pub(crate) fn new(
@@ -47,6 +55,7 @@ impl AgentContext {
             env,
             cancel,
             tally: TallyCell::started(),
+            effects_made: std::sync::Mutex::new(None),
         }
     }
 
@@ -347,10 +356,233 @@ impl AgentContext {
         self.report(SignalKind::Progress { data }).await
     }
 
+    /// The stable key of this step: the same on every attempt (after a crash,
+    /// a timeout, a retry), different for every step and run. Hand it to
+    /// systems outside coditect as an idempotency key. Outside a run, the
+    /// message's id.
+    pub fn idempotency_key(&self) -> String {
+        match (self.env.ctx.run, &self.env.ctx.step) {
+            (Some(run), Some(step)) => format!("{run}/{step}"),
+            (Some(run), None) => format!("{run}/{}", self.env.id),
+            _ => self.env.id.to_string(),
+        }
+    }
+
+    fn next_key(&self, name: &str) -> EffectKey {
+        let n = match self.effects_made.lock() {
+            Ok(mut made) => {
+                let made = made.get_or_insert_with(HashMap::default);
+                let n = made.entry(name.to_owned()).or_insert(0);
+                let this = *n;
+                *n += 1;
+                this
+            }
+            Err(_) => 0,
+        };
+        EffectKey::new(
+            self.env.ctx.run,
+            self.env.ctx.step.as_ref(),
+            self.me.kind().as_str(),
+            name,
+            n,
+        )
+    }
+
+    /// Runs a side effect at most once per run: `effect` gets the effect's
+    /// stable [`EffectKey`] (an idempotency key for outside systems) and its
+    /// result is recorded in the run's journal before this returns. When
+    /// the step is executed again — resumed after a crash, retried — the
+    /// effects it already made return their recorded results, in order,
+    /// without running; only the rest run.
+    ///
+    /// Effects are told apart by `name` and by how many of that name this
+    /// handler made before (so keep the order of a handler's effects
+    /// deterministic, or give each its own name). Outside a durable run (no
+    /// store, or no run) the effect simply runs.
+    ///
+    /// Only successes are recorded: an effect that fails runs again on the
+    /// next attempt.
+    ///
+    /// # Errors
+    /// What `effect` returns; a [`Permanent`](crate::AgentErrorKind::Permanent)
+    /// error if its result cannot be encoded as JSON (the effect happened:
+    /// nothing is recorded) or a recorded one does not decode as `T`; a
+    /// [`Transient`](crate::AgentErrorKind::Transient) error if the run's
+    /// driver did not acknowledge the record.
+    pub async fn effect<T, F, Fut>(&self, name: &str, effect: F) -> Result<T, AgentError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(EffectKey) -> Fut,
+        Fut: std::future::Future<Output = Result<T, AgentError>>,
+    {
+        let key = self.next_key(name);
+        let Some(journal) = self.env.ctx.journal.clone() else {
+            return effect(key).await;
+        };
+        if let Some(value) = journal.effect(key.as_str()) {
+            return decode_recorded(&key, value.clone());
+        }
+        let value = effect(key.clone()).await?;
+        let json = serde_json::to_value(&value).map_err(|e| {
+            AgentError::with_kind(
+                AgentErrorKind::Permanent,
+                format!("effect {key}: its result cannot be encoded as JSON, so it cannot be recorded: {e}"),
+            )
+        })?;
+        let request = JournalRequest::Effect {
+            step: self.env.ctx.step.clone(),
+            agent: self.me.clone(),
+            key: key.clone(),
+            value: json.clone(),
+        };
+        match self.journal_request(request).await? {
+            // Another attempt recorded its result first: the run goes on
+            // with that one, so every later reader agrees.
+            JournalReply::Recorded { value: recorded } => {
+                if recorded == json {
+                    Ok(value)
+                } else {
+                    decode_recorded(&key, recorded)
+                }
+            }
+            JournalReply::Refused { reason } => Err(AgentError::with_kind(
+                AgentErrorKind::Transient,
+                format!("effect {key} was done but its record was refused: {reason}"),
+            )),
+        }
+    }
+
+    /// Asks for input from outside the run (a person's approval, a missing
+    /// fact) and waits for the answer, which must satisfy `T`'s JSON Schema.
+    ///
+    /// The run records the question (a
+    /// [`RunEvent::InputRequested`](crate::orchestrator::RunEvent::InputRequested)
+    /// naming it, its step and the schema) and is marked paused; anyone may
+    /// answer it with
+    /// [`Orchestrator::respond`](crate::orchestrator::Orchestrator::respond),
+    /// from any process, after any restart. An answered question is answered
+    /// again from the journal when the step runs again.
+    ///
+    /// # Errors
+    /// A [`Permanent`](crate::AgentErrorKind::Permanent) error outside a
+    /// durable run (questions need a store); a
+    /// [`Transient`](crate::AgentErrorKind::Transient) one if the run's wait
+    /// for input timed out or the run is ending.
+    pub async fn ask<T>(&self, name: &str, prompt: &str) -> Result<T, AgentError>
+    where
+        T: DeserializeOwned + schemars::JsonSchema,
+    {
+        let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+        let value = self.ask_value(name, prompt, schema).await?;
+        let key = EffectKey::new(
+            self.env.ctx.run,
+            self.env.ctx.step.as_ref(),
+            "answer",
+            name,
+            0,
+        );
+        decode_recorded(&key, value)
+    }
+
+    /// [`ask`](Self::ask) with a JSON Schema given as a value; the answer
+    /// comes back as JSON, already checked against it.
+    ///
+    /// # Errors
+    /// As [`ask`](Self::ask).
+    pub async fn ask_value(
+        &self,
+        name: &str,
+        prompt: &str,
+        schema: serde_json::Value,
+    ) -> Result<serde_json::Value, AgentError> {
+        let key = self.next_key(name);
+        let Some(journal) = self.env.ctx.journal.clone() else {
+            return Err(AgentError::with_kind(
+                AgentErrorKind::Permanent,
+                format!(
+                    "{} asked {name:?} outside a durable run: questions need an orchestrator with a store",
+                    self.me
+                ),
+            ));
+        };
+        if let Some(answer) = journal.answer(key.as_str()) {
+            return Ok(answer.clone());
+        }
+        let request = JournalRequest::Ask {
+            step: self.env.ctx.step.clone(),
+            agent: self.me.clone(),
+            key: key.clone(),
+            prompt: prompt.to_owned(),
+            schema,
+        };
+        match self.journal_request(request).await? {
+            JournalReply::Recorded { value } => Ok(value),
+            JournalReply::Refused { reason } => Err(AgentError::with_kind(
+                AgentErrorKind::Transient,
+                format!("question {key} was not answered: {reason}"),
+            )),
+        }
+    }
+
+    /// Sends a request to the run's driver and waits for its answer, for as
+    /// long as this handler may run (a question waits for a person).
+    async fn journal_request(&self, request: JournalRequest) -> Result<JournalReply, AgentError> {
+        let Some(run) = self.env.ctx.run else {
+            return Err(AgentError::with_kind(
+                AgentErrorKind::Permanent,
+                "a journal request outside a run",
+            ));
+        };
+        // A question may wait for a person for long: the run's policy
+        // bounds that wait (the driver refuses it), not the request's timeout.
+        let timeout = match (&request, self.env.ctx.deadline) {
+            (_, Some(d)) => d.remaining(),
+            (JournalRequest::Ask { .. }, None) => Duration::from_secs(7 * 24 * 3600),
+            (_, None) => self.node.default_timeout,
+        };
+        let options = RequestOptions {
+            timeout: Some(timeout),
+            ..RequestOptions::default()
+        };
+        self.node
+            .ask::<JournalReply>(
+                &self.origin(),
+                Destination::Topic(Topic::for_journal(run)),
+                request,
+                &options,
+                Some(self.cancel.token()),
+                None,
+            )
+            .await
+            .map_err(|e| {
+                let mut err = AgentError::from(e);
+                if err.kind() == AgentErrorKind::Permanent {
+                    err = AgentError::with_kind(AgentErrorKind::Transient, err.to_string());
+                }
+                err
+            })
+    }
+
     /// The default request timeout of the runtime.
     pub fn default_timeout(&self) -> Duration {
         self.node.default_timeout
     }
+}
+
+/// A recorded value as the type its effect (or question) returns.
+fn decode_recorded<T: DeserializeOwned>(
+    key: &EffectKey,
+    value: serde_json::Value,
+) -> Result<T, AgentError> {
+    serde_json::from_value(value).map_err(|e| {
+        AgentError::with_kind(
+            AgentErrorKind::Permanent,
+            format!(
+                "the value recorded for {key} does not decode as {}: {e}",
+                std::any::type_name::<T>()
+            ),
+        )
+    })
 }
 
 impl std::fmt::Debug for AgentContext {

@@ -281,6 +281,12 @@ impl Topic {
         &self.0
     }
 
+    /// The topic a durable run's driver takes journal requests on:
+    /// `run.<run id>.journal`.
+    pub(crate) fn for_journal(run: RunId) -> Self {
+        Self(smol_str::format_smolstr!("run.{run}.journal"))
+    }
+
     /// The topic of a run's signals, `run.<run id>`. A UUID's text is ASCII
     /// hex digits and `-`, so it needs no validation.
     ///

@@ -50,6 +50,7 @@ mod context;
 mod envelope;
 mod error;
 mod id;
+pub mod journal;
 pub mod observe;
 pub mod orchestrator;
 pub mod report;
@@ -73,6 +74,7 @@ pub use id::{
     AgentId, AgentKey, AgentKind, IdError, IdErrorReason, MAX_NAME_LEN, MessageId, NodeId, RunId,
     StepId, TenantId, Topic,
 };
+pub use journal::EffectKey;
 pub use orchestrator::{Orchestrator, Plan, Step, StepInput, TaskSpec};
 pub use report::{ReportError, ReportErrorKind, Signal, SignalKind, Tally};
 pub use runtime::{Answer, KindBuilder, RequestOptions, Runtime, RuntimeBuilder, ShutdownReport};

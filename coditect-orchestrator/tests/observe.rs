@@ -559,7 +559,11 @@ mod pictures {
             .await
             .expect("chromium finished in time")
             .expect("chromium runs (scripts/test-observe.sh install)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -572,7 +576,11 @@ mod pictures {
     #[tokio::test]
     async fn the_pictures_render_in_headless_chromium() {
         let js = mermaid_js();
-        assert!(js.exists(), "{} is missing: run scripts/test-observe.sh install", js.display());
+        assert!(
+            js.exists(),
+            "{} is missing: run scripts/test-observe.sh install",
+            js.display()
+        );
         let dir = tempfile::tempdir().unwrap();
         let profile = dir.path().join("profile");
 
@@ -606,7 +614,10 @@ mermaid.render('g', {text}).then(function(r){{
         // The timeline of the real run: every step on the page, a click shows
         // the details, and a screenshot.
         let html = timeline::html(&real);
-        assert!(!html.contains("http://") && !html.contains("https://"), "no network");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "no network"
+        );
         let page = dir.path().join("timeline.html");
         std::fs::write(&page, &html).unwrap();
         let bars = timeline::bars(&real);
@@ -656,7 +667,10 @@ document.getElementById('f').addEventListener('load', function(){{
         let shot = dir.path().join("timeline.png");
         headless(
             &page,
-            &[&format!("--screenshot={}", shot.display()), "--window-size=1280,720"],
+            &[
+                &format!("--screenshot={}", shot.display()),
+                "--window-size=1280,720",
+            ],
             &profile,
         )
         .await;

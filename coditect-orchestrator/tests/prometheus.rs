@@ -12,8 +12,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use coditect_orchestrator::observe::metrics::{ModelCall, model_call};
-use coditect_orchestrator::orchestrator::{Orchestrator, Plan, StaticPlanner, Step, StepInput, TaskSpec};
-use coditect_orchestrator::{Agent, AgentContext, AgentError, InMemoryTransport, Runtime, TenantId, Usage};
+use coditect_orchestrator::orchestrator::{
+    Orchestrator, Plan, StaticPlanner, Step, StepInput, TaskSpec,
+};
+use coditect_orchestrator::{
+    Agent, AgentContext, AgentError, InMemoryTransport, Runtime, TenantId, Usage,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -25,9 +29,17 @@ impl Agent for Spender {
     type Input = String;
     type Output = String;
     async fn handle(&mut self, s: String, ctx: &AgentContext) -> Result<String, AgentError> {
-        ctx.report_model_usage(Some("m-prom"), Usage::new(1_234, 56, 0.25)).await.ok();
+        ctx.report_model_usage(Some("m-prom"), Usage::new(1_234, 56, 0.25))
+            .await
+            .ok();
         model_call(
-            &ModelCall { provider: "anthropic", model: "m-prom", input_tokens: 1_234, output_tokens: 56, error: None },
+            &ModelCall {
+                provider: "anthropic",
+                model: "m-prom",
+                input_tokens: 1_234,
+                output_tokens: 56,
+                error: None,
+            },
             Duration::from_millis(120),
         );
         Ok(s)
@@ -35,14 +47,20 @@ impl Agent for Spender {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `GET http://127.0.0.1:{port}{path}`: the body.
 async fn get(port: u16, path: &str) -> std::io::Result<String> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -69,7 +87,9 @@ fn used_in(expr: &str) -> Vec<String> {
     while i < bytes.len() {
         if bytes[i].is_ascii_alphabetic() || bytes[i] == '_' {
             let start = i;
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == '_' || bytes[i] == ':') {
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == '_' || bytes[i] == ':')
+            {
                 i += 1;
             }
             let word: String = bytes[start..i].iter().collect();
@@ -114,16 +134,28 @@ async fn prometheus_scrapes_the_runs_token_count_and_the_dashboard_charts_real_m
     coditect_orchestrator::observe::prometheus::serve(([127, 0, 0, 1], port).into()).unwrap();
 
     let tenant = TenantId::new("prom").unwrap();
-    let rt = Runtime::builder(InMemoryTransport::new()).tenant(tenant.clone()).build().await.unwrap();
-    rt.kind("spender").capability("spend").register(|_| Spender).await.unwrap();
+    let rt = Runtime::builder(InMemoryTransport::new())
+        .tenant(tenant.clone())
+        .build()
+        .await
+        .unwrap();
+    rt.kind("spender")
+        .capability("spend")
+        .register(|_| Spender)
+        .await
+        .unwrap();
     let plan = Plan::new([
         Step::new("a", "spend", StepInput::Goal),
         Step::new("b", "spend", StepInput::output("a")),
     ]);
-    let out = timeout(T, Orchestrator::new(rt.clone(), StaticPlanner::new(plan)).run(TaskSpec::new("x").tenant(tenant)))
-        .await
-        .unwrap()
-        .unwrap();
+    let out = timeout(
+        T,
+        Orchestrator::new(rt.clone(), StaticPlanner::new(plan))
+            .run(TaskSpec::new("x").tenant(tenant)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(out.usage.input_tokens, 2_468);
 
     // The exposition, linted by promtool.
@@ -137,7 +169,12 @@ async fn prometheus_scrapes_the_runs_token_count_and_the_dashboard_charts_real_m
         .kill_on_drop(true)
         .spawn()
         .expect("promtool (scripts/test-observe.sh install)");
-    lint.stdin.take().unwrap().write_all(text.as_bytes()).await.unwrap();
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .await
+        .unwrap();
     let lint = timeout(T, lint.wait_with_output()).await.unwrap().unwrap();
     assert!(
         lint.status.success(),
@@ -169,7 +206,10 @@ async fn prometheus_scrapes_the_runs_token_count_and_the_dashboard_charts_real_m
     let _prometheus = Server(
         tokio::process::Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -196,7 +236,8 @@ async fn prometheus_scrapes_the_runs_token_count_and_the_dashboard_charts_real_m
 
     // The dashboard: valid JSON, and every query names a metric exposed here.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/coditect-grafana.json");
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let panels = dashboard["panels"].as_array().unwrap();
     assert!(panels.len() >= 8, "the dashboard charts the metrics");
     let mut checked = 0;
@@ -204,14 +245,22 @@ async fn prometheus_scrapes_the_runs_token_count_and_the_dashboard_charts_real_m
         for t in p["targets"].as_array().into_iter().flatten() {
             let expr = t["expr"].as_str().unwrap();
             let used = used_in(expr);
-            assert!(!used.is_empty(), "panel {} uses no metric: {expr}", p["title"]);
+            assert!(
+                !used.is_empty(),
+                "panel {} uses no metric: {expr}",
+                p["title"]
+            );
             for name in used {
                 let base = ["_bucket", "_sum", "_count"]
                     .iter()
                     .find_map(|s| name.strip_suffix(s))
                     .unwrap_or(&name);
                 let known = names.contains(&name) || names.contains(base) || known_elsewhere(base);
-                assert!(known, "panel {}: {name} is not a metric coditect exports", p["title"]);
+                assert!(
+                    known,
+                    "panel {}: {name} is not a metric coditect exports",
+                    p["title"]
+                );
                 checked += 1;
             }
         }
@@ -223,8 +272,10 @@ async fn prometheus_scrapes_the_runs_token_count_and_the_dashboard_charts_real_m
 /// Metrics this run does not produce (NATS, dead letters, failures) but
 /// coditect does: checked against the names coditect declares.
 fn known_elsewhere(name: &str) -> bool {
-    coditect_orchestrator::observe::metrics::ALL.iter().any(|m| {
-        let base = m.replace('.', "_");
-        name == base || name == format!("{base}_total") || name == format!("{base}_seconds")
-    })
+    coditect_orchestrator::observe::metrics::ALL
+        .iter()
+        .any(|m| {
+            let base = m.replace('.', "_");
+            name == base || name == format!("{base}_total") || name == format!("{base}_seconds")
+        })
 }

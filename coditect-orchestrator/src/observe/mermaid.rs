@@ -24,9 +24,15 @@ pub fn sequence(events: &[RunEventRecord]) -> String {
     for r in events {
         d.participant_of(&r.event);
     }
-    let mut out = String::from("sequenceDiagram\n    actor Developer\n    participant Orchestrator\n");
+    let mut out =
+        String::from("sequenceDiagram\n    actor Developer\n    participant Orchestrator\n");
     for (i, a) in d.agents.iter().enumerate() {
-        let _ = writeln!(out, "    participant A{} as {}", i + 1, label(&a.to_string()));
+        let _ = writeln!(
+            out,
+            "    participant A{} as {}",
+            i + 1,
+            label(&a.to_string())
+        );
     }
     for r in events {
         d.line(&r.event, &mut out);
@@ -74,7 +80,11 @@ impl Diagram {
             }
             RunEvent::PlanMade { revision, plan } => {
                 let steps: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
-                let what = if *revision == 0 { "plan" } else { "revised plan" };
+                let what = if *revision == 0 {
+                    "plan"
+                } else {
+                    "revised plan"
+                };
                 let _ = writeln!(
                     out,
                     "    Note over Orchestrator: {}",
@@ -143,7 +153,11 @@ impl Diagram {
             }
             RunEvent::StepSucceeded { step, .. } => {
                 let from = self.who(self.step_message.get(step));
-                let _ = writeln!(out, "    {from}-->>Orchestrator: {}", label(&format!("{step} done")));
+                let _ = writeln!(
+                    out,
+                    "    {from}-->>Orchestrator: {}",
+                    label(&format!("{step} done"))
+                );
             }
             RunEvent::StepFailed {
                 step,
@@ -204,7 +218,11 @@ fn label(s: &str) -> String {
         out.push(c);
     }
     let t = out.trim();
-    if t.is_empty() { "-".to_owned() } else { t.to_owned() }
+    if t.is_empty() {
+        "-".to_owned()
+    } else {
+        t.to_owned()
+    }
 }
 
 #[cfg(test)]

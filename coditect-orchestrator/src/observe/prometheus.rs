@@ -15,13 +15,13 @@ use super::metrics as m;
 
 /// Buckets of duration histograms, in seconds (the GenAI conventions').
 const SECONDS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
-    40.96, 81.92,
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96,
+    81.92,
 ];
 /// Buckets of the token histogram (the GenAI conventions').
 const TOKENS: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
-    4194304.0, 16777216.0, 67108864.0,
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
 ];
 
 /// The builder coditect's metrics want: Prometheus' recommended names
@@ -32,7 +32,11 @@ const TOKENS: &[f64] = &[
 /// Never in practice (the buckets are not empty).
 pub fn builder() -> Result<PrometheusBuilder, PrometheusError> {
     let mut b = PrometheusBuilder::new().with_recommended_naming(true);
-    for name in [m::OPERATION_DURATION, m::INVOKE_AGENT_DURATION, m::DISPATCH_LATENCY] {
+    for name in [
+        m::OPERATION_DURATION,
+        m::INVOKE_AGENT_DURATION,
+        m::DISPATCH_LATENCY,
+    ] {
         b = b.set_buckets_for_metric(Matcher::Full(name.to_owned()), SECONDS)?;
     }
     b = b.set_buckets_for_metric(Matcher::Full(m::TOKEN_USAGE.to_owned()), TOKENS)?;

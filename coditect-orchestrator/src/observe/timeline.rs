@@ -132,7 +132,11 @@ pub fn bars(events: &[RunEventRecord]) -> Vec<Bar> {
                 if let Some(&i) = at.get(message) {
                     let b = &mut bars[i];
                     b.end_ms = r.at_ms;
-                    b.status = if failure.is_some() { "failed" } else { "succeeded" };
+                    b.status = if failure.is_some() {
+                        "failed"
+                    } else {
+                        "succeeded"
+                    };
                     b.error = failure.as_ref().map(|f| f.message.clone());
                 }
             }
@@ -198,8 +202,15 @@ pub fn html(events: &[RunEventRecord]) -> String {
         state.apply(e);
     }
     let page = Page {
-        run: events.first().map(|e| e.run.to_string()).unwrap_or_default(),
-        goal: state.task.as_ref().map(|t| t.goal.clone()).unwrap_or_default(),
+        run: events
+            .first()
+            .map(|e| e.run.to_string())
+            .unwrap_or_default(),
+        goal: state
+            .task
+            .as_ref()
+            .map(|t| t.goal.clone())
+            .unwrap_or_default(),
         status: match state.status {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",

@@ -19,8 +19,10 @@ use crate::call_context::CallContext;
 use crate::envelope::{Deadline, Failure, FailureKind, Payload};
 use crate::error::RequestError;
 use crate::id::{MessageId, RunId, StepId, Topic};
+use crate::journal::EffectKey;
 use crate::orchestrator::Inner;
 use crate::orchestrator::dispatch::{LoadGuard, Routing};
+use crate::orchestrator::durable::{self, Journal, StoredRun};
 use crate::orchestrator::event::{RunEvent, RunEventRecord};
 use crate::orchestrator::intake::Intake;
 use crate::orchestrator::plan::{Graph, Plan};
@@ -54,6 +56,10 @@ pub(crate) enum Completion {
     },
     ReportsDue {
         message: MessageId,
+    },
+    /// A question's wait for its answer is over (durable runs).
+    InputDue {
+        request: EffectKey,
     },
 }
 
@@ -93,6 +99,16 @@ pub(crate) struct Driver {
     deadline: Option<Instant>,
     pub(crate) replans: u32,
     revision: u32,
+    /// The run's journal, for a run with a store.
+    pub(crate) journal: Option<Box<Journal>>,
+    /// Picked up from a journal: attempts continue from the recorded ones.
+    resumed: Option<Resumed>,
+}
+
+/// What a resumed run starts from.
+struct Resumed {
+    from_seq: u64,
+    answer: Option<(EffectKey, serde_json::Value)>,
 }
 
 impl Driver {
@@ -125,7 +141,25 @@ impl Driver {
             deadline: None,
             replans: 0,
             revision: 0,
+            journal: None,
+            resumed: None,
         }
+    }
+
+    /// The driver of a stored run: its state is the fold of its journal.
+    pub(crate) fn resumed(
+        mut self,
+        stored: StoredRun,
+        journal: Journal,
+        answer: Option<(EffectKey, serde_json::Value)>,
+    ) -> Self {
+        let from_seq = stored.events.len() as u64;
+        self.seq = from_seq;
+        self.revision = stored.state.plans.len() as u32;
+        self.state = stored.state;
+        self.journal = Some(Box::new(journal));
+        self.resumed = Some(Resumed { from_seq, answer });
+        self
     }
 
     /// Reads the clock for the events of the work about to be done.
@@ -143,6 +177,9 @@ impl Driver {
         };
         self.seq += 1;
         crate::observe::metrics::on_event(&record);
+        if let Some(journal) = &mut self.journal {
+            journal.push(&record);
+        }
         if self.publishing {
             if self.events.receiver_count() > 0 {
                 self.state.apply(&record);
@@ -171,7 +208,7 @@ impl Driver {
 
     /// Ends the run without a result, after recording the reports already
     /// here: `RunFinished` is its last event.
-    fn fail(
+    async fn fail(
         mut self,
         Stop(kind, message): Stop,
         signals: Option<&mut DeliveryStream>,
@@ -191,6 +228,13 @@ impl Driver {
             output: None,
             error: Some(message.clone()),
         });
+        // A journal that failed is not written again (its error is the run's).
+        if let Some(mut journal) = self.journal.take()
+            && !matches!(kind, RunErrorKind::Journal)
+            && let Err(Stop(_, why)) = journal.close(status, message.clone()).await
+        {
+            tracing::warn!(run = %self.run, error = %why, "the run's end could not be journaled");
+        }
         Err(RunError {
             run: self.run,
             kind,
@@ -211,9 +255,28 @@ impl Driver {
     }
 
     pub(crate) async fn drive(mut self) -> Result<RunOutcome, RunError> {
-        self.record(RunEvent::RunStarted {
-            task: self.task.clone(),
-        });
+        if self.resumed.is_none()
+            && let Some(store) = self.inner.durable.store.clone()
+        {
+            match durable::open_new(&self.inner, store, self.run, &self.task).await {
+                Ok(journal) => self.journal = Some(Box::new(journal)),
+                Err(e) => {
+                    return self
+                        .fail(Stop(RunErrorKind::Journal, e.to_string()), None)
+                        .await;
+                }
+            }
+        }
+        match &self.resumed {
+            None => self.record(RunEvent::RunStarted {
+                task: self.task.clone(),
+            }),
+            Some(r) => {
+                let holder = self.inner.durable.holder.clone();
+                let from_seq = r.from_seq;
+                self.record(RunEvent::RunResumed { holder, from_seq });
+            }
+        }
         let runtime = self.inner.runtime.clone();
         if &self.task.tenant != runtime.tenant() {
             let msg = format!(
@@ -221,7 +284,7 @@ impl Driver {
                 self.task.tenant,
                 runtime.tenant()
             );
-            return self.fail(Stop(RunErrorKind::Internal, msg), None);
+            return self.fail(Stop(RunErrorKind::Internal, msg), None).await;
         }
         // Listen for what participants report before anything is dispatched.
         let route = Route::topic(runtime.tenant().clone(), Topic::for_run(self.run));
@@ -229,34 +292,68 @@ impl Driver {
             Ok(s) => s,
             Err(e) => {
                 let msg = format!("cannot listen to the run's signals: {e}");
-                return self.fail(Stop(RunErrorKind::Internal, msg), None);
+                return self.fail(Stop(RunErrorKind::Internal, msg), None).await;
             }
         };
-        let ctx = PlanningContext::new(self.routing.cards.clone());
-        let planned = self
-            .inner
-            .planner
-            .plan(&self.task, &ctx)
-            .instrument(crate::observe::spans::plan(self.run))
-            .await;
-        self.tick();
-        if let Some(stop) = self.planning_spent(&ctx) {
-            return self.fail(stop, Some(&mut signals));
+        if let Some(stop) = self.resume_answer().await {
+            return self.fail(stop, Some(&mut signals)).await;
         }
+        if let Some(plan) = self.resumed.as_ref().and(self.state.plan().cloned()) {
+            // A resumed run goes on with the plan it had.
+            match plan.check(&self.routing.cards, self.task.policy.max_steps) {
+                Ok(graph) => self.index(graph),
+                Err(e) => {
+                    let msg = format!("the stored plan is no longer valid: {e}");
+                    return self
+                        .fail(Stop(RunErrorKind::InvalidPlan(e), msg), Some(&mut signals))
+                        .await;
+                }
+            }
+        } else {
+            let ctx = PlanningContext::new(self.routing.cards.clone());
+            let planned = self
+                .inner
+                .planner
+                .plan(&self.task, &ctx)
+                .instrument(crate::observe::spans::plan(self.run))
+                .await;
+            self.tick();
+            if let Some(stop) = self.planning_spent(&ctx) {
+                return self.fail(stop, Some(&mut signals)).await;
+            }
+            if let Err(stop) = self.adopt_planned(planned) {
+                return self.fail(stop, Some(&mut signals)).await;
+            }
+        }
+        self.run_loop(signals).await
+    }
+
+    /// Takes the planner's first plan, checked.
+    fn adopt_planned(
+        &mut self,
+        planned: Result<Plan, crate::orchestrator::plan::PlanError>,
+    ) -> Result<(), Stop> {
         let plan = match planned {
             Ok(p) => p,
             Err(e) => {
                 let msg = format!("no plan: {e}");
-                return self.fail(Stop(RunErrorKind::InvalidPlan(e), msg), None);
+                return Err(Stop(RunErrorKind::InvalidPlan(e), msg));
             }
         };
         match plan.check(&self.routing.cards, self.task.policy.max_steps) {
-            Ok(graph) => self.adopt(plan, graph),
+            Ok(graph) => {
+                self.adopt(plan, graph);
+                Ok(())
+            }
             Err(e) => {
                 let msg = format!("invalid plan: {e}");
-                return self.fail(Stop(RunErrorKind::InvalidPlan(e), msg), None);
+                Err(Stop(RunErrorKind::InvalidPlan(e), msg))
             }
         }
+    }
+
+    /// Dispatches, takes results and reports, until the run is done.
+    async fn run_loop(mut self, mut signals: DeliveryStream) -> Result<RunOutcome, RunError> {
         self.deadline = self.task.policy.deadline.map(|d| self.started + d);
         let deadline = self.deadline;
         // The token's own future takes two locks each time it is polled, and
@@ -271,11 +368,25 @@ impl Driver {
         };
         tokio::pin!(deadline_passed);
         let mut in_flight: InFlight = FuturesUnordered::new();
+        let (mut requests, mut control) = match self.journal.as_mut() {
+            Some(j) => (j.requests.take(), j.control.take()),
+            None => (None, None),
+        };
         loop {
+            // A step's result is durable before anything that depends on it
+            // is dispatched.
+            if self.journal_dirty()
+                && self.schedule.has_ready()
+                && let Err(stop) = self.flush().await
+            {
+                drop(in_flight);
+                return self.fail(stop, Some(&mut signals)).await;
+            }
             while let Some(pos) = self.schedule.next_ready() {
-                if let Err(stop) = self.dispatch(pos, 1, &mut in_flight) {
+                let attempt = self.next_attempt(pos);
+                if let Err(stop) = self.dispatch(pos, attempt, &mut in_flight) {
                     drop(in_flight);
-                    return self.fail(stop, Some(&mut signals));
+                    return self.fail(stop, Some(&mut signals)).await;
                 }
             }
             if self.schedule.idle() && self.parked.is_empty() && in_flight.is_empty() {
@@ -292,6 +403,13 @@ impl Driver {
                     self.tick();
                     self.on_signal(delivery.envelope.payload, &mut in_flight).await.err()
                 }
+                Some(delivery) = next_delivery(&mut requests) => {
+                    self.on_journal_request(delivery.envelope, &mut in_flight).await.err()
+                }
+                Some(c) = next_control(&mut control) => {
+                    self.tick();
+                    self.on_control(c).await.err()
+                }
                 Some(done) = in_flight.next() => {
                     self.tick();
                     self.on_completion(done, &mut signals, &mut in_flight).await.err()
@@ -299,14 +417,14 @@ impl Driver {
             };
             if let Some(stop) = stop {
                 drop(in_flight);
-                return self.fail(stop, Some(&mut signals));
+                return self.fail(stop, Some(&mut signals)).await;
             }
         }
         // Late reports already here (usage of attempts that timed out).
         self.tick();
         self.drain_ready(&mut signals);
         if let Some(stop) = self.check_budgets() {
-            return self.fail(stop, None);
+            return self.fail(stop, None).await;
         }
         let output = self.final_output();
         self.record(RunEvent::RunFinished {
@@ -314,6 +432,13 @@ impl Driver {
             output: Some(output.clone()),
             error: None,
         });
+        if let Some(mut journal) = self.journal.take()
+            && let Err(stop) = journal
+                .close(RunStatus::Succeeded, "succeeded".into())
+                .await
+        {
+            return self.fail(stop, None).await;
+        }
         Ok(RunOutcome {
             run: self.run,
             output,
@@ -337,8 +462,17 @@ impl Driver {
             revision: self.revision,
             plan,
         });
-        let rev = self.revision;
         self.revision += 1;
+        self.index_plan(graph, &old_ids);
+    }
+
+    /// Indexes the current plan of a resumed run (recorded already).
+    fn index(&mut self, graph: Graph) {
+        self.index_plan(graph, &[]);
+    }
+
+    fn index_plan(&mut self, graph: Graph, old_ids: &[StepId]) {
+        let rev = self.revision.saturating_sub(1);
         let Some(plan) = self.state.plans.last() else {
             return;
         };
@@ -357,8 +491,34 @@ impl Driver {
                     .and_then(|s| steps.get(&s.id))
                     .is_some_and(|s| s.status == StepStatus::Succeeded)
         };
-        self.schedule.adopt(rev, graph, &old_ids, done);
+        self.schedule.adopt(rev, graph, old_ids, done);
         self.routing.adopt(plan);
+    }
+
+    /// The attempt number of a step's next dispatch: 1, or for a resumed
+    /// run one past the last recorded.
+    fn next_attempt(&self, pos: usize) -> u32 {
+        if self.resumed.is_none() {
+            return 1;
+        }
+        self.state
+            .plan()
+            .and_then(|p| p.steps.get(pos))
+            .and_then(|s| self.state.steps.get(&s.id))
+            .map_or(1, |s| s.attempts + 1)
+    }
+
+    /// Records the answer a resumed run was resumed with.
+    async fn resume_answer(&mut self) -> Option<Stop> {
+        let (request, value) = self.resumed.as_mut()?.answer.take()?;
+        let (done, _rx) = oneshot::channel();
+        self.on_control(durable::Control::Respond {
+            request,
+            value,
+            done,
+        })
+        .await
+        .err()
     }
 
     /// The budget a step carries: what the run's policy leaves.
@@ -446,9 +606,12 @@ impl Driver {
         });
         self.schedule.dispatched(pos, attempt);
         self.intake.open(message, id.clone());
-        let ctx = CallContext::for_step(self.run, id.clone(), attempt)
+        let mut ctx = CallContext::for_step(self.run, id.clone(), attempt)
             .deadline(self.deadline.map(Deadline::at))
             .budget(self.budget());
+        if let Some(journal) = &self.journal {
+            ctx = ctx.journal(journal.recorded(&id));
+        }
         let options = RequestOptions {
             timeout: self.task.policy.step_timeout,
             ..RequestOptions::default()
@@ -492,6 +655,7 @@ impl Driver {
                     }
                 }
             }
+            Completion::InputDue { request } => self.on_input_due(request).await,
             Completion::ReportsDue { message } => match self.parked.remove(&message) {
                 Some(parked) => self.settle(message, parked, in_flight).await,
                 None => Ok(()),
@@ -656,6 +820,24 @@ impl Driver {
         let mut entries = Vec::with_capacity(sinks.len());
         entries.extend(steps.map(|s| (s.id.as_str().to_owned(), output_of(&s.id))));
         serde_json::Value::Object(entries.into_iter().collect())
+    }
+}
+
+/// The next delivery of a stream that may not be there (then: never).
+async fn next_delivery(stream: &mut Option<DeliveryStream>) -> Option<crate::transport::Delivery> {
+    match stream {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next message of a channel that may not be there (then: never).
+async fn next_control(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<durable::Control>>,
+) -> Option<durable::Control> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

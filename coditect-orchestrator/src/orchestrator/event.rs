@@ -8,6 +8,7 @@ use crate::budget::Usage;
 use crate::envelope::Failure;
 use crate::id::StepId;
 use crate::id::{AgentId, MessageId, RunId};
+use crate::journal::EffectKey;
 use crate::orchestrator::plan::Plan;
 use crate::orchestrator::state::RunStatus;
 use crate::orchestrator::task::TaskSpec;
@@ -123,6 +124,53 @@ pub enum RunEvent {
         model: Option<smol_str::SmolStr>,
         /// What was spent.
         usage: Usage,
+    },
+    /// A side effect's result was recorded (durable runs): when its step
+    /// runs again, the effect returns this without running.
+    EffectRecorded {
+        /// The step it belongs to.
+        step: Option<StepId>,
+        /// The agent that made it.
+        agent: AgentId,
+        /// Its key.
+        key: EffectKey,
+        /// Its result.
+        value: serde_json::Value,
+    },
+    /// A handler asked for input from outside the run, which waits (its
+    /// status is paused) until someone
+    /// [responds](crate::orchestrator::Orchestrator::respond).
+    InputRequested {
+        /// The request: the id to respond to.
+        request: EffectKey,
+        /// The step it belongs to.
+        step: Option<StepId>,
+        /// The agent asking.
+        agent: AgentId,
+        /// What it asks.
+        prompt: String,
+        /// The JSON Schema an answer must satisfy.
+        schema: serde_json::Value,
+    },
+    /// A question was answered.
+    InputProvided {
+        /// The request answered.
+        request: EffectKey,
+        /// The answer (checked against the request's schema).
+        value: serde_json::Value,
+    },
+    /// A question's wait ended without an answer (the run's input timeout).
+    InputTimedOut {
+        /// The request.
+        request: EffectKey,
+    },
+    /// The run was resumed from its journal (after a crash, or to answer a
+    /// question in another process).
+    RunResumed {
+        /// Who drives it now (the lease holder).
+        holder: String,
+        /// How many of its events were in the journal.
+        from_seq: u64,
     },
     /// The run ended.
     RunFinished {

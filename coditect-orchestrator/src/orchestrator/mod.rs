@@ -22,12 +22,14 @@
 
 mod dispatch;
 mod driver;
+mod durable;
 mod event;
 mod handle;
 mod intake;
 mod plan;
 mod planner;
 mod policy;
+mod resume;
 mod retry;
 mod router;
 mod schedule;
@@ -42,13 +44,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use crate::report::{Signal, SignalKind, Tally};
+pub use durable::StoredRun;
 pub use event::{RunEvent, RunEventRecord};
 pub use handle::{RunEvents, RunHandle};
 pub use plan::{Plan, PlanError, Step, StepId, StepInput, StepTarget};
 pub use planner::{Planner, PlanningContext, StaticPlanner, StepFailure};
 pub use policy::{RetryOn, RetryPolicy, RunPolicy};
+pub use resume::{DurableError, DurableErrorKind, Fork, Responded};
 pub use router::{LeastLoaded, Router};
-pub use state::{OrderedMap, RunState, RunStatus, StepState, StepStatus, TraceEntry, TraceNode};
+pub use state::{
+    OrderedMap, Question, RunState, RunStatus, StepState, StepStatus, TraceEntry, TraceNode,
+};
 pub use task::{RunError, RunErrorKind, RunOutcome, TaskSpec};
 
 use crate::agent::AgentCard;
@@ -96,6 +102,10 @@ pub(crate) struct Inner {
     extra_cards: Vec<AgentCard>,
     /// Steps in flight per kind, over all of this orchestrator's runs.
     pub(crate) load: Mutex<HashMap<AgentKind, Arc<AtomicUsize>>>,
+    /// Where runs are kept (none: in memory only).
+    pub(crate) durable: resume::DurableOptions,
+    /// The durable runs this orchestrator drives now, to take answers.
+    pub(crate) live: Mutex<HashMap<RunId, tokio::sync::mpsc::UnboundedSender<durable::Control>>>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -121,6 +131,8 @@ impl Orchestrator {
                 router: Arc::new(LeastLoaded),
                 extra_cards: Vec::new(),
                 load: Mutex::new(HashMap::default()),
+                durable: resume::DurableOptions::default(),
+                live: Mutex::new(HashMap::default()),
             }),
         }
     }
@@ -145,11 +157,18 @@ impl Orchestrator {
             router: self.inner.router.clone(),
             extra_cards: self.inner.extra_cards.clone(),
             load: Mutex::new(HashMap::default()),
+            durable: self.inner.durable.clone(),
+            live: Mutex::new(HashMap::default()),
         };
         f(&mut inner);
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The runtime it dispatches through.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
     }
 
     /// Every card plans may use: the runtime's kinds and the added ones.
@@ -177,18 +196,50 @@ impl Orchestrator {
     /// cancel it, and its outcome.
     pub fn start(&self, task: TaskSpec) -> RunHandle {
         let run = RunId::new();
+        let span = crate::observe::spans::workflow(run, &task);
+        self.spawn(run, span, move |inner, cards, token, events| {
+            driver::Driver::new(inner, run, task, cards, token, events)
+        })
+    }
+
+    /// Drives a stored run from where its journal ends.
+    fn spawn_resumed(
+        &self,
+        run: RunId,
+        task: TaskSpec,
+        stored: StoredRun,
+        journal: durable::Journal,
+        answer: Option<(crate::journal::EffectKey, serde_json::Value)>,
+    ) -> RunHandle {
+        let span = crate::observe::spans::workflow(run, &task);
+        self.spawn(run, span, move |inner, cards, token, events| {
+            driver::Driver::new(inner, run, task, cards, token, events)
+                .resumed(stored, journal, answer)
+        })
+    }
+
+    fn spawn(
+        &self,
+        run: RunId,
+        span: tracing::Span,
+        driver: impl FnOnce(
+            Arc<Inner>,
+            Vec<AgentCard>,
+            CancellationToken,
+            broadcast::Sender<RunEventRecord>,
+        ) -> driver::Driver
+        + Send
+        + 'static,
+    ) -> RunHandle {
         let (events, rx) = broadcast::channel(4096);
         let cancel = CancellationToken::new();
         let (done_tx, done_rx) = oneshot::channel();
         let inner = self.inner.clone();
         let cards = self.all_cards();
         let token = cancel.clone();
-        let span = crate::observe::spans::workflow(run, &task);
         tokio::spawn(
             async move {
-                let result = driver::Driver::new(inner, run, task, cards, token, events)
-                    .drive()
-                    .await;
+                let result = driver(inner, cards, token, events).drive().await;
                 let _ = done_tx.send(result);
             }
             .instrument(span),

@@ -39,6 +39,12 @@ pub struct RunPolicy {
     /// spent.
     #[serde(with = "ms")]
     pub report_wait: Duration,
+    /// How long a question of a durable run
+    /// ([`AgentContext::ask`](crate::AgentContext::ask)) waits for its answer
+    /// before the handler is told there is none; `None` (the default): until
+    /// answered, across restarts.
+    #[serde(with = "opt_ms")]
+    pub input_timeout: Option<Duration>,
 }
 
 impl Default for RunPolicy {
@@ -54,6 +60,7 @@ impl Default for RunPolicy {
             retry: RetryPolicy::default(),
             max_replans: 2,
             report_wait: Duration::from_millis(500),
+            input_timeout: None,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! events in order.
 
 use serde::{Deserialize, Serialize};
+
+use crate::journal::EffectKey;
 use std::collections::BTreeMap;
 
 use crate::budget::Usage;
@@ -54,6 +56,8 @@ pub enum RunStatus {
     Failed,
     /// Cancelled by its caller.
     Cancelled,
+    /// Waiting for input from outside (a question of one of its steps).
+    Paused,
 }
 
 /// Where a step stands.
@@ -167,10 +171,52 @@ pub struct RunState {
     pub error: Option<String>,
     /// Events applied so far.
     pub events: u64,
+    /// The questions its steps asked, in order, with their answers once
+    /// given.
+    #[serde(default)]
+    pub questions: Vec<Question>,
     /// Every usage report, in order: what the run's
     /// [cost report](crate::observe::CostReport) adds up.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spend: Vec<crate::observe::Spend>,
+}
+
+/// A question a step asked (human in the loop).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    /// The request id to respond to.
+    pub request: EffectKey,
+    /// The step that asked.
+    pub step: Option<StepId>,
+    /// The agent that asked.
+    pub agent: AgentId,
+    /// What it asked.
+    pub prompt: String,
+    /// The JSON Schema an answer must satisfy.
+    pub schema: serde_json::Value,
+    /// The answer, once given.
+    pub answer: Option<serde_json::Value>,
+    /// Whether the wait for it timed out.
+    pub timed_out: bool,
+}
+
+impl RunState {
+    /// The questions still waiting for an answer.
+    pub fn open_questions(&self) -> impl Iterator<Item = &Question> {
+        self.questions
+            .iter()
+            .filter(|q| q.answer.is_none() && !q.timed_out)
+    }
+
+    fn question(&mut self, request: &EffectKey) -> Option<&mut Question> {
+        self.questions.iter_mut().find(|q| &q.request == request)
+    }
+
+    fn settle_pause(&mut self) {
+        if self.status == RunStatus::Paused && self.open_questions().next().is_none() {
+            self.status = RunStatus::Running;
+        }
+    }
 }
 
 impl RunState {
@@ -283,7 +329,47 @@ impl RunState {
             | RunEvent::PlanMade { .. }
             | RunEvent::StepSucceeded { .. }
             | RunEvent::RunFinished { .. }
-            | RunEvent::StepProgress { .. } => {}
+            | RunEvent::StepProgress { .. }
+            | RunEvent::EffectRecorded { .. } => {}
+            RunEvent::RunResumed { .. } => {
+                if self.status == RunStatus::Pending {
+                    self.status = RunStatus::Running;
+                }
+            }
+            RunEvent::InputRequested {
+                request,
+                step,
+                agent,
+                prompt,
+                schema,
+            } => {
+                if self.question(request).is_none() {
+                    self.questions.push(Question {
+                        request: request.clone(),
+                        step: step.clone(),
+                        agent: agent.clone(),
+                        prompt: prompt.clone(),
+                        schema: schema.clone(),
+                        answer: None,
+                        timed_out: false,
+                    });
+                }
+                if self.status == RunStatus::Running {
+                    self.status = RunStatus::Paused;
+                }
+            }
+            RunEvent::InputProvided { request, value } => {
+                if let Some(q) = self.question(request) {
+                    q.answer = Some(value.clone());
+                }
+                self.settle_pause();
+            }
+            RunEvent::InputTimedOut { request } => {
+                if let Some(q) = self.question(request) {
+                    q.timed_out = true;
+                }
+                self.settle_pause();
+            }
             RunEvent::StepDispatched {
                 step,
                 attempt,

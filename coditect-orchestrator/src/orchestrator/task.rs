@@ -144,6 +144,10 @@ pub enum RunErrorKind {
     /// The orchestrator could not do its own work (transport down, say);
     /// the error's message says what went wrong.
     Internal,
+    /// The run's journal could not be written (the store failed, or another
+    /// orchestrator took the run over); what was journaled before stays, and
+    /// the run can be resumed from it.
+    Journal,
 }
 
 /// A run that ended without a result; the results of the steps that did finish

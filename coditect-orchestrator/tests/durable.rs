@@ -1,0 +1,617 @@
+//! Durable runs: the journal is the live event stream; a run whose process
+//! dies resumes in another without repeating finished steps or recorded
+//! effects; one orchestrator drives a run at a time; questions pause a run
+//! and are answered from any process; stored runs replay and fork.
+//!
+//! A "process" here is a tokio runtime of its own, killed by shutting it down
+//! in the background: every task of its orchestrator, agents and lease
+//! renewal stops where it is, and only the store is left (the SQLite store
+//! runs on its own thread, as it does beside a real process's runtime; the
+//! real child-process kills are in the examples' `durable_pipeline` test).
+#![cfg(all(feature = "sqlite", feature = "test-utils"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coditect_orchestrator::orchestrator::{
+    DurableErrorKind, Fork, Orchestrator, Plan, Responded, RetryOn, RetryPolicy, RunErrorKind,
+    RunEvent, RunEventRecord, RunPolicy, RunStatus, StaticPlanner, Step, StepInput, TaskSpec,
+};
+use coditect_orchestrator::store::{
+    MemoryStore, NewRecord, NewRun, RunStatus as StoredStatus, SqliteStore, Store, StoreOptions,
+};
+use coditect_orchestrator::testing::check_causal_order;
+use coditect_orchestrator::{
+    Agent, AgentContext, AgentError, EffectKey, InMemoryTransport, RunId, Runtime, TenantId,
+};
+use futures::StreamExt;
+
+/// Every effect body that ran, as `step:name`, counted from outside the runs.
+type Log = Arc<Mutex<Vec<String>>>;
+
+/// Makes two effects per step; for the step named in `block`, waits forever
+/// between them (the process is killed there).
+struct Worker {
+    log: Log,
+    block: Option<&'static str>,
+    /// A step that waits forever before any effect.
+    stall: Option<&'static str>,
+}
+
+impl Agent for Worker {
+    type Input = serde_json::Value;
+    type Output = String;
+    async fn handle(
+        &mut self,
+        input: serde_json::Value,
+        ctx: &AgentContext,
+    ) -> Result<String, AgentError> {
+        let step = ctx.step().map(|s| s.to_string()).unwrap_or_default();
+        if self.stall == Some(step.as_str()) {
+            ctx.cancelled().await;
+            return Err(AgentError::transient("cancelled"));
+        }
+        let log = self.log.clone();
+        let s = step.clone();
+        let first: u64 = ctx
+            .effect("first", |_key| async move {
+                let mut log = log.lock().unwrap();
+                log.push(format!("{s}:first"));
+                Ok(log.len() as u64)
+            })
+            .await?;
+        if self.block == Some(step.as_str()) {
+            ctx.cancelled().await;
+            return Err(AgentError::transient("cancelled"));
+        }
+        let log = self.log.clone();
+        let s = step.clone();
+        let second: String = ctx
+            .effect("second", |key| async move {
+                log.lock().unwrap().push(format!("{s}:second"));
+                Ok(key.to_string())
+            })
+            .await?;
+        Ok(format!("{step}({input})[{first}:{}]", second.len()))
+    }
+}
+
+/// Asks a person whether to go on, then answers with what they said.
+struct Asker;
+
+#[derive(Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+struct Approval {
+    approved: bool,
+    note: Option<String>,
+}
+
+impl Agent for Asker {
+    type Input = serde_json::Value;
+    type Output = String;
+    async fn handle(
+        &mut self,
+        _: serde_json::Value,
+        ctx: &AgentContext,
+    ) -> Result<String, AgentError> {
+        let a: Approval = ctx.ask("ship", "Ship the release?").await?;
+        Ok(format!(
+            "approved={} note={}",
+            a.approved,
+            a.note.unwrap_or_default()
+        ))
+    }
+}
+
+/// A process: a runtime of its own.
+struct Process(tokio::runtime::Runtime);
+
+impl Process {
+    fn new() -> Self {
+        Self(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        )
+    }
+
+    fn kill(self) {
+        self.0.shutdown_background();
+    }
+}
+
+fn chain() -> Plan {
+    Plan::new([
+        Step::new("a", "work", StepInput::Goal),
+        Step::new("b", "work", StepInput::output("a")),
+        Step::new("c", "work", StepInput::output("b")),
+    ])
+}
+
+async fn orchestrator(
+    store: Arc<dyn Store>,
+    log: &Log,
+    block: Option<&'static str>,
+    holder: &str,
+) -> Orchestrator {
+    orchestrator_stalling(store, log, block, None, holder).await
+}
+
+async fn orchestrator_stalling(
+    store: Arc<dyn Store>,
+    log: &Log,
+    block: Option<&'static str>,
+    stall: Option<&'static str>,
+    holder: &str,
+) -> Orchestrator {
+    let runtime = Runtime::builder(InMemoryTransport::new())
+        .build()
+        .await
+        .unwrap();
+    let log = log.clone();
+    runtime
+        .kind("work")
+        .capability("work")
+        .register(move |_| Worker {
+            log: log.clone(),
+            block,
+            stall,
+        })
+        .await
+        .unwrap();
+    runtime
+        .kind("asker")
+        .capability("ask")
+        .register(|_| Asker)
+        .await
+        .unwrap();
+    Orchestrator::new(runtime, StaticPlanner::new(chain()))
+        .store(store)
+        .lease_holder(holder)
+        .lease_ttl(Duration::from_secs(2))
+}
+
+async fn sqlite(path: &Path) -> Arc<dyn Store> {
+    Arc::new(
+        SqliteStore::open(path, StoreOptions::default())
+            .await
+            .unwrap(),
+    )
+}
+
+fn counts(log: &Log) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for e in log.lock().unwrap().iter() {
+        *m.entry(e.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Waits on a run's events until one matches (bounded by the run's end).
+async fn until(
+    events: &mut (impl futures::Stream<Item = RunEventRecord> + Unpin),
+    f: impl Fn(&RunEvent) -> bool,
+) -> RunEventRecord {
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = events.next().await {
+            if f(&e.event) {
+                return Some(e);
+            }
+        }
+        None
+    })
+    .await;
+    found.ok().flatten().expect("the event never came")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_is_the_live_event_stream() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let log = Log::default();
+    let orch = orchestrator(store.clone(), &log, None, "one").await;
+    let mut handle = orch.start(TaskSpec::new("go"));
+    let run = handle.id();
+    let live: Vec<RunEventRecord> = handle.events().collect::<Vec<_>>().await;
+    let outcome = handle.outcome().await.unwrap();
+    let stored = orch.replay(run).await.unwrap();
+    assert_eq!(
+        stored.events, live,
+        "the journal holds exactly the live stream"
+    );
+    check_causal_order(&stored.events).unwrap();
+    assert_eq!(stored.state.output.as_ref(), Some(&outcome.output));
+    assert_eq!(stored.state.trace_tree(), outcome.trace);
+    assert_eq!(stored.state.outputs(), outcome.steps);
+    assert_eq!(store.run(run).await.unwrap().status, StoredStatus::Finished);
+    // Two effects per step, each recorded once.
+    let effects = stored
+        .events
+        .iter()
+        .filter(|e| matches!(e.event, RunEvent::EffectRecorded { .. }))
+        .count();
+    assert_eq!(effects, 6);
+    // A finished run is not resumed.
+    let e = orch.resume(run).await.unwrap_err();
+    assert_eq!(e.kind(), DurableErrorKind::Finished);
+}
+
+#[test]
+fn a_killed_run_resumes_without_repeating_steps_or_effects() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let log = Log::default();
+
+    // Process 1 runs until step b has made its first effect, then dies.
+    let p1 = Process::new();
+    let run = p1.0.block_on(async {
+        let orch = orchestrator(sqlite(&path).await, &log, Some("b"), "p1").await;
+        let mut handle = orch.start(TaskSpec::new("go"));
+        let run = handle.id();
+        let mut events = handle.events();
+        until(
+            &mut events,
+            |e| matches!(e, RunEvent::EffectRecorded { step: Some(s), .. } if s.as_str() == "b"),
+        )
+        .await;
+        std::mem::forget(handle);
+        run
+    });
+    p1.kill();
+    assert_eq!(counts(&log).get("b:first"), Some(&1));
+    assert_eq!(counts(&log).get("b:second"), None);
+
+    // Process 2 resumes it (the same holder name takes the lease back).
+    let p2 = Process::new();
+    let (outcome, stored) = p2.0.block_on(async {
+        let orch = orchestrator(sqlite(&path).await, &log, None, "p1").await;
+        let handle = orch.resume(run).await.unwrap();
+        let outcome = handle.outcome().await.unwrap();
+        (outcome, orch.replay(run).await.unwrap())
+    });
+    p2.kill();
+    let c = counts(&log);
+    for (k, n) in &c {
+        assert_eq!(*n, 1, "effect {k} ran {n} times: {c:?}");
+    }
+    assert_eq!(c.len(), 6, "every effect ran: {c:?}");
+    // a ran once; b went again as attempt 2 and got its first effect back.
+    let dispatched: Vec<(String, u32)> = stored
+        .events
+        .iter()
+        .filter_map(|e| match &e.event {
+            RunEvent::StepDispatched { step, attempt, .. } => Some((step.to_string(), *attempt)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dispatched,
+        [
+            ("a".into(), 1),
+            ("b".into(), 1),
+            ("b".into(), 2),
+            ("c".into(), 1)
+        ]
+    );
+    assert!(
+        stored
+            .events
+            .iter()
+            .any(|e| matches!(e.event, RunEvent::RunResumed { .. })),
+        "the journal says the run was resumed"
+    );
+    assert!(
+        outcome.output.as_str().unwrap().starts_with("c(\"b("),
+        "{}",
+        outcome.output
+    );
+    assert_eq!(stored.state.status, RunStatus::Succeeded);
+}
+
+#[test]
+fn a_result_is_durable_before_its_dependents_are_dispatched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let log = Log::default();
+    let p1 = Process::new();
+    let run = p1.0.block_on(async {
+        let orch = orchestrator_stalling(sqlite(&path).await, &log, None, Some("c"), "p1").await;
+        let mut handle = orch.start(TaskSpec::new("go"));
+        let run = handle.id();
+        let mut events = handle.events();
+        // c has started (and makes no effect before the kill): b's result
+        // must be in the journal already.
+        until(
+            &mut events,
+            |e| matches!(e, RunEvent::StepStarted { step, .. } if step.as_str() == "c"),
+        )
+        .await;
+        std::mem::forget(handle);
+        run
+    });
+    p1.kill();
+    let p2 = Process::new();
+    let stored = p2.0.block_on(async {
+        let orch = orchestrator(sqlite(&path).await, &log, None, "p1").await;
+        orch.resume(run).await.unwrap().outcome().await.unwrap();
+        orch.replay(run).await.unwrap()
+    });
+    p2.kill();
+    let dispatched: Vec<(String, u32)> = stored
+        .events
+        .iter()
+        .filter_map(|e| match &e.event {
+            RunEvent::StepDispatched { step, attempt, .. } => Some((step.to_string(), *attempt)),
+            _ => None,
+        })
+        .collect();
+    // a and b are not dispatched again; c's dispatch was not journaled
+    // before the kill (nothing depended on it), so it goes as attempt 1.
+    assert_eq!(
+        dispatched,
+        [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]
+    );
+}
+
+#[test]
+fn one_orchestrator_drives_a_run_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let log = Log::default();
+    let p1 = Process::new();
+    let run = p1.0.block_on(async {
+        let orch = orchestrator(sqlite(&path).await, &log, Some("b"), "p1").await;
+        let mut handle = orch.start(TaskSpec::new("go"));
+        let run = handle.id();
+        let mut events = handle.events();
+        until(&mut events, |e| {
+            matches!(e, RunEvent::EffectRecorded { .. })
+        })
+        .await;
+        // While p1 lives, another holder is refused.
+        let other = orchestrator(sqlite(&path).await, &log, None, "p2").await;
+        let e = other.resume(run).await.unwrap_err();
+        assert_eq!(e.kind(), DurableErrorKind::Busy, "{e}");
+        std::mem::forget(handle);
+        run
+    });
+    p1.kill();
+
+    // Two new processes race to resume once the dead holder's lease is out:
+    // exactly one drives the run.
+    let p2 = Process::new();
+    let (wins, outcome) = p2.0.block_on(async {
+        let a = orchestrator(sqlite(&path).await, &log, None, "p2").await;
+        let b = orchestrator(sqlite(&path).await, &log, None, "p3").await;
+        // Until the lease expires both are refused (bounded: the TTL is 2 s).
+        for _ in 0..200 {
+            let (ra, rb) = tokio::join!(a.resume(run), b.resume(run));
+            let oks: Vec<_> = [ra, rb].into_iter().filter_map(Result::ok).collect();
+            if !oks.is_empty() {
+                let n = oks.len();
+                let mut oks = oks;
+                let outcome = oks.pop().unwrap().outcome().await;
+                return (n, outcome);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the dead holder's lease never expired");
+    });
+    p2.kill();
+    assert_eq!(wins, 1, "exactly one orchestrator resumed the run");
+    outcome.unwrap();
+    for (k, n) in counts(&log) {
+        assert_eq!(n, 1, "effect {k} ran {n} times");
+    }
+}
+
+#[test]
+fn a_paused_run_is_answered_from_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let log = Log::default();
+    let plan = Plan::new([
+        Step::new("a", "work", StepInput::Goal),
+        Step::new("ok", "ask", StepInput::output("a")),
+    ]);
+    let p1 = Process::new();
+    let (run, request) = p1.0.block_on(async {
+        let store = sqlite(&path).await;
+        let orch = orchestrator(store.clone(), &log, None, "p1").await;
+        let orch = Orchestrator::new(orch_runtime(&orch), StaticPlanner::new(plan.clone()))
+            .store(store.clone())
+            .lease_holder("p1");
+        let mut handle = orch.start(TaskSpec::new("release"));
+        let run = handle.id();
+        let mut events = handle.events();
+        let asked = until(&mut events, |e| {
+            matches!(e, RunEvent::InputRequested { .. })
+        })
+        .await;
+        let RunEvent::InputRequested {
+            request,
+            schema,
+            step,
+            ..
+        } = asked.event
+        else {
+            unreachable!()
+        };
+        assert_eq!(step.unwrap().as_str(), "ok");
+        assert_eq!(
+            schema["properties"]["approved"]["type"], "boolean",
+            "{schema}"
+        );
+        assert_eq!(store.run(run).await.unwrap().status, StoredStatus::Paused);
+        // A wrong answer is refused, and the run stays paused.
+        let e = orch
+            .respond(run, &request, serde_json::json!({"approved": "yes"}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), DurableErrorKind::InvalidAnswer, "{e}");
+        assert!(e.to_string().contains("approved"), "{e}");
+        assert_eq!(store.run(run).await.unwrap().status, StoredStatus::Paused);
+        std::mem::forget(handle);
+        (run, request)
+    });
+    p1.kill();
+
+    let p2 = Process::new();
+    let outcome = p2.0.block_on(async {
+        let store = sqlite(&path).await;
+        let base = orchestrator(store.clone(), &log, None, "p1").await;
+        let orch = Orchestrator::new(orch_runtime(&base), StaticPlanner::new(plan.clone()))
+            .store(store.clone())
+            .lease_holder("p1");
+        // Still refused after the restart.
+        let e = orch
+            .respond(run, &request, serde_json::json!({"approved": 1}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), DurableErrorKind::InvalidAnswer);
+        let answer = serde_json::json!({"approved": true, "note": "go"});
+        let Responded::Resumed(handle) = orch.respond(run, &request, answer).await.unwrap() else {
+            panic!("nobody drove the run: it must be resumed here");
+        };
+        let outcome = handle.outcome().await.unwrap();
+        let e = orch
+            .respond(run, &request, serde_json::json!({"approved": false}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                DurableErrorKind::AlreadyAnswered | DurableErrorKind::Finished
+            ),
+            "{e}"
+        );
+        assert_eq!(store.run(run).await.unwrap().status, StoredStatus::Finished);
+        outcome
+    });
+    p2.kill();
+    assert_eq!(outcome.output, "approved=true note=go");
+    assert_eq!(counts(&log).get("a:first"), Some(&1));
+}
+
+fn orch_runtime(o: &Orchestrator) -> Runtime {
+    o.runtime().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_reaches_a_live_run_and_a_timeout_is_a_policy() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let log = Log::default();
+    let base = orchestrator(store.clone(), &log, None, "one").await;
+    let plan = Plan::new([Step::new("ok", "ask", StepInput::Goal)]);
+    let orch =
+        Orchestrator::new(base.runtime().clone(), StaticPlanner::new(plan)).store(store.clone());
+    let mut handle = orch.start(TaskSpec::new("release"));
+    let run = handle.id();
+    let mut events = handle.events();
+    let asked = until(&mut events, |e| {
+        matches!(e, RunEvent::InputRequested { .. })
+    })
+    .await;
+    let RunEvent::InputRequested { request, .. } = asked.event else {
+        unreachable!()
+    };
+    let unknown = EffectKey::from("no-such-request");
+    let e = orch
+        .respond(run, &unknown, serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), DurableErrorKind::NoSuchRequest);
+    let r = orch
+        .respond(run, &request, serde_json::json!({"approved": false}))
+        .await
+        .unwrap();
+    assert!(matches!(r, Responded::Delivered));
+    assert_eq!(
+        handle.outcome().await.unwrap().output,
+        "approved=false note="
+    );
+
+    // With an input timeout and no retries, an unanswered question fails
+    // its step, and the run says why.
+    let policy = RunPolicy {
+        input_timeout: Some(Duration::from_millis(50)),
+        retry: RetryPolicy {
+            retry_on: RetryOn::Never,
+            ..RetryPolicy::default()
+        },
+        ..RunPolicy::default()
+    };
+    let e = orch
+        .run(TaskSpec::new("release").policy(policy))
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind, RunErrorKind::StepFailed { .. }), "{e}");
+    assert!(e.message.contains("input timeout"), "{e}");
+    assert!(e.state.questions.iter().all(|q| q.timed_out));
+}
+
+#[test]
+fn a_fork_reruns_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let log = Log::default();
+    let p = Process::new();
+    p.0.block_on(async {
+        let orch = orchestrator(sqlite(&path).await, &log, None, "p1").await;
+        let outcome = orch.run(TaskSpec::new("go")).await.unwrap();
+        let stored = orch.replay(outcome.run).await.unwrap();
+        // Fork right after a's result, with b's input changed.
+        let at = stored
+            .events
+            .iter()
+            .position(|e| matches!(&e.event, RunEvent::StepSucceeded { step, .. } if step.as_str() == "a"))
+            .unwrap() as u64
+            + 1;
+        log.lock().unwrap().clear();
+        let fork = Fork::at(at).with_input("b".into(), StepInput::literal("other"));
+        let forked = orch.fork(outcome.run, fork).await.unwrap().outcome().await.unwrap();
+        assert_ne!(forked.run, outcome.run);
+        assert_eq!(forked.steps["a"], outcome.steps["a"], "a comes from the journal");
+        assert!(forked.output.to_string().contains(r#"b(\\\"other\\\")"#), "{}", forked.output);
+        let c = counts(&log);
+        assert_eq!(c.get("a:first"), None, "a is not run again: {c:?}");
+        assert_eq!(c.get("b:first"), Some(&1));
+        assert_eq!(c.get("c:second"), Some(&1));
+        let stored = orch.replay(forked.run).await.unwrap();
+        check_causal_order(&stored.events).unwrap();
+    });
+    p.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_journal_is_a_typed_error_naming_the_record() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let log = Log::default();
+    let orch = orchestrator(store.clone(), &log, None, "one").await;
+    let run = RunId::new();
+    store
+        .create_run(NewRun::new(run, TenantId::default(), "broken"))
+        .await
+        .unwrap();
+    store
+        .append(run, 0, None, &[NewRecord::new("event", "{not json")])
+        .await
+        .unwrap();
+    let e = orch.resume(run).await.unwrap_err();
+    assert_eq!(e.kind(), DurableErrorKind::Corrupt);
+    assert!(
+        e.to_string().contains(&run.to_string()) && e.to_string().contains("record 0"),
+        "{e}"
+    );
+    let e = orch.replay(run).await.unwrap_err();
+    assert_eq!(e.kind(), DurableErrorKind::Corrupt);
+    // A run without a store is refused plainly.
+    let plain = Orchestrator::new(orch.runtime().clone(), StaticPlanner::new(chain()));
+    assert_eq!(
+        plain.resume(run).await.unwrap_err().kind(),
+        DurableErrorKind::NoStore
+    );
+}
