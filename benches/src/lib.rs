@@ -9,6 +9,7 @@
 pub mod a2a;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod observe;
 pub mod orchestrate;
 pub mod report;
 pub mod runtime;

@@ -440,15 +440,15 @@ mod capture {
     use tracing_subscriber::registry::LookupSpan;
 
     #[derive(Clone, Debug, Default)]
-    pub struct Span {
-        pub id: u64,
-        pub name: String,
-        pub parent: Option<u64>,
-        pub fields: BTreeMap<String, String>,
+    pub(crate) struct Span {
+        pub(crate) id: u64,
+        pub(crate) name: String,
+        pub(crate) parent: Option<u64>,
+        pub(crate) fields: BTreeMap<String, String>,
     }
 
     #[derive(Clone, Default)]
-    pub struct Capture(pub Arc<Mutex<Vec<Span>>>);
+    pub(crate) struct Capture(pub(crate) Arc<Mutex<Vec<Span>>>);
 
     struct Fields<'a>(&'a mut BTreeMap<String, String>);
     impl Visit for Fields<'_> {

@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(nano_usd(0.1), 100_000_000);
         assert_eq!(nano_usd(-1.0), 0);
         assert_eq!(nano_usd(f64::NAN), 0);
-        let t = Tokens::of(&Usage::new(3, 4, 0.000_000_0015));
+        let t = Tokens::of(&Usage::new(3, 4, 0.000_000_001_5));
         assert_eq!(t.cost_nano_usd, 2);
     }
 }

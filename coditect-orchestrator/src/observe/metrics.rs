@@ -178,10 +178,8 @@ fn event(record: &RunEventRecord) {
                     .record(wait.as_secs_f64());
             }
         }
-        RunEvent::StepSucceeded { step, .. } => {
-            if meter.open.remove(step).is_some() {
-                ::metrics::gauge!(STEPS_IN_FLIGHT).decrement(1.0);
-            }
+        RunEvent::StepSucceeded { step, .. } if meter.open.remove(step).is_some() => {
+            ::metrics::gauge!(STEPS_IN_FLIGHT).decrement(1.0);
         }
         RunEvent::StepFailed { step, failure, .. } => {
             if meter.open.remove(step).is_some() {
