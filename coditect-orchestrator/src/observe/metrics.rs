@@ -1,4 +1,4 @@
-//! Metrics through the [`metrics`](::metrics) facade.
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade.
 //!
 //! Nothing is emitted until [`enable`] is called (after installing a
 //! recorder: a Prometheus exporter, a test's debugging recorder, your own),
