@@ -77,10 +77,15 @@ fn deliveries_and_handlers_are_spans_with_ids() {
         .iter()
         .find(|(name, f)| {
             name == "invoke_agent"
-                && f.get("coditect.run.id").is_some_and(|r| r.contains(&run.to_string()))
+                && f.get("coditect.run.id")
+                    .is_some_and(|r| r.contains(&run.to_string()))
         })
         .unwrap_or_else(|| panic!("no handler span for the run: {spans:?}"));
-    assert!(handle.1["gen_ai.agent.id"].starts_with("echo/"), "{:?}", handle.1);
+    assert!(
+        handle.1["gen_ai.agent.id"].starts_with("echo/"),
+        "{:?}",
+        handle.1
+    );
     assert_eq!(handle.1["coditect.tenant.id"], "default");
     assert!(handle.1.contains_key("coditect.message.id"));
     let deliver = spans
