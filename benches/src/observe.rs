@@ -39,9 +39,9 @@ pub async fn run(mode: Mode) -> Report {
         .with_simple_exporter(Discard)
         .build();
     let (filter, _switch) = reload::Layer::new(LevelFilter::INFO);
-    let subscriber = tracing_subscriber::registry().with(filter).with(
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")),
-    );
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
     let installed = tracing::subscriber::set_global_default(subscriber).is_ok();
     let recorder = observe::prometheus::builder()
         .expect("prometheus builder")
