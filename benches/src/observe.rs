@@ -48,7 +48,10 @@ pub async fn run(mode: Mode) -> Report {
         .build_recorder();
     let handle = recorder.handle();
     let recorded = metrics::set_global_recorder(recorder).is_ok();
-    observe::metrics::enable();
+    // `OBSERVE_SPANS_ONLY=1` leaves metrics off, to see what spans alone cost.
+    if std::env::var_os("OBSERVE_SPANS_ONLY").is_none() {
+        observe::metrics::enable();
+    }
     let watched = crate::orchestrate::one("wide", mode).await;
     observe::metrics::disable();
     let exposition = handle.render();
