@@ -10,6 +10,9 @@ py="${PYTHON:-$(command -v python3 || command -v python)}"
 venv="target/py-test-venv"
 wheels="target/py-test-wheels"
 
+# PostgreSQL (Debian's package) for the durable-run tests on PostgresStore.
+scripts/test-store.sh install
+
 rm -rf "$venv" "$wheels"
 "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip

@@ -7,6 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod a2a;
+#[cfg(feature = "sqlite")]
+pub mod durable;
+pub mod mcp;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod observe;

@@ -270,11 +270,31 @@ impl LlmAgent {
                 ctx,
                 iteration,
             );
-            let response = self
-                .call_model(request, ctx, &chat)
-                .instrument(chat.span.clone())
-                .await?;
-            chat.answered(&response);
+            // In a durable run each turn is an effect: a step executed again
+            // (after a crash, a retry) gets its turns back from the journal
+            // instead of paying for them again.
+            let fresh = std::sync::atomic::AtomicBool::new(false);
+            let response = match ctx {
+                Some(c) if c.call_context().journal.is_some() => {
+                    c.effect("model-turn", |_key| {
+                        fresh.store(true, std::sync::atomic::Ordering::Relaxed);
+                        self.call_model(request, ctx, &chat)
+                            .instrument(chat.span.clone())
+                    })
+                    .await?
+                }
+                _ => {
+                    fresh.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.call_model(request, ctx, &chat)
+                        .instrument(chat.span.clone())
+                        .await?
+                }
+            };
+            let fresh = fresh.into_inner();
+            // A turn from the journal was watched when it was made.
+            if fresh {
+                chat.answered(&response);
+            }
             usage.add(&response.usage);
             let turn_cost = cfg
                 .pricing
@@ -283,7 +303,11 @@ impl LlmAgent {
             cost += turn_cost;
             if let Some(c) = ctx {
                 let u = &response.usage;
-                report_usage(c, &response.model, u, turn_cost).await;
+                // A turn taken from the journal was paid for, and counted,
+                // when it was made.
+                if fresh {
+                    report_usage(c, &response.model, u, turn_cost).await;
+                }
                 emit(
                     c,
                     AgentProgress::Turn {

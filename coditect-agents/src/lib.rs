@@ -99,4 +99,4 @@ pub use planner::{LlmPlanner, SUBMIT_PLAN_TOOL};
 pub use progress::AgentProgress;
 pub use scripted::{SCRIPTED_MODEL_NAME, ScriptedModel, ScriptedReply};
 pub use tool::{Tool, ToolContext, ToolError, ToolErrorKind};
-pub use toolbox::{ToolCall, ToolOutcome, Toolbox};
+pub use toolbox::{Approval, ToolCall, ToolOutcome, Toolbox};

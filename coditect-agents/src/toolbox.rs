@@ -98,6 +98,21 @@ pub struct Toolbox {
     tools: BTreeMap<String, Arc<dyn DynTool>>,
     timeout: Duration,
     max_calls_per_turn: usize,
+    /// Tools whose every call a person approves first.
+    approvals: std::collections::BTreeSet<String>,
+}
+
+/// A person's answer to a tool call that needs approval
+/// ([`Toolbox::require_approval`]).
+#[derive(
+    Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct Approval {
+    /// Whether the call may run.
+    pub approved: bool,
+    /// Why (shown to the model when the call is rejected).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl Default for Toolbox {
@@ -123,7 +138,23 @@ impl Toolbox {
             tools: BTreeMap::new(),
             timeout: Duration::from_secs(30),
             max_calls_per_turn: 16,
+            approvals: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Makes every call of the tool `name` wait for a person's
+    /// [`Approval`] first: the run pauses with a question (its request id
+    /// names the tool and the model's call id, its schema is
+    /// [`Approval`]'s) until someone
+    /// [responds](coditect_orchestrator::orchestrator::Orchestrator::respond);
+    /// a rejection goes back to the model as the call's error. Approval needs
+    /// a durable run (an orchestrator with a store); elsewhere such calls are
+    /// refused. An approved call is approved again from the journal when its
+    /// step runs again.
+    #[must_use]
+    pub fn require_approval(mut self, name: impl Into<String>) -> Self {
+        self.approvals.insert(name.into());
+        self
     }
 
     /// Adds a tool. A tool with the same name replaces the earlier one.
@@ -239,6 +270,9 @@ impl Toolbox {
                 ),
             ));
         };
+        if self.approvals.contains(&call.name) {
+            approve(call, agent).await?;
+        }
         let ctx = match agent {
             Some(a) => ToolContext::new(a, &call.id),
             None => ToolContext::detached(&call.id),
@@ -263,5 +297,38 @@ impl Toolbox {
             span.record("otel.status_code", "ERROR");
         }
         result
+    }
+}
+
+/// Asks a person to approve one tool call; `Ok` when they did.
+async fn approve(call: &ToolCall, agent: Option<&AgentContext>) -> Result<(), ToolError> {
+    let Some(agent) = agent else {
+        return Err(ToolError::new(
+            ToolErrorKind::NotAllowed,
+            format!(
+                "tool {} needs a person's approval, and no run is there to ask",
+                call.name
+            ),
+        ));
+    };
+    let prompt = format!(
+        "Approve the call of tool {} with {}?",
+        call.name, call.input
+    );
+    let question = format!("approve:{}:{}", call.name, call.id);
+    match agent.ask::<Approval>(&question, &prompt).await {
+        Ok(a) if a.approved => Ok(()),
+        Ok(a) => Err(ToolError::new(
+            ToolErrorKind::NotAllowed,
+            format!(
+                "a person rejected this call of {}{}",
+                call.name,
+                a.reason.map(|r| format!(": {r}")).unwrap_or_default()
+            ),
+        )),
+        Err(e) => Err(ToolError::new(
+            ToolErrorKind::NotAllowed,
+            format!("tool {} needs a person's approval: {e}", call.name),
+        )),
     }
 }

@@ -216,3 +216,177 @@ async fn structured_inputs_reach_the_model_as_json_and_strings_as_text() {
     assert_eq!(r[0].last_user_text(), "plain words");
     assert!(r[1].last_user_text().contains("\"topic\": \"rust\""));
 }
+
+/// Counts its calls; adds two numbers.
+struct CountingAdd(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Tool for CountingAdd {
+    type Args = support::AddArgs;
+    type Output = i64;
+    fn name(&self) -> String {
+        "add".into()
+    }
+    fn description(&self) -> String {
+        "Adds two numbers.".into()
+    }
+    async fn call(&self, a: support::AddArgs, _: ToolContext<'_>) -> Result<i64, ToolError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(a.a + a.b)
+    }
+}
+
+/// A process: a tokio runtime of its own, killed by shutting it down.
+fn process() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn durable_agent(
+    store: Arc<dyn coditect_orchestrator::store::Store>,
+    model: ScriptedModel,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+) -> coditect_orchestrator::Orchestrator {
+    let rt = support::runtime().await;
+    let agent = LlmAgent::builder(model)
+        .toolbox(
+            Toolbox::new()
+                .with(CountingAdd(calls))
+                .require_approval("add"),
+        )
+        .build();
+    rt.kind("adder")
+        .capability("math")
+        .register(move |_| agent.clone())
+        .await
+        .unwrap();
+    support::one_step(&rt, "math")
+        .store(store)
+        .lease_holder("agent-test")
+}
+
+#[test]
+fn a_resumed_agent_does_not_pay_again_for_its_turns_and_a_tool_waits_for_approval() {
+    use coditect_orchestrator::orchestrator::{Responded, RunEvent};
+    use coditect_orchestrator::store::MemoryStore;
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let store: Arc<dyn coditect_orchestrator::store::Store> = Arc::new(MemoryStore::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    // Process 1: the model asks for the tool, which needs approval; the run
+    // pauses, and the process dies.
+    let m1 = ScriptedModel::new()
+        .then(
+            ScriptedReply::tool_call("add", json!({"a": 2, "b": 3}).clone())
+                .usage(support::usage(100, 10)),
+        )
+        .then(ScriptedReply::text("never reached"));
+    let p1 = process();
+    let (run, request) = p1.block_on(async {
+        let orch = durable_agent(store.clone(), m1.clone(), calls.clone()).await;
+        let mut handle = orch
+            .submit(coditect_orchestrator::TaskSpec::new("2 + 3?"))
+            .await
+            .unwrap();
+        let run = handle.id();
+        let mut events = handle.events();
+        let request = within(async {
+            loop {
+                let e = events.next().await.unwrap();
+                if let RunEvent::InputRequested {
+                    request,
+                    schema,
+                    prompt,
+                    ..
+                } = e.event
+                {
+                    assert!(prompt.contains("add"), "{prompt}");
+                    assert_eq!(schema["properties"]["approved"]["type"], "boolean");
+                    return request;
+                }
+            }
+        })
+        .await;
+        std::mem::forget(handle);
+        (run, request)
+    });
+    p1.shutdown_background();
+    assert_eq!(m1.requests().len(), 1);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the tool waits for approval"
+    );
+
+    // Process 2: approved; the first turn comes from the journal (the new
+    // model is asked only for the second), the tool runs once.
+    let m2 = ScriptedModel::new().then(ScriptedReply::text("5").usage(support::usage(120, 5)));
+    let p2 = process();
+    let (outcome, stored) = p2.block_on(async {
+        let orch = durable_agent(store.clone(), m2.clone(), calls.clone()).await;
+        let approve = json!({"approved": true});
+        let Responded::Resumed(handle) = orch.respond(run, &request, approve).await.unwrap() else {
+            panic!("the run must be resumed here");
+        };
+        let outcome = within(handle.outcome()).await.unwrap();
+        (outcome, orch.replay(run).await.unwrap())
+    });
+    p2.shutdown_background();
+    assert_eq!(outcome.output, "5");
+    assert_eq!(m2.requests().len(), 1, "turn 1 was not paid for again");
+    // The second model request carries the recorded first turn and the result.
+    assert_eq!(m2.requests()[0].last_tool_results()[0].1, "5");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Usage: each turn once (100+10 from process 1, 120+5 from process 2).
+    assert_eq!(
+        stored.state.usage.input_tokens, 220,
+        "{:?}",
+        stored.state.usage
+    );
+    assert_eq!(stored.state.usage.output_tokens, 15);
+
+    // A rejection goes back to the model as the call's error.
+    let m3 = ScriptedModel::new()
+        .then(ScriptedReply::tool_call("add", json!({"a": 1, "b": 1})))
+        .then(ScriptedReply::text("ok, I will not add"));
+    let p3 = process();
+    p3.block_on(async {
+        let orch = durable_agent(store.clone(), m3.clone(), calls.clone()).await;
+        let mut handle = orch
+            .submit(coditect_orchestrator::TaskSpec::new("1 + 1?"))
+            .await
+            .unwrap();
+        let run = handle.id();
+        let mut events = handle.events();
+        let request = within(async {
+            loop {
+                if let RunEvent::InputRequested { request, .. } = events.next().await.unwrap().event
+                {
+                    return request;
+                }
+            }
+        })
+        .await;
+        let no = json!({"approved": false, "reason": "not today"});
+        assert!(matches!(
+            orch.respond(run, &request, no).await.unwrap(),
+            Responded::Delivered
+        ));
+        assert_eq!(
+            within(handle.outcome()).await.unwrap().output,
+            "ok, I will not add"
+        );
+        let requests = m3.requests();
+        let back = &requests[1].last_tool_results()[0];
+        assert!(back.2 && back.1.contains("not today"), "{back:?}");
+    });
+    p3.shutdown_background();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "a rejected call never runs"
+    );
+}

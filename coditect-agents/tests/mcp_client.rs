@@ -451,3 +451,54 @@ async fn cancelling_the_step_cancels_the_call_on_the_server() {
     assert!(outcome.is_err());
     within(20, server_saw_cancellations(&c, 1)).await;
 }
+
+/// coditect's MCP server over HTTP, reached with coditect's own client: the
+/// right bearer token opens a session and runs a call; a wrong one and none
+/// are refused at the handshake (no Python needed, unlike `mcp_server.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_server_takes_only_requests_with_its_bearer_token() {
+    let token = "open-sesame";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-test-server"))
+        .args(["orchestrator-http", token])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _server = peers::Peer(child);
+    let url = within(
+        30,
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).unwrap();
+            line.trim().to_owned()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+
+    let good = within(
+        20,
+        McpServer::http("team", url.clone())
+            .bearer_token(token)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    assert!(good.tool("shout").is_some());
+    let out = within(20, good.call("shout", json!({"input": "hi"})))
+        .await
+        .unwrap();
+    assert!(out.text().contains("HI"), "{out:?}");
+
+    for bad in [Some("open-sesame!"), None] {
+        let mut server =
+            McpServer::http("team", url.clone()).connect_timeout(Duration::from_secs(10));
+        if let Some(t) = bad {
+            server = server.bearer_token(t);
+        }
+        let e = within(20, server.connect()).await.unwrap_err();
+        assert_eq!(e.kind(), McpErrorKind::Connect, "{e}");
+    }
+}

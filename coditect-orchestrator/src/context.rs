@@ -54,9 +54,28 @@ impl AgentContext {
             me,
             env,
             cancel,
-            tally: TallyCell::started(),
+            tally: TallyCell::unstarted(),
             effects_made: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Makes the message's `Started` report (number 0) if it belongs to a
+    /// run and was not made yet; returns what is left of the send, if the
+    /// transport could not take it at once.
+    ///
+    /// Delegated work makes it when its handler begins; a step's own message
+    /// only when there is something after it (see [`crate::report`]).
+    pub(crate) fn report_start(&self) -> crate::runtime::activation::Rest<'static> {
+        if self.env.ctx.run.is_none() || !self.tally.claim_start() {
+            return None;
+        }
+        crate::runtime::activation::signal_started(&self.node, &self.env, &self.me)
+    }
+
+    /// Whether the `Started` report may wait for something to follow it: a
+    /// step's own message (no parent), whose reply names the agent anyway.
+    pub(crate) fn defers_start(&self) -> bool {
+        self.env.ctx.parent.is_none()
     }
 
     fn origin(&self) -> Origin {
@@ -203,6 +222,10 @@ impl AgentContext {
         message: impl Message,
         options: RequestOptions,
     ) -> Result<R, RequestError> {
+        // The run hears of this handler's start before its requests'.
+        if let Some(rest) = self.report_start() {
+            rest.await;
+        }
         self.node
             .ask(
                 &self.origin(),
@@ -314,6 +337,9 @@ impl AgentContext {
         let Some(run) = self.env.ctx.run else {
             return Ok(());
         };
+        if let Some(rest) = self.report_start() {
+            rest.await;
+        }
         let signal = Signal {
             message: self.env.id,
             root: self.env.ctx.root.unwrap_or(self.env.id),
@@ -533,6 +559,10 @@ impl AgentContext {
                 "a journal request outside a run",
             ));
         };
+        // The run hears of this handler's start before its journal requests.
+        if let Some(rest) = self.report_start() {
+            rest.await;
+        }
         // A question may wait for a person for long: the run's policy
         // bounds that wait (the driver refuses it), not the request's timeout.
         let timeout = match (&request, self.env.ctx.deadline) {

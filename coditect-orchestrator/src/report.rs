@@ -17,6 +17,15 @@
 //!
 //! Within one handler, reports are numbered from 0 (`Started`) in the order
 //! they were made.
+//!
+//! A step's own message (one the orchestrator sent, with no parent) makes its
+//! `Started` report only once there is something after it: before its first
+//! other report or request, or when the handler first has to wait. A handler
+//! that answers in its first poll without reporting sends no signal at all;
+//! its reply's tally (zero reports, and the agent) is what the orchestrator
+//! records the step's start from, still before its result. Delegated
+//! messages report `Started` at once: that report is the run's `Delegated`
+//! event.
 
 use serde::{Deserialize, Serialize};
 
@@ -156,50 +165,79 @@ impl Tally {
 }
 
 /// The tally of a handler while it runs, shared with its context.
+///
+/// It also knows whether the handler's `Started` report (number 0) was made:
+/// a step's own message makes it only when there is something to say after
+/// it — the handler reports, asks another agent, or waits (see
+/// [`AgentContext`](crate::AgentContext)) — since its reply names the agent
+/// and the driver records the start from that when no report came.
 #[derive(Debug, Default)]
-pub(crate) struct TallyCell(std::sync::Mutex<Tally>);
+pub(crate) struct TallyCell(std::sync::Mutex<(Tally, bool)>);
 
 impl TallyCell {
     /// Counts one report made by the handler; returns its number.
     pub(crate) fn next_report(&self) -> u32 {
         match self.0.lock() {
             Ok(mut t) => {
-                let n = t.reports;
-                t.reports = n.saturating_add(1);
+                let n = t.0.reports;
+                t.0.reports = n.saturating_add(1);
                 n
             }
             Err(_) => u32::MAX,
         }
     }
 
+    /// Counts the `Started` report if it was not made yet: whether the
+    /// caller must now send it (as number 0).
+    pub(crate) fn claim_start(&self) -> bool {
+        match self.0.lock() {
+            Ok(mut t) if !t.1 => {
+                t.1 = true;
+                t.0.reports = t.0.reports.saturating_add(1);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Counts usage the handler reported.
     pub(crate) fn add_usage(&self, usage: Usage) {
         if let Ok(mut t) = self.0.lock() {
-            t.usage += usage;
+            t.0.usage += usage;
         }
     }
 
     /// Adds what a delegation reported, from its reply.
     pub(crate) fn absorb(&self, child: &Tally) {
         if let Ok(mut t) = self.0.lock() {
-            t.absorb(child);
+            t.0.absorb(child);
         }
     }
 
     /// The tally so far.
     pub(crate) fn take(&self) -> Tally {
         match self.0.lock() {
-            Ok(mut t) => std::mem::take(&mut *t),
+            Ok(mut t) => std::mem::take(&mut t.0),
             Err(_) => Tally::default(),
         }
     }
 
     /// Starts a handler's tally with its `Started` report already counted.
+    #[cfg(test)]
     pub(crate) fn started() -> Self {
-        Self(std::sync::Mutex::new(Tally {
-            reports: 1,
-            ..Tally::default()
-        }))
+        Self(std::sync::Mutex::new((
+            Tally {
+                reports: 1,
+                ..Tally::default()
+            },
+            true,
+        )))
+    }
+
+    /// Starts a handler's tally whose `Started` report is still to be made
+    /// (by [`claim_start`](Self::claim_start)).
+    pub(crate) fn unstarted() -> Self {
+        Self::default()
     }
 }
 
@@ -240,5 +278,17 @@ mod tests {
         let t = cell.take();
         assert_eq!(t.reports, 8);
         assert_eq!(t.usage, Usage::new(4, 5, 0.0));
+    }
+
+    #[test]
+    fn a_deferred_start_is_claimed_once_and_numbered_first() {
+        let cell = TallyCell::unstarted();
+        assert!(cell.claim_start());
+        assert!(!cell.claim_start());
+        assert_eq!(cell.next_report(), 1);
+        assert_eq!(cell.take().reports, 2);
+        // Never claimed: no report at all.
+        assert_eq!(TallyCell::unstarted().take().reports, 0);
+        assert!(!TallyCell::started().claim_start());
     }
 }

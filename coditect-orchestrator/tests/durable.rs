@@ -243,12 +243,45 @@ async fn the_journal_is_the_live_event_stream() {
 fn a_killed_run_resumes_without_repeating_steps_or_effects() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runs.db");
+    killed_and_resumed(|| {
+        let path = path.clone();
+        Box::pin(async move { sqlite(&path).await })
+    });
+}
+
+/// The same against a real PostgreSQL server (each process its own pool).
+#[test]
+fn on_postgres_a_killed_run_resumes_without_repeating_steps_or_effects() {
+    use coditect_orchestrator::store::PostgresStore;
+    use coditect_orchestrator::testing::PostgresServer;
+    let server = PostgresServer::start().expect("start PostgreSQL");
+    let dsn = server.connection_string();
+    killed_and_resumed(|| {
+        let dsn = dsn.clone();
+        Box::pin(async move {
+            let store: Arc<dyn Store> = Arc::new(
+                PostgresStore::connect(&dsn, StoreOptions::default())
+                    .await
+                    .unwrap(),
+            );
+            store
+        })
+    });
+}
+
+type Open<'a> =
+    &'a dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn Store>>>>;
+
+fn killed_and_resumed(
+    open: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn Store>>>>,
+) {
+    let open: Open<'_> = &open;
     let log = Log::default();
 
     // Process 1 runs until step b has made its first effect, then dies.
     let p1 = Process::new();
     let run = p1.0.block_on(async {
-        let orch = orchestrator(sqlite(&path).await, &log, Some("b"), "p1").await;
+        let orch = orchestrator(open().await, &log, Some("b"), "p1").await;
         let mut handle = orch.start(TaskSpec::new("go"));
         let run = handle.id();
         let mut events = handle.events();
@@ -267,7 +300,7 @@ fn a_killed_run_resumes_without_repeating_steps_or_effects() {
     // Process 2 resumes it (the same holder name takes the lease back).
     let p2 = Process::new();
     let (outcome, stored) = p2.0.block_on(async {
-        let orch = orchestrator(sqlite(&path).await, &log, None, "p1").await;
+        let orch = orchestrator(open().await, &log, None, "p1").await;
         let handle = orch.resume(run).await.unwrap();
         let outcome = handle.outcome().await.unwrap();
         (outcome, orch.replay(run).await.unwrap())
@@ -441,6 +474,9 @@ fn a_paused_run_is_answered_from_another_process() {
             unreachable!()
         };
         assert_eq!(step.unwrap().as_str(), "ok");
+        // Seen means stored: another process may answer it at once.
+        let stored = orch.replay(run).await.unwrap();
+        assert!(stored.state.open_questions().any(|q| q.request == request));
         assert_eq!(
             schema["properties"]["approved"]["type"], "boolean",
             "{schema}"
@@ -614,4 +650,305 @@ async fn a_corrupt_journal_is_a_typed_error_naming_the_record() {
         plain.resume(run).await.unwrap_err().kind(),
         DurableErrorKind::NoStore
     );
+}
+
+/// Over NATS: the steps run on a worker process that outlives the
+/// orchestrator; the orchestrator dies after a step's first effect is
+/// journaled (the effect went worker → bus → driver → store and back); a new
+/// orchestrator process resumes the run, and the worker's new attempt of the
+/// step gets its first effect back from the journal.
+#[cfg(feature = "nats")]
+#[test]
+fn over_nats_the_orchestrator_dies_and_the_workers_effects_hold() {
+    use coditect_orchestrator::testing::NatsServer;
+    use coditect_orchestrator::transport::NatsOptions;
+
+    let server = NatsServer::start().expect("start nats-server");
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let log = Log::default();
+
+    // The worker process lives through the whole test.
+    let worker = Process::new();
+    let cards = worker.0.block_on(async {
+        let rt = Runtime::builder(NatsOptions::new(&url).connect().await.unwrap())
+            .build()
+            .await
+            .unwrap();
+        let (log, first) = (log.clone(), Arc::new(Mutex::new(true)));
+        rt.kind("work")
+            .capability("work")
+            .register(move |_| BlockOnce {
+                inner: Worker {
+                    log: log.clone(),
+                    block: None,
+                    stall: None,
+                },
+                first: first.clone(),
+            })
+            .await
+            .unwrap();
+        let cards = rt.cards();
+        std::mem::forget(rt);
+        cards
+    });
+
+    let p1 = Process::new();
+    let run = p1.0.block_on(async {
+        let orch = nats_orchestrator(&url, cards.clone(), &path).await;
+        let mut handle = orch.submit(TaskSpec::new("go")).await.unwrap();
+        let run = handle.id();
+        let mut events = handle.events();
+        until(
+            &mut events,
+            |e| matches!(e, RunEvent::EffectRecorded { step: Some(s), .. } if s.as_str() == "b"),
+        )
+        .await;
+        std::mem::forget(handle);
+        run
+    });
+    p1.kill();
+    assert_eq!(counts(&log).get("b:first"), Some(&1));
+
+    let p2 = Process::new();
+    let (outcome, stored) = p2.0.block_on(async {
+        let orch = nats_orchestrator(&url, cards.clone(), &path).await;
+        let handle = orch.resume(run).await.unwrap();
+        let outcome = handle.outcome().await.unwrap();
+        (outcome, orch.replay(run).await.unwrap())
+    });
+    p2.kill();
+    worker.kill();
+    let c = counts(&log);
+    assert_eq!(c.len(), 6, "{c:?}");
+    for (k, n) in &c {
+        assert_eq!(*n, 1, "effect {k} ran {n} times over NATS: {c:?}");
+    }
+    assert!(outcome.output.as_str().unwrap().starts_with("c(\"b("));
+    assert_eq!(stored.state.status, RunStatus::Succeeded);
+}
+
+#[cfg(feature = "nats")]
+async fn nats_orchestrator(
+    url: &str,
+    cards: Vec<coditect_orchestrator::AgentCard>,
+    path: &Path,
+) -> Orchestrator {
+    use coditect_orchestrator::transport::NatsOptions;
+    let rt = Runtime::builder(NatsOptions::new(url).connect().await.unwrap())
+        .build()
+        .await
+        .unwrap();
+    Orchestrator::new(rt, StaticPlanner::new(chain()))
+        .cards(cards)
+        .store(sqlite(path).await)
+        .lease_holder("orchestrator")
+}
+
+/// A worker whose first handling of step b (across all its instances)
+/// blocks after b's first effect, as `Worker { block: Some("b") }` does;
+/// later attempts go through.
+#[cfg(feature = "nats")]
+struct BlockOnce {
+    inner: Worker,
+    first: Arc<Mutex<bool>>,
+}
+
+#[cfg(feature = "nats")]
+impl Agent for BlockOnce {
+    type Input = serde_json::Value;
+    type Output = String;
+    async fn handle(
+        &mut self,
+        input: serde_json::Value,
+        ctx: &AgentContext,
+    ) -> Result<String, AgentError> {
+        let is_b = ctx.step().is_some_and(|s| s.as_str() == "b");
+        let block = is_b && std::mem::replace(&mut *self.first.lock().unwrap(), false);
+        self.inner.block = if block { Some("b") } else { None };
+        self.inner.handle(input, ctx).await
+    }
+}
+
+/// Random plans (each step after some earlier ones) killed after a random
+/// number of journaled effects, then resumed (killed again, maybe, until it
+/// ends): the run always ends with every step's result, the journal records
+/// each effect once, and no effect body runs in an attempt after the one
+/// that recorded it.
+mod crash_points {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Makes two effects per step, noting each body's run with the step's
+    /// attempt.
+    struct Noting(Arc<Mutex<Vec<(String, u32)>>>);
+
+    impl Agent for Noting {
+        type Input = serde_json::Value;
+        type Output = u32;
+        async fn handle(
+            &mut self,
+            _: serde_json::Value,
+            ctx: &AgentContext,
+        ) -> Result<u32, AgentError> {
+            let step = ctx.step().map(|s| s.to_string()).unwrap_or_default();
+            let attempt = ctx.attempt();
+            for name in ["one", "two"] {
+                let (log, key) = (self.0.clone(), format!("{step}:{name}"));
+                ctx.effect(name, |_| async move {
+                    log.lock().unwrap().push((key, attempt));
+                    tokio::task::yield_now().await;
+                    Ok(1u32)
+                })
+                .await?;
+            }
+            Ok(attempt)
+        }
+    }
+
+    fn plan(deps: &[Vec<usize>]) -> Plan {
+        Plan::new(deps.iter().enumerate().map(|(i, d)| {
+            let step = Step::new(format!("p{i}"), "note", StepInput::Goal);
+            step.after(d.iter().map(|j| format!("p{j}")))
+        }))
+    }
+
+    async fn orch(
+        store: Arc<dyn Store>,
+        log: &Arc<Mutex<Vec<(String, u32)>>>,
+        p: Plan,
+    ) -> Orchestrator {
+        let rt = Runtime::builder(InMemoryTransport::new())
+            .build()
+            .await
+            .unwrap();
+        let log = log.clone();
+        rt.kind("note")
+            .capability("note")
+            .instances(4)
+            .register(move |_| Noting(log.clone()))
+            .await
+            .unwrap();
+        Orchestrator::new(rt, StaticPlanner::new(p))
+            .store(store)
+            .lease_holder("prop")
+    }
+
+    fn deps_strategy() -> impl Strategy<Value = Vec<Vec<usize>>> {
+        (1usize..7).prop_flat_map(|n| {
+            (0..n)
+                .map(|i| proptest::collection::vec(0..i.max(1), 0..=i.min(2)))
+                .collect::<Vec<_>>()
+                .prop_map(|deps| {
+                    deps.into_iter()
+                        .enumerate()
+                        .map(|(i, d)| {
+                            let mut d: Vec<usize> = d.into_iter().filter(|&j| j < i).collect();
+                            d.sort_unstable();
+                            d.dedup();
+                            d
+                        })
+                        .collect()
+                })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn a_resumed_run_always_ends_each_effect_once(
+            deps in deps_strategy(),
+            kills in proptest::collection::vec(0usize..12, 1..3),
+        ) {
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let p = plan(&deps);
+            let mut run: Option<RunId> = None;
+            let mut finished = false;
+            for after in kills {
+                let proc = Process::new();
+                let done = proc.0.block_on(async {
+                    let o = orch(store.clone(), &log, p.clone()).await;
+                    let mut handle = match run {
+                        None => o.submit(TaskSpec::new("prop")).await.unwrap(),
+                        Some(r) => match o.resume(r).await {
+                            Ok(h) => h,
+                            Err(e) if e.kind() == DurableErrorKind::Finished => return true,
+                            Err(e) => panic!("{e}"),
+                        },
+                    };
+                    run = Some(handle.id());
+                    let mut events = handle.events();
+                    let mut seen = 0;
+                    let mut ended = false;
+                    while let Some(e) = events.next().await {
+                        match e.event {
+                            RunEvent::EffectRecorded { .. } => {
+                                seen += 1;
+                                if seen > after {
+                                    break;
+                                }
+                            }
+                            RunEvent::RunFinished { .. } => {
+                                ended = true;
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    drop(events);
+                    if ended {
+                        // An event is seen as it happens; the outcome comes
+                        // once the journal holds everything.
+                        handle.outcome().await.unwrap();
+                        return true;
+                    }
+                    std::mem::forget(handle);
+                    false
+                });
+                proc.kill();
+                if done {
+                    finished = true;
+                    break;
+                }
+            }
+            let run = run.unwrap();
+            let proc = Process::new();
+            let stored = proc.0.block_on(async {
+                let o = orch(store.clone(), &log, p.clone()).await;
+                if !finished {
+                    match o.resume(run).await {
+                        Ok(h) => { h.outcome().await.unwrap(); }
+                        Err(e) => prop_assert_eq!(e.kind(), DurableErrorKind::Finished),
+                    }
+                }
+                Ok(o.replay(run).await.unwrap())
+            })?;
+            proc.kill();
+            prop_assert_eq!(stored.state.status, RunStatus::Succeeded);
+            prop_assert_eq!(stored.state.outputs().len(), deps.len());
+            // Each effect recorded once, in the attempt that first made it.
+            let mut attempt_of: BTreeMap<String, u32> = BTreeMap::new();
+            let mut recorded: BTreeMap<String, u32> = BTreeMap::new();
+            for e in &stored.events {
+                match &e.event {
+                    RunEvent::StepDispatched { step, attempt, .. } => {
+                        attempt_of.insert(step.to_string(), *attempt);
+                    }
+                    RunEvent::EffectRecorded { step: Some(s), key, .. } => {
+                        let name = key.as_str().rsplit('/').next().unwrap().split('#').next().unwrap().to_owned();
+                        let k = format!("{s}:{name}");
+                        prop_assert!(recorded.insert(k.clone(), attempt_of[s.as_str()]).is_none(), "{} recorded twice", k);
+                    }
+                    _ => {}
+                }
+            }
+            prop_assert_eq!(recorded.len(), deps.len() * 2);
+            for (k, attempt) in log.lock().unwrap().iter() {
+                let at = recorded[k];
+                prop_assert!(*attempt <= at, "{} ran in attempt {} after attempt {} recorded it", k, attempt, at);
+            }
+        }
+    }
 }

@@ -201,8 +201,9 @@ pub(crate) fn from_claude(py: Python<'_>, e: &coditect_claude::Error) -> PyErr {
 
 /// An exception raised by Python code run for an agent, as the agent's
 /// error. A coditect exception from a nested request passes its failure on
-/// unchanged; `CancelledError` is a cancellation; anything else is a
-/// handler failure named `"<type>: <message>"`.
+/// unchanged; `CancelledError` is a cancellation; a coditect exception made
+/// with `transient=True` is a transient failure (the run may retry the
+/// step); anything else is a handler failure named `"<type>: <message>"`.
 pub(crate) fn to_agent_error(py: Python<'_>, e: &PyErr) -> AgentError {
     let value = e.value(py);
     if let Ok(f) = value.getattr(intern!(py, "_failure"))
@@ -215,6 +216,17 @@ pub(crate) fn to_agent_error(py: Python<'_>, e: &PyErr) -> AgentError {
         && value.is_instance(&cancelled).unwrap_or(false)
     {
         return AgentError::with_kind(AgentErrorKind::Cancelled, "the handler was cancelled");
+    }
+    // A handler asks for a retry by raising a coditect error made with
+    // `transient=True` (e.g. `HandlerError("busy", transient=True)`).
+    if let Ok(base) = errors_module(py).and_then(|m| m.getattr("CoditectError"))
+        && value.is_instance(&base).unwrap_or(false)
+        && value
+            .getattr(intern!(py, "transient"))
+            .and_then(|t| t.is_truthy())
+            .unwrap_or(false)
+    {
+        return AgentError::transient(describe(py, e));
     }
     AgentError::permanent(describe(py, e))
 }

@@ -10,6 +10,7 @@
 
 mod agents;
 mod bridge;
+mod durable;
 mod error;
 mod orchestrate;
 mod runtime;
@@ -36,6 +37,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<orchestrate::EventStream>()?;
     m.add_class::<orchestrate::PyOutcome>()?;
     m.add_class::<orchestrate::PyUsage>()?;
+    m.add_class::<durable::PyMemoryStore>()?;
+    m.add_class::<durable::PySqliteStore>()?;
+    m.add_class::<durable::PyPostgresStore>()?;
+    m.add_class::<durable::PyStoredRun>()?;
     m.add_class::<agents::PyScriptedModel>()?;
     m.add_class::<agents::PyScriptedReply>()?;
     m.add_class::<agents::PyClaude>()?;

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use coditect_agents::LlmPlanner;
 use coditect_orchestrator::orchestrator::{
-    Orchestrator, Plan, Planner, RunEvents, RunHandle, RunOutcome, RunPolicy, StaticPlanner, Step,
-    StepInput, TaskSpec,
+    Fork, Orchestrator, Plan, Planner, Responded, RunEvents, RunHandle, RunOutcome, RunPolicy,
+    StaticPlanner, Step, StepInput, TaskSpec,
 };
 use coditect_orchestrator::{AgentId, CancellationToken};
 use futures::StreamExt;
@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::bridge::{Awaitable, Bridge, Out};
+use crate::durable::{self, PyStoredRun};
 use crate::error;
 use crate::runtime::{PyRuntime, secs};
 use crate::value::{from_json, to_json};
@@ -272,7 +273,7 @@ pub struct PyPolicy {
 #[pymethods]
 impl PyPolicy {
     #[new]
-    #[pyo3(signature = (*, max_tokens=None, max_cost_usd=None, max_depth=None, deadline_s=None, max_fanout=None, max_steps=None, step_timeout_s=None, max_attempts=None, max_replans=None))]
+    #[pyo3(signature = (*, max_tokens=None, max_cost_usd=None, max_depth=None, deadline_s=None, max_fanout=None, max_steps=None, step_timeout_s=None, max_attempts=None, max_replans=None, input_timeout_s=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         max_tokens: Option<u64>,
@@ -284,12 +285,14 @@ impl PyPolicy {
         step_timeout_s: Option<f64>,
         max_attempts: Option<u32>,
         max_replans: Option<u32>,
+        input_timeout_s: Option<f64>,
     ) -> PyResult<Self> {
         let mut p = RunPolicy {
             max_tokens,
             max_cost_usd,
             deadline: deadline_s.map(secs).transpose()?,
             step_timeout: step_timeout_s.map(secs).transpose()?,
+            input_timeout: input_timeout_s.map(secs).transpose()?,
             ..RunPolicy::default()
         };
         if let Some(d) = max_depth {
@@ -321,15 +324,17 @@ impl PyPolicy {
 /// Runs tasks: plans them, dispatches every ready step to an agent, and
 /// returns one result.
 ///
-/// Built so that a run store fits in later: `store=` joins the keyword
-/// arguments, and `resume` / `respond` become methods returning awaitables
-/// like `run`.
+/// With `store=`, every run is durable: journaled in the store under a
+/// lease, resumable after a crash from any process (`resume`), able to ask
+/// for input (`Context.ask`, answered with `respond`), and readable back
+/// (`replay`, `fork`).
 #[pyclass(module = "coditect._native", name = "Orchestrator", frozen)]
 pub struct PyOrchestrator {
     orch: Orchestrator,
     bridge: Arc<Bridge>,
     policy: RunPolicy,
     tenant: coditect_orchestrator::TenantId,
+    durable: bool,
 }
 
 struct CancelOnDrop(Option<CancellationToken>);
@@ -363,6 +368,26 @@ impl PyOrchestrator {
         let _tokio = self.bridge.tokio.enter();
         self.orch.start(task)
     }
+
+    /// An awaitable for a durable-run operation of run `run` ending in a
+    /// handle.
+    fn handle_awaitable(
+        &self,
+        run: Option<coditect_orchestrator::RunId>,
+        fut: impl std::future::Future<
+            Output = Result<RunHandle, coditect_orchestrator::orchestrator::DurableError>,
+        > + Send
+        + 'static,
+    ) -> Awaitable {
+        let bridge = self.bridge.clone();
+        self.bridge.awaitable(Box::pin(async move {
+            let r = fut.await;
+            Box::new(move |py: Python<'_>| match r {
+                Ok(h) => Py::new(py, PyRunHandle::of(h, bridge)).map(Py::into_any),
+                Err(e) => Err(durable::from_durable(py, &e, run)),
+            }) as Out
+        }))
+    }
 }
 
 fn outcome_out(r: Result<RunOutcome, coditect_orchestrator::orchestrator::RunError>) -> Out {
@@ -375,12 +400,16 @@ fn outcome_out(r: Result<RunOutcome, coditect_orchestrator::orchestrator::RunErr
 #[pymethods]
 impl PyOrchestrator {
     #[new]
-    #[pyo3(signature = (runtime, *, planner, policy=None, cards=None))]
+    #[pyo3(signature = (runtime, *, planner, policy=None, cards=None, store=None, lease_holder=None, lease_ttl_s=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         runtime: PyRef<'_, PyRuntime>,
         planner: &Bound<'_, PyAny>,
         policy: Option<PyRef<'_, PyPolicy>>,
         cards: Option<&Bound<'_, PyAny>>,
+        store: Option<&Bound<'_, PyAny>>,
+        lease_holder: Option<String>,
+        lease_ttl_s: Option<f64>,
     ) -> PyResult<Self> {
         let rt = runtime.inner.rt.clone();
         let planner: Arc<dyn Planner> = if let Ok(p) = planner.cast::<PyStaticPlanner>() {
@@ -398,7 +427,17 @@ impl PyOrchestrator {
                 .map_err(|e| PyValueError::new_err(format!("cards: {e}")))?;
             orch = orch.cards(cards);
         }
+        if let Some(s) = store {
+            orch = orch.store(durable::store_of(s)?);
+        }
+        if let Some(h) = lease_holder {
+            orch = orch.lease_holder(h);
+        }
+        if let Some(t) = lease_ttl_s {
+            orch = orch.lease_ttl(secs(t)?);
+        }
         Ok(Self {
+            durable: store.is_some(),
             tenant: rt.tenant().clone(),
             orch,
             bridge: runtime.inner.bridge.clone(),
@@ -432,15 +471,126 @@ impl PyOrchestrator {
         input: Option<&Bound<'_, PyAny>>,
         policy: Option<PyRef<'_, PyPolicy>>,
     ) -> PyResult<PyRunHandle> {
-        let mut handle = self.start_handle(self.task(goal, input, policy)?);
-        let events = handle.events();
-        Ok(PyRunHandle {
-            run_id: handle.id().to_string(),
-            cancel: handle.cancellation(),
-            handle: Mutex::new(Some(handle)),
-            events: Arc::new(futures::lock::Mutex::new(events)),
-            bridge: self.bridge.clone(),
-        })
+        let handle = self.start_handle(self.task(goal, input, policy)?);
+        Ok(PyRunHandle::of(handle, self.bridge.clone()))
+    }
+
+    /// Starts a durable run (the orchestrator needs a store) and returns its
+    /// `RunHandle` once the run's start is in the store's journal: from then
+    /// on its `run_id` names a run that survives this process. Raises
+    /// `NoStore` without a store, `StoreError` if the run could not be
+    /// journaled.
+    #[pyo3(signature = (goal, *, input=None, policy=None))]
+    fn submit(
+        &self,
+        goal: String,
+        input: Option<&Bound<'_, PyAny>>,
+        policy: Option<PyRef<'_, PyPolicy>>,
+    ) -> PyResult<Awaitable> {
+        let task = self.task(goal, input, policy)?;
+        let orch = self.orch.clone();
+        Ok(self.handle_awaitable(None, async move { orch.submit(task).await }))
+    }
+
+    /// Continues a stored run that no orchestrator drives (its process died):
+    /// succeeded steps are not run again, in-flight ones go again with their
+    /// next attempt, and effects they already made return their recorded
+    /// results. Returns its `RunHandle`. Raises `RunNotFound`, `RunBusy`
+    /// (another orchestrator holds the run's lease), `RunFinished`, `NoStore`,
+    /// `JournalCorrupt` or `StoreError`.
+    fn resume(&self, run_id: &str) -> PyResult<Awaitable> {
+        let run = durable::run_id(run_id)?;
+        let orch = self.orch.clone();
+        Ok(self.handle_awaitable(Some(run), async move { orch.resume(run).await }))
+    }
+
+    /// Answers the question `request_id` of run `run_id` (asked with
+    /// `Context.ask`; the id is the `request` of its `input_requested` event)
+    /// with `value`, checked against the question's JSON Schema first.
+    ///
+    /// Returns `None` when the run is driven here (the waiting handler has
+    /// the answer now), or the `RunHandle` of the run resumed here with the
+    /// answer when nobody drove it (its process died). Raises
+    /// `InvalidAnswer` (nothing recorded, the run stays paused),
+    /// `NoSuchRequest`, `AlreadyAnswered`, `RunBusy` (another process drives
+    /// the run: answer through it), or as `resume`.
+    fn respond(
+        &self,
+        run_id: &str,
+        request_id: &str,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<Awaitable> {
+        let run = durable::run_id(run_id)?;
+        let request = coditect_orchestrator::EffectKey::from(request_id);
+        let value = to_json(value)?;
+        let orch = self.orch.clone();
+        let bridge = self.bridge.clone();
+        Ok(self.bridge.awaitable(Box::pin(async move {
+            let r = orch.respond(run, &request, value).await;
+            Box::new(move |py: Python<'_>| match r {
+                Ok(Responded::Resumed(h)) => {
+                    Py::new(py, PyRunHandle::of(h, bridge)).map(Py::into_any)
+                }
+                Ok(_) => Ok(py.None()),
+                Err(e) => Err(durable::from_durable(py, &e, Some(run))),
+            }) as Out
+        })))
+    }
+
+    /// Reads a stored run back: a `StoredRun` with its events (the same
+    /// dicts its handle's `events()` gave) and their fold (`state`,
+    /// `status`, `open_questions`). Raises `RunNotFound`, `NoStore`,
+    /// `JournalCorrupt` or `StoreError`.
+    fn replay(&self, run_id: &str) -> PyResult<Awaitable> {
+        let run = durable::run_id(run_id)?;
+        let orch = self.orch.clone();
+        Ok(self.bridge.awaitable(Box::pin(async move {
+            let r = orch.replay(run).await;
+            Box::new(move |py: Python<'_>| match r {
+                Ok(stored) => Py::new(py, PyStoredRun::of(py, run, &stored)?).map(Py::into_any),
+                Err(e) => Err(durable::from_durable(py, &e, Some(run))),
+            }) as Out
+        })))
+    }
+
+    /// Starts a new run from stored run `run_id`: its first `at` events
+    /// (results, effects, answers) are kept, the rest runs anew. With `step`
+    /// and `input` (an `Input` or a literal), that step and every step
+    /// depending on it run anew with the new input. Returns the new run's
+    /// `RunHandle`. Raises `NoSuchRequest` (no such step in the plan), or as
+    /// `replay`.
+    #[pyo3(signature = (run_id, *, at, step=None, input=None))]
+    fn fork(
+        &self,
+        run_id: &str,
+        at: u64,
+        step: Option<String>,
+        input: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Awaitable> {
+        let run = durable::run_id(run_id)?;
+        let mut fork = Fork::at(at);
+        match (step, input) {
+            (Some(s), Some(i)) => {
+                let step = s.parse().map_err(|e: coditect_orchestrator::IdError| {
+                    PyValueError::new_err(e.to_string())
+                })?;
+                fork = fork.with_input(step, input_of(i)?);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(PyTypeError::new_err(
+                    "fork takes step and input together, or neither",
+                ));
+            }
+        }
+        let orch = self.orch.clone();
+        Ok(self.handle_awaitable(Some(run), async move { orch.fork(run, fork).await }))
+    }
+
+    /// Whether runs are durable here (the orchestrator has a store).
+    #[getter]
+    fn durable(&self) -> bool {
+        self.durable
     }
 
     /// The cards plans may use.
@@ -459,6 +609,19 @@ pub struct PyRunHandle {
     handle: Mutex<Option<RunHandle>>,
     events: Arc<futures::lock::Mutex<RunEvents>>,
     bridge: Arc<Bridge>,
+}
+
+impl PyRunHandle {
+    fn of(mut handle: RunHandle, bridge: Arc<Bridge>) -> Self {
+        let events = handle.events();
+        Self {
+            run_id: handle.id().to_string(),
+            cancel: handle.cancellation(),
+            handle: Mutex::new(Some(handle)),
+            events: Arc::new(futures::lock::Mutex::new(events)),
+            bridge,
+        }
+    }
 }
 
 #[pymethods]
@@ -517,16 +680,7 @@ impl EventStream {
             let next = events.lock().await.next().await;
             Box::new(move |py: Python<'_>| match next {
                 None => Err(PyStopAsyncIteration::new_err(())),
-                Some(record) => {
-                    let mut v = serde_json::to_value(&record.event)
-                        .map_err(|e| PyValueError::new_err(e.to_string()))?;
-                    if let serde_json::Value::Object(m) = &mut v {
-                        m.insert("seq".into(), record.seq.into());
-                        m.insert("at_ms".into(), record.at_ms.into());
-                        m.insert("run_id".into(), record.run.to_string().into());
-                    }
-                    from_json(py, &v)
-                }
+                Some(record) => from_json(py, &durable::event_json(&record)?),
             }) as Out
         }))
     }

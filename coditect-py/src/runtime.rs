@@ -22,7 +22,7 @@ use pyo3::types::{PyList, PyTuple, PyType};
 
 use crate::bridge::{Awaitable, Bridge, Called, Out, drive};
 use crate::error;
-use crate::value::{PyValue, to_json};
+use crate::value::{PyValue, from_json, to_json};
 
 /// The shared part of a runtime handle.
 pub(crate) struct RtInner {
@@ -409,9 +409,27 @@ enum Cmd {
     Emit {
         data: serde_json::Value,
     },
+    Effect {
+        name: String,
+        func: Py<PyAny>,
+        reply: oneshot::Sender<Result<serde_json::Value, EffectError>>,
+    },
+    Ask {
+        name: String,
+        prompt: String,
+        schema: serde_json::Value,
+        reply: oneshot::Sender<Result<serde_json::Value, AgentError>>,
+    },
 }
 
-fn run_cmd<'a>(ctx: &'a AgentContext, cmd: Cmd) -> BoxFuture<'a, ()> {
+/// Why `Context.effect` failed: the effect function raised (its exception
+/// goes back to the handler unchanged), or the journal refused.
+enum EffectError {
+    Raised(PyErr),
+    Agent(AgentError),
+}
+
+fn run_cmd<'a>(ctx: &'a AgentContext, bridge: Arc<Bridge>, cmd: Cmd) -> BoxFuture<'a, ()> {
     match cmd {
         Cmd::Delegate {
             capability,
@@ -435,7 +453,71 @@ fn run_cmd<'a>(ctx: &'a AgentContext, cmd: Cmd) -> BoxFuture<'a, ()> {
             }
         }
         .boxed(),
+        Cmd::Effect { name, func, reply } => async move {
+            let _ = reply.send(run_effect(ctx, bridge, &name, func).await);
+        }
+        .boxed(),
+        Cmd::Ask {
+            name,
+            prompt,
+            schema,
+            reply,
+        } => async move {
+            let _ = reply.send(ctx.ask_value(&name, &prompt, schema).await);
+        }
+        .boxed(),
     }
+}
+
+/// Runs a Python effect function through `AgentContext::effect`: called
+/// with the effect's key only when the journal has no result for it.
+async fn run_effect(
+    ctx: &AgentContext,
+    bridge: Arc<Bridge>,
+    name: &str,
+    func: Py<PyAny>,
+) -> Result<serde_json::Value, EffectError> {
+    let raised: Arc<Mutex<Option<PyErr>>> = Arc::new(Mutex::new(None));
+    let stash = raised.clone();
+    let r = ctx
+        .effect::<serde_json::Value, _, _>(name, move |key| {
+            let driven = drive(
+                bridge,
+                move |py| Called::of(py, func.bind(py).call1((key.to_string(),))?),
+                // On the loop's thread, with the GIL: the message is made
+                // here so that no tokio thread takes the GIL for it.
+                |py, r| {
+                    r.and_then(|v| to_json(&v))
+                        .map_err(|e| (error::describe(py, &e), e))
+                },
+            );
+            async move {
+                match driven.await {
+                    Some(Ok(v)) => Ok(v),
+                    Some(Err((message, e))) => {
+                        if let Ok(mut s) = stash.lock() {
+                            *s = Some(e);
+                        }
+                        Err(AgentError::permanent(message))
+                    }
+                    None => Err(AgentError::permanent(
+                        "the Python event loop stopped before the effect finished",
+                    )),
+                }
+            }
+        })
+        .await;
+    r.map_err(|e| match raised.lock().ok().and_then(|mut s| s.take()) {
+        Some(py_err) => EffectError::Raised(py_err),
+        None => EffectError::Agent(e),
+    })
+}
+
+/// An error of the core's context (a refused record, a question outside a
+/// durable run, a timed-out wait) as the exception a handler sees; raised
+/// on, it reaches the run as the same failure.
+fn agent_error(py: Python<'_>, e: &AgentError, agent: &AgentId) -> PyErr {
+    error::from_failure(py, &e.to_failure(agent))
 }
 
 fn tracing_warn(e: &dyn std::fmt::Display) {
@@ -462,6 +544,8 @@ impl Agent for PyAgent {
             attempt: ctx.attempt(),
             deadline: ctx.deadline().map(|d| d.instant().into_std()),
             cancel: ctx.cancellation().clone(),
+            idempotency_key: ctx.idempotency_key(),
+            agent_id: ctx.id().clone(),
         };
         let instance = self.instance.clone();
         let b = bridge.clone();
@@ -524,8 +608,8 @@ impl Agent for PyAgent {
             loop {
                 while let Poll::Ready(Some(cmd)) = rx.poll_next_unpin(cx) {
                     match cmd {
-                        Cmd::Emit { .. } => emits.push(run_cmd(ctx, cmd)),
-                        other => work.push(run_cmd(ctx, other)),
+                        Cmd::Emit { .. } => emits.push(run_cmd(ctx, bridge.clone(), cmd)),
+                        other => work.push(run_cmd(ctx, bridge.clone(), other)),
                     }
                 }
                 while let Poll::Ready(Some(())) = work.poll_next_unpin(cx) {}
@@ -535,8 +619,8 @@ impl Agent for PyAgent {
                 }
                 match rx.poll_next_unpin(cx) {
                     Poll::Ready(Some(cmd)) => match cmd {
-                        Cmd::Emit { .. } => emits.push(run_cmd(ctx, cmd)),
-                        other => work.push(run_cmd(ctx, other)),
+                        Cmd::Emit { .. } => emits.push(run_cmd(ctx, bridge.clone(), cmd)),
+                        other => work.push(run_cmd(ctx, bridge.clone(), other)),
                     },
                     _ => return Poll::Pending,
                 }
@@ -548,7 +632,7 @@ impl Agent for PyAgent {
         rx.close();
         while let Ok(cmd) = rx.try_recv() {
             if let Cmd::Emit { .. } = cmd {
-                emits.push(run_cmd(ctx, cmd));
+                emits.push(run_cmd(ctx, bridge.clone(), cmd));
             }
         }
         drop(work);
@@ -572,6 +656,8 @@ struct CtxInfo {
     attempt: u32,
     deadline: Option<Instant>,
     cancel: CancellationToken,
+    idempotency_key: String,
+    agent_id: AgentId,
 }
 
 /// What a Python agent sees of the system while it handles one message.
@@ -587,7 +673,7 @@ pub struct PyContext {
 const CTX_GONE: &str = "this Context belongs to a handler that has finished";
 
 impl PyContext {
-    fn ask<T: Send + 'static>(
+    fn ask_cmd<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Cmd,
         out: impl FnOnce(T) -> Out + Send + 'static,
@@ -609,7 +695,7 @@ impl PyContext {
     /// Hands a subtask to an agent offering `capability` and awaits its result.
     fn delegate(&self, capability: String, task: &Bound<'_, PyAny>) -> PyResult<Awaitable> {
         let task = PyValue::from_py(task, self.keep)?;
-        Ok(self.ask(
+        Ok(self.ask_cmd(
             |reply| Cmd::Delegate {
                 capability,
                 task,
@@ -642,7 +728,7 @@ impl PyContext {
             let cap: String = pair.get_item(0)?.extract()?;
             tasks.push((cap, PyValue::from_py(&pair.get_item(1)?, self.keep)?));
         }
-        Ok(self.ask(
+        Ok(self.ask_cmd(
             |reply| Cmd::DelegateAll { tasks, reply },
             move |r| {
                 Box::new(move |py: Python<'_>| {
@@ -668,7 +754,7 @@ impl PyContext {
     fn request(&self, to: &Bound<'_, PyAny>, message: &Bound<'_, PyAny>) -> PyResult<Awaitable> {
         let to = destination(to)?;
         let message = PyValue::from_py(message, self.keep)?;
-        Ok(self.ask(|reply| Cmd::Request { to, message, reply }, out_value))
+        Ok(self.ask_cmd(|reply| Cmd::Request { to, message, reply }, out_value))
     }
 
     /// Reports progress: it reaches the run's events (before the result).
@@ -677,6 +763,102 @@ impl PyContext {
         self.tx
             .unbounded_send(Cmd::Emit { data })
             .map_err(|_| error::other(py, "CoditectError", &CTX_GONE))
+    }
+
+    /// Runs a side effect at most once per run and returns its result.
+    ///
+    /// `func(key)` (an `async def` or a plain function) gets the effect's
+    /// stable key (`str`: the same on every attempt of the step, so hand it
+    /// to outside systems as an idempotency key) and returns a JSON-able
+    /// value. In a durable run that value is recorded in the run's journal
+    /// before this returns; when the step runs again (resumed after a crash,
+    /// retried), the effect returns the recorded value without calling
+    /// `func`. Effects are told apart by `name` and by how many of that name
+    /// the handler made before, so keep their order deterministic. Outside a
+    /// durable run `func` simply runs. An exception `func` raises comes back
+    /// unchanged (nothing is recorded; the next attempt calls it again).
+    fn effect(&self, name: String, func: Bound<'_, PyAny>) -> PyResult<Awaitable> {
+        if !func.is_callable() {
+            return Err(PyTypeError::new_err(
+                "effect takes a function of the effect key (str)",
+            ));
+        }
+        let func = func.unbind();
+        let agent = self.info.agent_id.clone();
+        Ok(self.ask_cmd(
+            |reply| Cmd::Effect { name, func, reply },
+            move |r| {
+                Box::new(move |py: Python<'_>| match r {
+                    Ok(v) => from_json(py, &v),
+                    Err(EffectError::Raised(e)) => Err(e),
+                    Err(EffectError::Agent(e)) => Err(agent_error(py, &e, &agent)),
+                }) as Out
+            },
+        ))
+    }
+
+    /// Asks for input from outside the run (a person's approval, a missing
+    /// fact) and returns the answer once someone gives it with
+    /// `Orchestrator.respond(run_id, request_id, value)`, from any process,
+    /// after any restart. The run is paused meanwhile; its
+    /// `input_requested` event carries the `request` id, `prompt` and
+    /// `schema`.
+    ///
+    /// `schema` is a JSON Schema (a dict) or a type — a pydantic model, a
+    /// dataclass, a `TypedDict`, … — whose schema the answer must satisfy;
+    /// given a type, the answer comes back as that type. Without a schema
+    /// any JSON value is accepted. An answered question is answered again
+    /// from the journal when the step runs again. Needs a durable run (an
+    /// orchestrator with a store).
+    #[pyo3(signature = (name, prompt, *, schema=None))]
+    fn ask(
+        &self,
+        py: Python<'_>,
+        name: String,
+        prompt: String,
+        schema: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Awaitable> {
+        let (schema, typ) = match schema {
+            None => (serde_json::json!({}), None),
+            Some(s) if s.is_instance_of::<pyo3::types::PyDict>() => (to_json(&s)?, None),
+            Some(s) => {
+                let made = py
+                    .import(intern!(py, "coditect._values"))?
+                    .call_method1(intern!(py, "schema_of"), (&s,))?;
+                (to_json(&made)?, Some(s.unbind()))
+            }
+        };
+        let agent = self.info.agent_id.clone();
+        Ok(self.ask_cmd(
+            |reply| Cmd::Ask {
+                name,
+                prompt,
+                schema,
+                reply,
+            },
+            move |r| {
+                Box::new(move |py: Python<'_>| {
+                    let v = r.map_err(|e| agent_error(py, &e, &agent))?;
+                    let answer = from_json(py, &v)?;
+                    match typ {
+                        None => Ok(answer),
+                        Some(t) => py
+                            .import(intern!(py, "coditect._values"))?
+                            .call_method1(intern!(py, "answer_as"), (answer, t))
+                            .map(Bound::unbind),
+                    }
+                }) as Out
+            },
+        ))
+    }
+
+    /// The stable key of this step: the same on every attempt (after a
+    /// crash, a timeout, a retry), different for every step and run. Hand it
+    /// to systems outside coditect as an idempotency key. Outside a run, the
+    /// message's id.
+    #[getter]
+    fn idempotency_key(&self) -> String {
+        self.info.idempotency_key.clone()
     }
 
     /// Waits until the work is cancelled.

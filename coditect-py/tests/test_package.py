@@ -56,6 +56,7 @@ def test_mypy_accepts_typed_code_and_rejects_wrong_code(tmp_path: Path) -> None:
     good = tmp_path / "good.py"
     good.write_text(textwrap.dedent('''
         import asyncio
+        import dataclasses
         from typing import List
         import coditect
 
@@ -94,6 +95,33 @@ def test_mypy_accepts_typed_code_and_rejects_wrong_code(tmp_path: Path) -> None:
             except coditect.ClaudeError as e:
                 code: "int | None" = e.status
             names: List[str] = agent.tool_names()
+
+            @dataclasses.dataclass
+            class Approval:
+                approved: bool
+
+            @rt.agent("ship", capabilities=["ship"])
+            async def ship(task: str, ctx: coditect.Context) -> str:
+                async def send(key: str) -> str:
+                    return key
+                sent = await ctx.effect("send", send)
+                answer: Approval = await ctx.ask("ok", "Ship?", schema=Approval)
+                raw = await ctx.ask("why", "Why?", schema={"type": "string"})
+                return f"{sent} {answer.approved} {raw} {ctx.idempotency_key}"
+
+            store: coditect.SqliteStore = await coditect.SqliteStore.open("runs.db")
+            durable = coditect.Orchestrator(rt, planner=coditect.StaticPlanner(plan),
+                                            store=store, lease_holder="me", lease_ttl_s=5.0)
+            h: coditect.RunHandle = await durable.submit("go")
+            resumed: coditect.RunHandle = await durable.resume(h.run_id)
+            maybe: "coditect.RunHandle | None" = await durable.respond(h.run_id, "req", {"approved": True})
+            stored: coditect.StoredRun = await durable.replay(h.run_id)
+            status: str = stored.status
+            forked = await durable.fork(h.run_id, at=len(stored.events), step="b", input=coditect.Literal(1))
+            try:
+                await durable.resume(forked.run_id)
+            except coditect.RunBusy as e:
+                print(e.run_id, e.store_kind)
             await rt.shutdown()
 
         asyncio.run(main())
@@ -105,6 +133,7 @@ def test_mypy_accepts_typed_code_and_rejects_wrong_code(tmp_path: Path) -> None:
             rt = await coditect.Runtime.start()
             outcome = await coditect.Orchestrator(rt, planner=coditect.StaticPlanner(coditect.Plan([]))).run(42)
             n: str = outcome.usage.total_tokens
+            store = coditect.SqliteStore(1)
     '''))
     args = [mypy, "--strict", "--no-incremental", "--cache-dir", str(tmp_path / ".mypy")]
     ok = subprocess.run(args + [str(good)], capture_output=True, text=True, timeout=300, cwd=tmp_path)

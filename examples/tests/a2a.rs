@@ -103,7 +103,9 @@ fn a2a_client_runs_a_plan_on_a_specialist_served_by_a2a_server() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("── report ──\nEvidence from the fact sheet: In the team's 2025 benchmark"),
+        stdout.contains(
+            "── report ──\nEvidence from the fact sheet:\n- In the team's 2025 benchmark"
+        ),
         "{stdout}"
     );
     // The remote run's usage was counted in the client's run.

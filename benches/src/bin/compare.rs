@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p coditect-benches --bin compare -- --quick
 //! cargo run --release -p coditect-benches --bin compare -- --only fanout
+//! cargo run --release -p coditect-benches --bin compare -- --only mcp_tool_call
 //! cargo run --release -p coditect-benches --all-features --bin compare   # + workloads needing features
 //! cargo run --release -p coditect-benches --features postgres --bin compare -- --only journal
 //! ```
@@ -27,6 +28,13 @@ fn main() {
             .expect("tokio runtime")
     };
 
+    // The MCP workload's server: speaks MCP on stdio, prints nothing else.
+    if args.first().map(String::as_str) == Some("--child")
+        && args.get(1).map(String::as_str) == Some("mcp_server")
+    {
+        rt.block_on(coditect_benches::mcp::serve_child());
+        return;
+    }
     // A child run measures one side of a memory workload in a fresh process.
     if args.first().map(String::as_str) == Some("--child") {
         let workload = args.get(1).cloned().unwrap_or_default();
@@ -48,6 +56,20 @@ fn main() {
         return;
     }
 
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "compare [--quick] [--only WORKLOAD]\n\n\
+             Runs each workload for coditect and for a raw baseline, alternating, and\n\
+             prints one JSON line per workload. --quick: fewer rounds (a smoke run).\n\
+             --only WORKLOAD: one of request_reply, fanout, orchestrate (both shapes),\n\
+             virtual_agents, a2a_round_trip, mcp_tool_call, sse_parse; with --features nats\n\
+             also nats_request_reply, nats_fanout; with --features sqlite/postgres\n\
+             journal (all store workloads), journal_sqlite, journal_postgres, journal_load.\n\n\
+             Environment: COMPARE_CURRENT_THREAD=1 (a current-thread runtime, for\n\
+             profiles), ORCHESTRATE_ROUNDS=N (longer orchestrate runs)."
+        );
+        return;
+    }
     let mode = if args.iter().any(|a| a == "--quick") {
         Mode::Quick
     } else {
@@ -101,6 +123,9 @@ fn main() {
     if wanted("a2a_round_trip") {
         emit(spawn(Box::pin(coditect_benches::a2a::run(mode))));
     }
+    if wanted("mcp_tool_call") {
+        emit(spawn(Box::pin(coditect_benches::mcp::run(mode))));
+    }
     #[cfg(feature = "sqlite")]
     {
         let store_wanted = |name: &str| {
@@ -130,6 +155,24 @@ fn main() {
         }
         if store_wanted("journal_load") {
             emit(spawn(Box::pin(coditect_benches::store::load_journal(mode))));
+        }
+        if wanted("checkpoint_sqlite") {
+            emit(spawn(Box::pin(
+                coditect_benches::durable::checkpoint_sqlite(mode),
+            )));
+        }
+        #[cfg(feature = "postgres")]
+        if wanted("checkpoint_postgres")
+            && let Some(r) = rt.block_on(async {
+                tokio::spawn(coditect_benches::durable::checkpoint_postgres(mode))
+                    .await
+                    .expect("workload panicked")
+            })
+        {
+            emit(r);
+        }
+        if wanted("resume") {
+            emit(spawn(Box::pin(coditect_benches::durable::resume(mode))));
         }
     }
     if wanted("sse_parse") {

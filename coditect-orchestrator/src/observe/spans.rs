@@ -99,6 +99,15 @@ pub(crate) struct AgentSpan {
 /// Opens the `invoke_agent` span of `agent` handling `env`.
 pub(crate) fn invoke_agent(agent: &AgentId, env: &Envelope) -> AgentSpan {
     let ctx = &env.ctx;
+    let timing = super::metrics::is_enabled().then(|| (Instant::now(), agent.kind().clone()));
+    // Without a subscriber that wants it, no span is made at all (with
+    // tracing's `log` feature on, a disabled span still records its fields).
+    if !tracing::level_enabled!(tracing::Level::INFO) {
+        return AgentSpan {
+            span: Span::none(),
+            timing,
+        };
+    }
     let span = tracing::info_span!(
         "invoke_agent",
         otel.name = format!("invoke_agent {}", agent.kind()),
@@ -118,7 +127,6 @@ pub(crate) fn invoke_agent(agent: &AgentId, env: &Envelope) -> AgentSpan {
     );
     #[cfg(feature = "otel")]
     super::otel::adopt(&span, &ctx.trace);
-    let timing = super::metrics::is_enabled().then(|| (Instant::now(), agent.kind().clone()));
     AgentSpan { span, timing }
 }
 

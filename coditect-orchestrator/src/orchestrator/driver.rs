@@ -5,33 +5,29 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::agent::AgentCard;
-use crate::body::Body;
 use crate::budget::Budget;
-use crate::call_context::CallContext;
-use crate::envelope::{Deadline, Failure, FailureKind, Payload};
-use crate::error::RequestError;
 use crate::id::{MessageId, RunId, StepId, Topic};
 use crate::journal::EffectKey;
 use crate::orchestrator::Inner;
+use crate::orchestrator::completion::Parked;
 use crate::orchestrator::dispatch::{LoadGuard, Routing};
-use crate::orchestrator::durable::{self, Journal, StoredRun};
+use crate::orchestrator::durable::StoredRun;
 use crate::orchestrator::event::{RunEvent, RunEventRecord};
 use crate::orchestrator::intake::Intake;
-use crate::orchestrator::plan::{Graph, Plan};
 use crate::orchestrator::planner::PlanningContext;
+use crate::orchestrator::runlog::{self, Journal};
 use crate::orchestrator::schedule::{At, Schedule};
-use crate::orchestrator::state::{RunState, RunStatus, StepStatus};
+use crate::orchestrator::state::{RunState, RunStatus};
 use crate::orchestrator::task::{RunError, RunErrorKind, RunOutcome, TaskSpec};
-use crate::report::{Signal, Tally};
-use crate::runtime::{Answer, RequestOptions};
+use crate::runtime::Answer;
 use crate::transport::{DeliveryStream, Route};
 
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -65,50 +61,47 @@ pub(crate) enum Completion {
 
 pub(crate) type InFlight = FuturesUnordered<Pin<Box<dyn Future<Output = Completion> + Send>>>;
 
-/// A step attempt answered whose reports are not all in yet.
-struct Parked {
-    at: At,
-    step: StepId,
-    attempt: u32,
-    result: Result<Body, RequestError>,
-    tally: Option<Tally>,
-}
-
 pub(crate) struct Driver {
     pub(crate) inner: Arc<Inner>,
     pub(crate) run: RunId,
     pub(crate) task: TaskSpec,
     pub(crate) cancel: CancellationToken,
-    events: broadcast::Sender<RunEventRecord>,
+    pub(crate) events: broadcast::Sender<RunEventRecord>,
     /// Someone may still read the events (once nobody does, nobody can again).
-    publishing: bool,
+    pub(crate) publishing: bool,
     pub(crate) state: RunState,
-    seq: u64,
-    started: Instant,
+    pub(crate) seq: u64,
+    pub(crate) started: Instant,
     /// When the current piece of work began, in ms since the run started: the
     /// time of the events it records (read once per wake-up, not per event).
-    now_ms: u64,
+    pub(crate) now_ms: u64,
     pub(crate) schedule: Schedule,
     pub(crate) routing: Routing,
-    intake: Intake,
-    parked: FastMap<MessageId, Parked>,
+    pub(crate) intake: Intake,
+    pub(crate) parked: FastMap<MessageId, Parked>,
     /// Events released by the intake, waiting to be recorded.
-    released: Vec<RunEvent>,
+    pub(crate) released: Vec<RunEvent>,
     /// The budget handed to the last step, reused while it is unchanged.
-    budget: Option<Arc<Budget>>,
-    deadline: Option<Instant>,
+    pub(crate) budget: Option<Arc<Budget>>,
+    pub(crate) deadline: Option<Instant>,
     pub(crate) replans: u32,
-    revision: u32,
+    /// Timers in flight (report waits, question timeouts), which alone do
+    /// not keep the run going.
+    pub(crate) timers: usize,
+    pub(crate) revision: u32,
     /// The run's journal, for a run with a store.
     pub(crate) journal: Option<Box<Journal>>,
     /// Picked up from a journal: attempts continue from the recorded ones.
-    resumed: Option<Resumed>,
+    pub(crate) resumed: Option<Resumed>,
+    /// Told once the run's start is in its journal (a durable run's id may
+    /// be handed out from then on).
+    pub(crate) on_durable: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 /// What a resumed run starts from.
-struct Resumed {
-    from_seq: u64,
-    answer: Option<(EffectKey, serde_json::Value)>,
+pub(crate) struct Resumed {
+    pub(crate) from_seq: u64,
+    pub(crate) answer: Option<(EffectKey, serde_json::Value)>,
 }
 
 impl Driver {
@@ -140,9 +133,11 @@ impl Driver {
             budget: None,
             deadline: None,
             replans: 0,
+            timers: 0,
             revision: 0,
             journal: None,
             resumed: None,
+            on_durable: None,
         }
     }
 
@@ -180,6 +175,30 @@ impl Driver {
         if let Some(journal) = &mut self.journal {
             journal.push(&record);
         }
+        self.publish(record);
+    }
+
+    /// Records one event of a durable run and makes it durable before anyone
+    /// sees it (a question: whoever reads it may answer at once, from
+    /// another process).
+    pub(crate) async fn record_durable(&mut self, event: RunEvent) -> Result<(), Stop> {
+        let record = RunEventRecord {
+            run: self.run,
+            seq: self.seq,
+            at_ms: self.now_ms,
+            event,
+        };
+        self.seq += 1;
+        if let Some(journal) = &mut self.journal {
+            journal.push(&record);
+        }
+        let flushed = self.flush().await;
+        self.publish(record);
+        flushed
+    }
+
+    /// Applies a recorded event to the state and hands it to the readers.
+    fn publish(&mut self, record: RunEventRecord) {
         if self.publishing {
             if self.events.receiver_count() > 0 {
                 self.state.apply(&record);
@@ -195,7 +214,7 @@ impl Driver {
     }
 
     /// Records the events the intake released.
-    fn record_released(&mut self) {
+    pub(crate) fn record_released(&mut self) {
         if self.released.is_empty() {
             return;
         }
@@ -243,24 +262,16 @@ impl Driver {
         })
     }
 
-    /// Takes every report that is already here (budgets are not checked: the
-    /// run is ending either way).
-    fn drain_ready(&mut self, signals: &mut DeliveryStream) {
-        while let Some(Some(delivery)) = signals.next().now_or_never() {
-            if let Some(signal) = decode(self.run, delivery.envelope.payload) {
-                self.intake.signal(signal, &mut self.released);
-            }
-        }
-        self.record_released();
-    }
-
     pub(crate) async fn drive(mut self) -> Result<RunOutcome, RunError> {
         if self.resumed.is_none()
             && let Some(store) = self.inner.durable.store.clone()
         {
-            match durable::open_new(&self.inner, store, self.run, &self.task).await {
+            match runlog::open_new(&self.inner, store, self.run, &self.task).await {
                 Ok(journal) => self.journal = Some(Box::new(journal)),
                 Err(e) => {
+                    if let Some(tx) = self.on_durable.take() {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
                     return self
                         .fail(Stop(RunErrorKind::Journal, e.to_string()), None)
                         .await;
@@ -275,6 +286,17 @@ impl Driver {
                 let holder = self.inner.durable.holder.clone();
                 let from_seq = r.from_seq;
                 self.record(RunEvent::RunResumed { holder, from_seq });
+            }
+        }
+        // A durable run's start is journaled at once: from here on its id
+        // names a run that can be resumed.
+        if self.journal.is_some() {
+            let flushed = self.flush().await;
+            if let Some(tx) = self.on_durable.take() {
+                let _ = tx.send(flushed.as_ref().map(|_| ()).map_err(|Stop(_, m)| m.clone()));
+            }
+            if let Err(stop) = flushed {
+                return self.fail(stop, None).await;
             }
         }
         let runtime = self.inner.runtime.clone();
@@ -328,30 +350,6 @@ impl Driver {
         self.run_loop(signals).await
     }
 
-    /// Takes the planner's first plan, checked.
-    fn adopt_planned(
-        &mut self,
-        planned: Result<Plan, crate::orchestrator::plan::PlanError>,
-    ) -> Result<(), Stop> {
-        let plan = match planned {
-            Ok(p) => p,
-            Err(e) => {
-                let msg = format!("no plan: {e}");
-                return Err(Stop(RunErrorKind::InvalidPlan(e), msg));
-            }
-        };
-        match plan.check(&self.routing.cards, self.task.policy.max_steps) {
-            Ok(graph) => {
-                self.adopt(plan, graph);
-                Ok(())
-            }
-            Err(e) => {
-                let msg = format!("invalid plan: {e}");
-                Err(Stop(RunErrorKind::InvalidPlan(e), msg))
-            }
-        }
-    }
-
     /// Dispatches, takes results and reports, until the run is done.
     async fn run_loop(mut self, mut signals: DeliveryStream) -> Result<RunOutcome, RunError> {
         self.deadline = self.task.policy.deadline.map(|d| self.started + d);
@@ -389,7 +387,10 @@ impl Driver {
                     return self.fail(stop, Some(&mut signals)).await;
                 }
             }
-            if self.schedule.idle() && self.parked.is_empty() && in_flight.is_empty() {
+            // What is left in flight then is only timers with nothing to wait
+            // for (reports of results already settled, questions of steps
+            // already done): they do not hold the run up.
+            if self.schedule.idle() && self.parked.is_empty() && in_flight.len() == self.timers {
                 break;
             }
             let stop: Option<Stop> = tokio::select! {
@@ -449,378 +450,6 @@ impl Driver {
             state: self.state,
         })
     }
-
-    /// Takes a (new or revised) plan, already checked: records it and indexes
-    /// it for scheduling and routing.
-    pub(crate) fn adopt(&mut self, plan: Plan, graph: Graph) {
-        let old_ids: Vec<StepId> = self
-            .state
-            .plan()
-            .map(|p| p.steps.iter().map(|s| s.id.clone()).collect())
-            .unwrap_or_default();
-        self.record(RunEvent::PlanMade {
-            revision: self.revision,
-            plan,
-        });
-        self.revision += 1;
-        self.index_plan(graph, &old_ids);
-    }
-
-    /// Indexes the current plan of a resumed run (recorded already).
-    fn index(&mut self, graph: Graph) {
-        self.index_plan(graph, &[]);
-    }
-
-    fn index_plan(&mut self, graph: Graph, old_ids: &[StepId]) {
-        let rev = self.revision.saturating_sub(1);
-        let Some(plan) = self.state.plans.last() else {
-            return;
-        };
-        // Steps that succeeded under an earlier plan stay done.
-        let any_done = self
-            .state
-            .steps
-            .values()
-            .any(|s| s.status == StepStatus::Succeeded);
-        let steps = &self.state.steps;
-        let done = |p: usize| {
-            any_done
-                && plan
-                    .steps
-                    .get(p)
-                    .and_then(|s| steps.get(&s.id))
-                    .is_some_and(|s| s.status == StepStatus::Succeeded)
-        };
-        self.schedule.adopt(rev, graph, old_ids, done);
-        self.routing.adopt(plan);
-    }
-
-    /// The attempt number of a step's next dispatch: 1, or for a resumed
-    /// run one past the last recorded.
-    fn next_attempt(&self, pos: usize) -> u32 {
-        if self.resumed.is_none() {
-            return 1;
-        }
-        self.state
-            .plan()
-            .and_then(|p| p.steps.get(pos))
-            .and_then(|s| self.state.steps.get(&s.id))
-            .map_or(1, |s| s.attempts + 1)
-    }
-
-    /// Records the answer a resumed run was resumed with.
-    async fn resume_answer(&mut self) -> Option<Stop> {
-        let (request, value) = self.resumed.as_mut()?.answer.take()?;
-        let (done, _rx) = oneshot::channel();
-        self.on_control(durable::Control::Respond {
-            request,
-            value,
-            done,
-        })
-        .await
-        .err()
-    }
-
-    /// The budget a step carries: what the run's policy leaves.
-    fn budget(&mut self) -> Arc<Budget> {
-        let policy = &self.task.policy;
-        let used = self.state.usage;
-        let budget = Budget {
-            max_depth: policy.max_depth,
-            max_fanout: policy.max_fanout,
-            tokens_left: policy
-                .max_tokens
-                .map(|m| m.saturating_sub(used.total_tokens())),
-            cost_left: policy.max_cost_usd.map(|m| (m - used.cost_usd).max(0.0)),
-        };
-        match &self.budget {
-            Some(b) if **b == budget => b.clone(),
-            _ => {
-                let b = Arc::new(budget);
-                self.budget = Some(b.clone());
-                b
-            }
-        }
-    }
-
-    /// Sends attempt `attempt` of the step at `pos`.
-    ///
-    /// # Errors
-    /// A [`Stop`] when no agent can take the step, or its input refers to an
-    /// output that is not there (the step fails, naming the reference).
-    pub(crate) fn dispatch(
-        &mut self,
-        pos: usize,
-        attempt: u32,
-        in_flight: &mut InFlight,
-    ) -> Result<(), Stop> {
-        let Some(step) = self.state.plan().and_then(|p| p.steps.get(pos)) else {
-            return Err(Stop(RunErrorKind::Internal, format!("no step at {pos}")));
-        };
-        let id = step.id.clone();
-        let Some(route) = self.routing.route(&self.inner, pos, &step.target) else {
-            let msg = format!("step {id}: no agent can take it");
-            let failure = Failure::new(FailureKind::NoSuchAgent, msg.clone());
-            return Err(Stop(
-                RunErrorKind::StepFailed {
-                    step: id,
-                    agent: None,
-                    failure,
-                },
-                msg,
-            ));
-        };
-        let outputs = |d: &StepId| self.state.steps.get(d).and_then(|s| s.output.clone());
-        let input = match step
-            .input
-            .resolve(&self.task.goal, &self.task.input, &outputs)
-        {
-            Ok(input) => input,
-            Err(missing) => {
-                let msg = format!(
-                    "step {id}: its input refers to the output of step {missing}, which has none"
-                );
-                let failure = Failure::new(FailureKind::UnresolvedInput, msg.clone());
-                self.record(RunEvent::StepFailed {
-                    step: id.clone(),
-                    attempt,
-                    failure: failure.clone(),
-                    will_retry: false,
-                });
-                return Err(Stop(
-                    RunErrorKind::StepFailed {
-                        step: id,
-                        agent: None,
-                        failure,
-                    },
-                    msg,
-                ));
-            }
-        };
-        let message = MessageId::new();
-        self.record(RunEvent::StepDispatched {
-            step: id.clone(),
-            attempt,
-            message,
-            to: route.to,
-        });
-        self.schedule.dispatched(pos, attempt);
-        self.intake.open(message, id.clone());
-        let mut ctx = CallContext::for_step(self.run, id.clone(), attempt)
-            .deadline(self.deadline.map(Deadline::at))
-            .budget(self.budget());
-        if let Some(journal) = &self.journal {
-            ctx = ctx.journal(journal.recorded(&id));
-        }
-        let options = RequestOptions {
-            timeout: self.task.policy.step_timeout,
-            ..RequestOptions::default()
-        };
-        let runtime = self.inner.runtime.clone();
-        let at = self.schedule.at(pos);
-        let (dest, load) = (route.dest, route.load);
-        // No cancellation token for the request: cancelling the run drops
-        // this future, which withdraws the request and tells the agent to
-        // stop, as a fired token would.
-        in_flight.push(Box::pin(async move {
-            let answer = runtime
-                .call(dest, Body::new(input), ctx, Some(message), options)
-                .await;
-            Completion::Step {
-                at,
-                step: id,
-                attempt,
-                message,
-                load,
-                answer,
-            }
-        }));
-        Ok(())
-    }
-
-    async fn on_completion(
-        &mut self,
-        done: Completion,
-        signals: &mut DeliveryStream,
-        in_flight: &mut InFlight,
-    ) -> Result<(), Stop> {
-        match done {
-            Completion::RetryDue { at, step, attempt } => {
-                match self.schedule.locate(at, &step) {
-                    Some(pos) => self.dispatch(pos, attempt, in_flight),
-                    None => {
-                        // The step left the plan while it waited.
-                        self.schedule.drop_orphan(&step);
-                        Ok(())
-                    }
-                }
-            }
-            Completion::InputDue { request } => self.on_input_due(request).await,
-            Completion::ReportsDue { message } => match self.parked.remove(&message) {
-                Some(parked) => self.settle(message, parked, in_flight).await,
-                None => Ok(()),
-            },
-            Completion::Step {
-                at,
-                step,
-                attempt,
-                message,
-                load,
-                answer,
-            } => {
-                drop(load);
-                let Answer { result, tally } = answer;
-                if self.schedule.finished(at, &step, attempt).is_none() {
-                    // An attempt the run no longer waits for.
-                    self.intake
-                        .close(&message, tally.as_ref(), None, &mut Vec::new());
-                    return Ok(());
-                }
-                let parked = Parked {
-                    at,
-                    step,
-                    attempt,
-                    result,
-                    tally,
-                };
-                // Reports usually travel ahead of the reply; take those here.
-                self.drain_ready(signals);
-                let expected = parked.tally.as_ref().map_or(0, |t| t.reports);
-                if self.intake.expect(&message, expected) {
-                    return self.settle(message, parked, in_flight).await;
-                }
-                self.parked.insert(message, parked);
-                let wait = self.task.policy.report_wait;
-                in_flight.push(Box::pin(async move {
-                    tokio::time::sleep(wait).await;
-                    Completion::ReportsDue { message }
-                }));
-                Ok(())
-            }
-        }
-    }
-
-    /// Records a step attempt's result, its reports all in (or given up on).
-    async fn settle(
-        &mut self,
-        message: MessageId,
-        parked: Parked,
-        in_flight: &mut InFlight,
-    ) -> Result<(), Stop> {
-        let Parked {
-            at,
-            step,
-            attempt,
-            result,
-            tally,
-        } = parked;
-        let failed_at = result.as_ref().err().and_then(|e| match e {
-            RequestError::Failed(f) => f.agent.clone(),
-            _ => None,
-        });
-        self.intake.close(
-            &message,
-            tally.as_ref(),
-            failed_at.as_ref(),
-            &mut self.released,
-        );
-        self.record_released();
-        if let Some(stop) = self.check_budgets() {
-            return Err(stop);
-        }
-        let pos = self.schedule.locate(at, &step);
-        let result = result.and_then(|body| {
-            body.to_json_value().map_err(|e| {
-                RequestError::Failed(Failure::new(
-                    FailureKind::BadOutput,
-                    format!("step {step}: its result cannot be encoded as JSON: {e}"),
-                ))
-            })
-        });
-        match result {
-            Ok(output) => {
-                self.record(RunEvent::StepSucceeded {
-                    step,
-                    attempt,
-                    output,
-                });
-                if let Some(p) = pos {
-                    self.schedule.release(p);
-                }
-                Ok(())
-            }
-            Err(e) => match pos {
-                Some(p) => self.on_step_error(p, step, attempt, e, in_flight).await,
-                None => Ok(()),
-            },
-        }
-    }
-
-    async fn on_signal(&mut self, payload: Payload, in_flight: &mut InFlight) -> Result<(), Stop> {
-        let Some(signal) = decode(self.run, payload) else {
-            return Ok(());
-        };
-        let complete = self.intake.signal(signal, &mut self.released);
-        let delegated = self
-            .released
-            .iter()
-            .any(|e| matches!(e, RunEvent::Delegated { .. }));
-        let spent = self
-            .released
-            .iter()
-            .any(|e| matches!(e, RunEvent::UsageReported { .. }));
-        self.record_released();
-        if delegated {
-            let limit = self.task.policy.max_steps;
-            if self.state.units > limit {
-                return Err(Stop(
-                    RunErrorKind::StepBudget {
-                        used: self.state.units,
-                        limit,
-                    },
-                    format!(
-                        "the run used {} units of work (steps and delegations); the policy allows {limit}",
-                        self.state.units
-                    ),
-                ));
-            }
-        }
-        if spent && let Some(stop) = self.check_budgets() {
-            return Err(stop);
-        }
-        if let Some(message) = complete
-            && let Some(parked) = self.parked.remove(&message)
-        {
-            return self.settle(message, parked, in_flight).await;
-        }
-        Ok(())
-    }
-
-    fn final_output(&self) -> serde_json::Value {
-        let Some(plan) = self.state.plan() else {
-            return serde_json::Value::Null;
-        };
-        let output_of = |id: &StepId| {
-            self.state
-                .steps
-                .get(id)
-                .and_then(|s| s.output.clone())
-                .unwrap_or(serde_json::Value::Null)
-        };
-        if let Some(out) = &plan.output {
-            return output_of(out);
-        }
-        let sinks = self.schedule.sinks();
-        let mut steps = sinks.iter().filter_map(|&p| plan.steps.get(p));
-        if let [_] = sinks {
-            return steps.next().map(|s| output_of(&s.id)).unwrap_or_default();
-        }
-        // Gathered at their exact size first: the map sorts its input in a
-        // Vec, which would otherwise grow by doubling.
-        let mut entries = Vec::with_capacity(sinks.len());
-        entries.extend(steps.map(|s| (s.id.as_str().to_owned(), output_of(&s.id))));
-        serde_json::Value::Object(entries.into_iter().collect())
-    }
 }
 
 /// The next delivery of a stream that may not be there (then: never).
@@ -833,25 +462,11 @@ async fn next_delivery(stream: &mut Option<DeliveryStream>) -> Option<crate::tra
 
 /// The next message of a channel that may not be there (then: never).
 async fn next_control(
-    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<durable::Control>>,
-) -> Option<durable::Control> {
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<runlog::Control>>,
+) -> Option<runlog::Control> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// A message on the run's topic as a report of this run, if it is one.
-fn decode(run: RunId, payload: Payload) -> Option<Signal> {
-    let Payload::Message(body) = payload else {
-        return None;
-    };
-    match body.take::<Signal>() {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(%run, error = %e, "a message on the run's topic is not a report; ignored");
-            None
-        }
     }
 }
 

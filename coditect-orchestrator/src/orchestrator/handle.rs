@@ -71,7 +71,9 @@ impl RunHandle {
         self.cancel.clone()
     }
 
-    /// Waits for the run to end.
+    /// Waits for the run to end. For a durable run (one with a store), the
+    /// outcome comes once the whole journal is durable; events are seen as
+    /// they happen, which for the last few can be before they are durable.
     ///
     /// # Errors
     /// As [`Orchestrator::run`](crate::orchestrator::Orchestrator::run).

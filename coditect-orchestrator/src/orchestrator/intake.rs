@@ -171,7 +171,11 @@ impl Intake {
                 usage: missing,
             });
         }
-        self.closed.insert(*root, missing);
+        // A late report is checked against this credit; none is no entry
+        // (a late report of an attempt not found counts in full, as it would).
+        if !missing.is_zero() {
+            self.closed.insert(*root, missing);
+        }
     }
 
     /// A report of an attempt whose result is recorded (or of no attempt of

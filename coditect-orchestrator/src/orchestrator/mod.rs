@@ -20,6 +20,7 @@
 // a complete account of the failure (kind, message and the run's state).
 #![allow(clippy::result_large_err)]
 
+mod completion;
 mod dispatch;
 mod driver;
 mod durable;
@@ -32,8 +33,10 @@ mod policy;
 mod resume;
 mod retry;
 mod router;
+mod runlog;
 mod schedule;
 mod state;
+mod steps;
 mod task;
 
 use std::sync::atomic::AtomicUsize;
@@ -105,7 +108,7 @@ pub(crate) struct Inner {
     /// Where runs are kept (none: in memory only).
     pub(crate) durable: resume::DurableOptions,
     /// The durable runs this orchestrator drives now, to take answers.
-    pub(crate) live: Mutex<HashMap<RunId, tokio::sync::mpsc::UnboundedSender<durable::Control>>>,
+    pub(crate) live: Mutex<HashMap<RunId, tokio::sync::mpsc::UnboundedSender<runlog::Control>>>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -189,17 +192,61 @@ impl Orchestrator {
     /// failed with its agent and cause, a budget, the deadline, cancellation);
     /// its state keeps the results of the steps that finished.
     pub async fn run(&self, task: TaskSpec) -> Result<RunOutcome, RunError> {
-        self.start(task).outcome().await
+        // Nobody can read these events: no 4,096-event buffer for them.
+        self.start_with(task, 1).outcome().await
     }
 
     /// Starts a task and returns a handle: its events as they happen, a way to
     /// cancel it, and its outcome.
     pub fn start(&self, task: TaskSpec) -> RunHandle {
+        self.start_with(task, 4096)
+    }
+
+    fn start_with(&self, task: TaskSpec, buffered_events: usize) -> RunHandle {
         let run = RunId::new();
         let span = crate::observe::spans::workflow(run, &task);
-        self.spawn(run, span, move |inner, cards, token, events| {
-            driver::Driver::new(inner, run, task, cards, token, events)
-        })
+        self.spawn(
+            run,
+            span,
+            buffered_events,
+            move |inner, cards, token, events| {
+                driver::Driver::new(inner, run, task, cards, token, events)
+            },
+        )
+    }
+
+    /// Starts a durable run ([`store`](Self::store)) and returns once its
+    /// start is in the store's journal: from then on its id names a run that
+    /// survives this process (hand it out, [`resume`](Self::resume) it after
+    /// a crash). [`start`](Self::start) journals it the same way, without
+    /// waiting.
+    ///
+    /// # Errors
+    /// [`DurableError`] of kind `NoStore`, or `Store` if the run could not be
+    /// journaled (nothing runs then).
+    pub async fn submit(&self, task: TaskSpec) -> Result<RunHandle, DurableError> {
+        if self.inner.durable.store.is_none() {
+            return Err(DurableError::new(
+                DurableErrorKind::NoStore,
+                "the orchestrator has no store: durable runs need Orchestrator::store",
+            ));
+        }
+        let run = RunId::new();
+        let span = crate::observe::spans::workflow(run, &task);
+        let (tx, rx) = oneshot::channel();
+        let handle = self.spawn(run, span, 4096, move |inner, cards, token, events| {
+            let mut d = driver::Driver::new(inner, run, task, cards, token, events);
+            d.on_durable = Some(tx);
+            d
+        });
+        match rx.await {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(message)) => Err(DurableError::new(DurableErrorKind::Store, message)),
+            Err(_) => Err(DurableError::new(
+                DurableErrorKind::Store,
+                "the run ended before it was journaled",
+            )),
+        }
     }
 
     /// Drives a stored run from where its journal ends.
@@ -208,11 +255,11 @@ impl Orchestrator {
         run: RunId,
         task: TaskSpec,
         stored: StoredRun,
-        journal: durable::Journal,
+        journal: runlog::Journal,
         answer: Option<(crate::journal::EffectKey, serde_json::Value)>,
     ) -> RunHandle {
         let span = crate::observe::spans::workflow(run, &task);
-        self.spawn(run, span, move |inner, cards, token, events| {
+        self.spawn(run, span, 4096, move |inner, cards, token, events| {
             driver::Driver::new(inner, run, task, cards, token, events)
                 .resumed(stored, journal, answer)
         })
@@ -222,6 +269,7 @@ impl Orchestrator {
         &self,
         run: RunId,
         span: tracing::Span,
+        buffered_events: usize,
         driver: impl FnOnce(
             Arc<Inner>,
             Vec<AgentCard>,
@@ -231,7 +279,7 @@ impl Orchestrator {
         + Send
         + 'static,
     ) -> RunHandle {
-        let (events, rx) = broadcast::channel(4096);
+        let (events, rx) = broadcast::channel(buffered_events);
         let cancel = CancellationToken::new();
         let (done_tx, done_rx) = oneshot::channel();
         let inner = self.inner.clone();

@@ -9,9 +9,10 @@ use tokio::sync::oneshot;
 
 use crate::id::RunId;
 use crate::journal::EffectKey;
-use crate::orchestrator::durable::{self, Control, Journal, StoredRun};
+use crate::orchestrator::durable::{self, StoredRun};
 use crate::orchestrator::event::{RunEvent, RunEventRecord};
 use crate::orchestrator::plan::{StepId, StepInput};
+use crate::orchestrator::runlog::{self, Control, Journal};
 use crate::orchestrator::{Orchestrator, RunHandle};
 use crate::store::{NewRecord, NewRun, Store, StoreError, StoreErrorKind};
 
@@ -159,6 +160,45 @@ impl Orchestrator {
     /// process or another, can [ask](crate::AgentContext::ask) for input and
     /// be [answered](Self::respond), [replayed](Self::replay) and
     /// [forked](Self::fork).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use coditect_orchestrator::{Agent, AgentContext, AgentError, InMemoryTransport, Runtime};
+    /// use coditect_orchestrator::orchestrator::{Orchestrator, Plan, RunEvent, StaticPlanner, Step, StepInput, TaskSpec};
+    /// use coditect_orchestrator::store::MemoryStore;
+    ///
+    /// struct Charge;
+    /// impl Agent for Charge {
+    ///     type Input = String;
+    ///     type Output = String;
+    ///     async fn handle(&mut self, who: String, ctx: &AgentContext) -> Result<String, AgentError> {
+    ///         // Done once per run, however often the step is executed.
+    ///         let receipt: String = ctx
+    ///             .effect("charge", |key| async move { Ok(format!("charged {who} ({key})")) })
+    ///             .await?;
+    ///         Ok(receipt)
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let runtime = Runtime::builder(InMemoryTransport::new()).build().await?;
+    /// runtime.kind("charge").register(|_| Charge).await?;
+    /// let plan = Plan::new([Step::new("pay", "charge", StepInput::Goal)]);
+    /// let orchestrator = Orchestrator::new(runtime, StaticPlanner::new(plan))
+    ///     .store(Arc::new(MemoryStore::new()));
+    /// // `submit` returns once the run is journaled: its id survives a crash,
+    /// // after which `orchestrator.resume(id)` continues it.
+    /// let handle = orchestrator.submit(TaskSpec::new("ada")).await?;
+    /// let run = handle.id();
+    /// let outcome = handle.outcome().await?;
+    /// assert!(outcome.output.as_str().unwrap().starts_with("charged ada"));
+    ///
+    /// // The journal holds the run's events, the effect's result among them.
+    /// let stored = orchestrator.replay(run).await?;
+    /// assert!(stored.events.iter().any(|e| matches!(e.event, RunEvent::EffectRecorded { .. })));
+    /// assert_eq!(stored.state.output, Some(outcome.output));
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn store(self, store: Arc<dyn Store>) -> Self {
         self.rebuild(|i| i.durable.store = Some(store))
@@ -368,7 +408,7 @@ impl Orchestrator {
             .map_err(DurableError::store)?;
         let mut records = Vec::with_capacity(events.len());
         for e in &events {
-            records.push(NewRecord::json(durable::EVENT, e).map_err(|e| {
+            records.push(NewRecord::json(runlog::EVENT, e).map_err(|e| {
                 DurableError::new(DurableErrorKind::Corrupt, format!("fork of {run}: {e}"))
             })?);
         }

@@ -162,7 +162,7 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
 
 /// What is left to wait for once a message is answered, if anything (a reply
 /// the transport could not take at once, an ack over the network).
-type Rest<'a> = Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>;
+pub(crate) type Rest<'a> = Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>;
 
 /// Answers a message and acks it. What can be done at once is done here;
 /// the rest is returned boxed, so that the future of every message stays small.
@@ -390,12 +390,14 @@ async fn handle_one(
     if rt.is_stopped() {
         cancel.cancel();
     }
-    if let Some(rest) = signal_started(&rt.node, &envelope, id) {
-        rest.await;
-    }
     let observed = crate::observe::spans::invoke_agent(id, &envelope);
     let span = observed.span.clone();
     let ctx = AgentContext::new(rt.node.clone(), id.clone(), envelope, cancel.clone());
+    if !ctx.defers_start()
+        && let Some(rest) = ctx.report_start()
+    {
+        rest.await;
+    }
     // The node's deadline table fires the signal when the deadline passes. A
     // request from this very node needs no entry: its caller's own deadline
     // entry sends a cancel to this handler when it expires.
@@ -408,11 +410,10 @@ async fn handle_one(
     let (result, keep) = {
         let handler = AssertUnwindSafe(agent.handle_dyn(body, &ctx)).catch_unwind();
         let mut handler = std::pin::pin!(handler);
-        let until = UntilCancelled {
-            fut: handler.as_mut(),
-            cancel,
-        };
-        match until.instrument(span.clone()).await {
+        match until_done(handler.as_mut(), &ctx)
+            .instrument(span.clone())
+            .await
+        {
             Some(outcome) => settle(&rt.node, outcome, &ctx),
             // Rare, so boxed: the future of every message stays small.
             None => {
@@ -436,6 +437,26 @@ async fn handle_one(
         rest.await;
     }
     keep.then_some(agent)
+}
+
+/// Runs a handler until it finishes or is cancelled (`None`). The first time
+/// it has to wait, its message's deferred `Started` report is made: a step
+/// that takes a while is one a watcher wants to see started.
+pub(crate) async fn until_done<F: Future + ?Sized>(
+    fut: Pin<&mut F>,
+    ctx: &AgentContext,
+) -> Option<F::Output> {
+    let mut until = UntilCancelled {
+        fut,
+        cancel: &ctx.cancel,
+    };
+    if let std::task::Poll::Ready(out) = futures::poll!(&mut until) {
+        return out;
+    }
+    if let Some(rest) = ctx.report_start() {
+        rest.await;
+    }
+    until.await
 }
 
 /// Why a handler was stopped before it finished.

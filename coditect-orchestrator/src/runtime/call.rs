@@ -16,8 +16,8 @@ use crate::report::{Tally, TallyCell};
 use crate::runtime::deadlines::{DeadlineKey, Deadlines, Expiry};
 use crate::runtime::replies::PendingReplies;
 use crate::transport::{
-    DeliveryStream, InMemoryTransport, LocalInbox, Route, SendError, Subscription, Transport,
-    TransportError, TransportExt, TrySend,
+    Acker, Delivery, DeliveryStream, InMemoryTransport, LocalInbox, Route, SendError, Subscription,
+    Transport, TransportError, TransportExt, TryDeliver, TrySend,
 };
 
 /// What one node needs to talk to the others.
@@ -285,20 +285,41 @@ impl Node {
             env.ctx.depth = origin.ctx.depth.saturating_add(1);
         }
         // An idle agent of this very node answers in this task.
-        let env = match crate::runtime::direct::try_call(self, env, timeout, cancel, &to).await {
-            Ok(answer) => return answer,
-            Err(env) => *env,
-        };
+        let (env, inbox) =
+            match crate::runtime::direct::try_call(self, env, timeout, cancel, &to).await {
+                Ok(answer) => return answer,
+                Err(not_direct) => not_direct,
+            };
         // Through the mailbox and the transport: boxed, so that the future of
         // every request stays small.
-        Box::pin(self.request_queued(env, to, deadline, timeout, cancel)).await
+        Box::pin(self.request_queued(env, inbox, to, deadline, timeout, cancel)).await
+    }
+
+    /// [`send_fast`](Self::send_fast) to an in-process inbox already looked
+    /// up for the envelope (the route is not resolved again); the
+    /// transport's own send when it cannot take the envelope at once.
+    fn send_to(&self, envelope: Box<Envelope>, inbox: Option<Arc<dyn LocalInbox>>) -> SendFast<'_> {
+        use futures::future::{Either, ready};
+        let Some(inbox) = inbox else {
+            return self.send_fast(*envelope);
+        };
+        let delivery = Delivery {
+            envelope,
+            acker: Acker::none(),
+        };
+        match inbox.try_deliver(delivery) {
+            Ok(()) => Either::Left(ready(Ok(()))),
+            Err(TryDeliver::Refused(r)) => Either::Left(ready(Err(SendError::refused(*r)))),
+            Err(TryDeliver::Wait(d)) => Either::Right(self.transport.send(*d.envelope)),
+        }
     }
 
     /// A request that goes through the transport: registered in the table of
     /// pending replies, answered by correlation id.
     async fn request_queued(
         self: &Arc<Self>,
-        env: Envelope,
+        env: Box<Envelope>,
+        inbox: Option<Arc<dyn LocalInbox>>,
         to: Destination,
         deadline: Deadline,
         timeout: Duration,
@@ -313,7 +334,7 @@ impl Node {
             deadline: None,
             armed: true,
         };
-        if let Err(e) = self.send_fast(env).await {
+        if let Err(e) = self.send_to(env, inbox).await {
             guard.armed = false;
             self.pending.remove(&id);
             return (Err(RequestError::from_send(e, &to)), None);

@@ -37,7 +37,7 @@ use crate::envelope::{Deadline, Destination, Envelope, Failure, Payload};
 use crate::error::RequestError;
 use crate::report::Tally;
 use crate::runtime::activation::{
-    Activation, close_tally, settle, signal_started, stop_reason, wind_down,
+    Activation, close_tally, settle, stop_reason, until_done, wind_down,
 };
 use crate::runtime::call::Node;
 use crate::runtime::cancel::{HandlerCancel, UntilCancelled};
@@ -74,11 +74,7 @@ async fn run(
     let (result, keep) = {
         let handler = AssertUnwindSafe(agent.handle_dyn(body, &ctx)).catch_unwind();
         let mut handler = std::pin::pin!(handler);
-        let until = UntilCancelled {
-            fut: handler.as_mut(),
-            cancel: &ctx.cancel,
-        };
-        match until.await {
+        match until_done(handler.as_mut(), &ctx).await {
             Some(outcome) => settle(&ctx.node, outcome, &ctx),
             // Rare: boxed, so the future of every call stays small.
             None => Box::pin(wind_down(&ctx.node, handler, &ctx)).await,
@@ -174,7 +170,12 @@ impl Drop for InFlight {
     }
 }
 
+/// A request that cannot be answered in place: its envelope, and the
+/// in-process inbox it goes to when the route was looked up already.
+pub(crate) type NotDirect = (Box<Envelope>, Option<Arc<dyn LocalInbox>>);
+
 /// Tries to answer a request in the caller's task. Hands the envelope back
+/// (with the inbox found for it, so the mailbox path need not look again)
 /// when the target is not an idle agent of this node.
 pub(crate) async fn try_call(
     node: &Arc<Node>,
@@ -182,13 +183,13 @@ pub(crate) async fn try_call(
     timeout: Duration,
     cancel: Option<&CancellationToken>,
     to: &Destination,
-) -> Result<Reply, Box<Envelope>> {
+) -> Result<Reply, NotDirect> {
     let Some(inbox) = node
         .memory
         .as_ref()
         .and_then(|m| m.local_inbox(&env.tenant, &env.to))
     else {
-        return Err(env);
+        return Err((env, None));
     };
     // A handler that answers at once never makes the caller wait, so a task
     // that calls in a loop would never yield to the scheduler: count each
@@ -200,7 +201,7 @@ pub(crate) async fn try_call(
         Payload::Message(body) => body,
         other => {
             env.payload = other;
-            return Err(env);
+            return Err((env, Some(inbox)));
         }
     };
     let claim = match inbox.as_any().downcast_ref::<KindHost>() {
@@ -209,7 +210,7 @@ pub(crate) async fn try_call(
     };
     let Some(claim) = claim else {
         env.payload = Payload::Message(body);
-        return Err(env);
+        return Err((env, Some(inbox)));
     };
     Ok(call(node, inbox, claim, env, body, timeout, cancel, to).await)
 }
@@ -276,7 +277,6 @@ fn start(
         deadline: None,
         _tracked: node.tracker.token(),
     };
-    let started = signal_started(node, &env, &parts.act.id);
     let observed = crate::observe::spans::invoke_agent(&parts.act.id, &env);
     let span = observed.span.clone();
     let ctx = AgentContext::new(
@@ -285,6 +285,11 @@ fn start(
         env,
         parts.cancel.clone(),
     );
+    let started = if ctx.defers_start() {
+        None
+    } else {
+        ctx.report_start()
+    };
     let call: Call = if span.is_disabled() {
         Box::pin(run(agent, ctx, body, observed))
     } else {

@@ -404,6 +404,9 @@ impl Inbox for KindHost {
 
 /// The span of one delivery into a kind's mailboxes.
 fn deliver_span(kind: &AgentKind, env: &Envelope) -> tracing::Span {
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return tracing::Span::none();
+    }
     tracing::debug_span!(
         "coditect.deliver",
         kind = %kind,

@@ -31,7 +31,10 @@ impl ReplyResult {
 
 const SHARDS: usize = 16;
 
-type Waiting = Mutex<HashMap<MessageId, oneshot::Sender<ReplyResult>>>;
+/// Keyed by message id with foldhash: a request inserts and removes its id
+/// once each, so the hash is on every request's path (SipHash cost more than
+/// the lock).
+type Waiting = Mutex<HashMap<MessageId, oneshot::Sender<ReplyResult>, foldhash::fast::RandomState>>;
 
 /// Requests in flight from one node. A reply whose request is no longer
 /// waiting (timed out, or a duplicate) is dropped here, once, with a log line.
@@ -42,7 +45,9 @@ pub(crate) struct PendingReplies {
 impl PendingReplies {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
         }
     }
 

@@ -67,6 +67,23 @@ enum Targets {
     Many(Vec<Arc<dyn Inbox>>),
 }
 
+/// [`Targets`] borrowed from the route table.
+enum TargetsRef<'a> {
+    None,
+    One(&'a Sub),
+    Many(&'a [Sub]),
+}
+
+/// Where a message goes, as the in-process fast paths see it.
+enum Local {
+    /// An inbox of this process that takes deliveries without waiting.
+    Inbox(Arc<dyn LocalInbox>),
+    /// Some other inbox, or several.
+    Elsewhere,
+    /// No route.
+    Nowhere,
+}
+
 impl std::fmt::Debug for InMemoryTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InMemoryTransport")
@@ -86,19 +103,17 @@ impl InMemoryTransport {
                 "transport closed",
             ))));
         }
-        match self.resolve(&envelope.tenant, &envelope.to) {
-            Targets::One(Sub {
-                local: Some(inbox), ..
-            }) => match inbox.try_deliver(Delivery::new(envelope)) {
+        match self.resolve_local(&envelope.tenant, &envelope.to) {
+            Local::Inbox(inbox) => match inbox.try_deliver(Delivery::new(envelope)) {
                 Ok(()) => Ok(()),
                 Err(TryDeliver::Refused(r)) => {
                     Err(TrySend::Failed(Box::new(SendError::refused(*r))))
                 }
                 Err(TryDeliver::Wait(d)) => Err(TrySend::Wait(d.envelope)),
             },
-            Targets::One(_) => Err(TrySend::Wait(Box::new(envelope))),
-            Targets::None if matches!(envelope.to, Destination::Topic(_)) => Ok(()),
-            Targets::None => {
+            Local::Elsewhere => Err(TrySend::Wait(Box::new(envelope))),
+            Local::Nowhere if matches!(envelope.to, Destination::Topic(_)) => Ok(()),
+            Local::Nowhere => {
                 let msg = format!("no agent is registered for {}", envelope.to);
                 Err(TrySend::Failed(Box::new(SendError::new(
                     SendErrorKind::NoRoute,
@@ -106,7 +121,6 @@ impl InMemoryTransport {
                     msg,
                 ))))
             }
-            Targets::Many(_) => Err(TrySend::Wait(Box::new(envelope))),
         }
     }
 
@@ -120,9 +134,9 @@ impl InMemoryTransport {
         if self.inner.closed.load(Ordering::Relaxed) {
             return None;
         }
-        match self.resolve(tenant, to) {
-            Targets::One(sub) => sub.local,
-            Targets::None | Targets::Many(_) => None,
+        match self.resolve_local(tenant, to) {
+            Local::Inbox(inbox) => Some(inbox),
+            Local::Elsewhere | Local::Nowhere => None,
         }
     }
 
@@ -151,10 +165,10 @@ impl InMemoryTransport {
         }
     }
 
-    fn pick_least_loaded(&self, subs: &[Sub]) -> Option<Sub> {
+    fn pick_least_loaded<'a>(&self, subs: &'a [Sub]) -> Option<&'a Sub> {
         match subs {
             [] => None,
-            [one] => Some(one.clone()),
+            [one] => Some(one),
             many => {
                 let start = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % many.len();
                 let mut best = &many[start];
@@ -167,51 +181,87 @@ impl InMemoryTransport {
                         best_load = l;
                     }
                 }
-                Some(best.clone())
+                Some(best)
             }
         }
     }
 
-    fn pick_by_key(&self, subs: &[Sub], key: &impl Hash) -> Option<Sub> {
+    fn pick_by_key<'a>(&self, subs: &'a [Sub], key: &impl Hash) -> Option<&'a Sub> {
         match subs {
             [] => None,
-            [one] => Some(one.clone()),
+            [one] => Some(one),
             many => {
                 let h = self.inner.hasher.hash_one(key) as usize;
-                Some(many[h % many.len()].clone())
+                Some(&many[h % many.len()])
             }
         }
     }
 
-    fn resolve(&self, tenant: &TenantId, to: &Destination) -> Targets {
+    /// The subscription(s) a message to `to` goes to, looked up under the
+    /// route table's read lock and handed to `f` there (nothing is cloned
+    /// that `f` does not keep).
+    fn with_targets<R>(
+        &self,
+        tenant: &TenantId,
+        to: &Destination,
+        f: impl FnOnce(TargetsRef<'_>) -> R,
+    ) -> R {
         let Ok(tenants) = self.inner.tenants.read() else {
-            return Targets::None;
+            return f(TargetsRef::None);
         };
         let Some(routes) = tenants.get(tenant) else {
-            return Targets::None;
+            return f(TargetsRef::None);
         };
-        let one = |o: Option<Sub>| o.map_or(Targets::None, Targets::One);
-        match to {
-            Destination::Agent(id) => match routes.agents.get(id).filter(|s| !s.is_empty()) {
-                Some(subs) => one(self.pick_by_key(subs, id.key())),
-                None => one(routes
-                    .kinds
-                    .get(id.kind())
-                    .and_then(|subs| self.pick_by_key(subs, id.key()))),
-            },
+        fn one(o: Option<&Sub>) -> TargetsRef<'_> {
+            o.map_or(TargetsRef::None, TargetsRef::One)
+        }
+        f(match to {
+            Destination::Agent(id) => {
+                // Routes of single ids are rare: skip hashing the id for them.
+                let own = if routes.agents.is_empty() {
+                    None
+                } else {
+                    routes.agents.get(id).filter(|s| !s.is_empty())
+                };
+                match own {
+                    Some(subs) => one(self.pick_by_key(subs, id.key())),
+                    None => one(routes
+                        .kinds
+                        .get(id.kind())
+                        .and_then(|subs| self.pick_by_key(subs, id.key()))),
+                }
+            }
             Destination::Kind(kind) => one(routes
                 .kinds
                 .get(kind)
                 .and_then(|subs| self.pick_least_loaded(subs))),
             Destination::Topic(topic) => match routes.topics.get(topic).map(Vec::as_slice) {
-                Some([one]) => Targets::One(one.clone()),
-                Some(subs) if !subs.is_empty() => {
-                    Targets::Many(subs.iter().map(|s| s.inbox.clone()).collect())
-                }
-                _ => Targets::None,
+                Some([one]) => TargetsRef::One(one),
+                Some(subs) if !subs.is_empty() => TargetsRef::Many(subs),
+                _ => TargetsRef::None,
             },
-            Destination::Reply(node) => one(routes.replies.get(node).cloned()),
-        }
+            Destination::Reply(node) => one(routes.replies.get(node)),
+        })
+    }
+
+    fn resolve(&self, tenant: &TenantId, to: &Destination) -> Targets {
+        self.with_targets(tenant, to, |t| match t {
+            TargetsRef::None => Targets::None,
+            TargetsRef::One(sub) => Targets::One(sub.clone()),
+            TargetsRef::Many(subs) => Targets::Many(subs.iter().map(|s| s.inbox.clone()).collect()),
+        })
+    }
+
+    /// Where a message to `to` goes, for the in-process fast paths: its
+    /// local inbox (the one handle cloned), or why there is none.
+    fn resolve_local(&self, tenant: &TenantId, to: &Destination) -> Local {
+        self.with_targets(tenant, to, |t| match t {
+            TargetsRef::One(Sub {
+                local: Some(inbox), ..
+            }) => Local::Inbox(inbox.clone()),
+            TargetsRef::One(_) | TargetsRef::Many(_) => Local::Elsewhere,
+            TargetsRef::None => Local::Nowhere,
+        })
     }
 
     fn detach(inner: &Arc<Inner>, route: &Route, id: u64) {

@@ -9,6 +9,13 @@ parallel under a :class:`Policy`, and returns an :class:`Outcome`. Models are
 Python functions become tools with :func:`tool`. Errors are
 :class:`CoditectError` subclasses.
 
+Given a store (:class:`MemoryStore`, :class:`SqliteStore`,
+:class:`PostgresStore`), an orchestrator's runs are durable: they survive the
+process and are resumed (``orch.resume``), asked questions
+(``ctx.ask``) answered from anywhere (``orch.respond``), read back
+(``orch.replay``) and forked (``orch.fork``); ``ctx.effect`` runs a side
+effect once per run.
+
 Example::
 
     import asyncio, coditect
@@ -31,18 +38,28 @@ Example::
 from typing import Any
 
 from ._errors import (
+    AlreadyAnswered,
     BadInput,
     BudgetExceeded,
     CallCycle,
     Cancelled,
     ClaudeError,
     CoditectError,
+    DurableError,
     HandlerError,
+    InvalidAnswer,
+    JournalCorrupt,
+    NoStore,
     NoSuchAgent,
+    NoSuchRequest,
     PlanInvalid,
     PolicyViolation,
     RegistrationError,
+    RunBusy,
+    RunFinished,
+    RunNotFound,
     ShuttingDown,
+    StoreError,
     Timeout,
     ToolArgumentError,
     TransportError,
@@ -56,17 +73,21 @@ from ._native import (
     Input,
     LlmAgent,
     LlmPlanner,
+    MemoryStore,
     Orchestrator,
     Outcome,
     Plan,
     Policy,
+    PostgresStore,
     Relay,
     RunHandle,
     Runtime,
     ScriptedModel,
     ScriptedReply,
+    SqliteStore,
     StaticPlanner,
     Step,
+    StoredRun,
     Usage,
 )
 
@@ -105,6 +126,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AgentId",
+    "AlreadyAnswered",
     "BadInput",
     "BudgetExceeded",
     "CallCycle",
@@ -112,16 +134,22 @@ __all__ = [
     "Claude",
     "ClaudeError",
     "CoditectError",
+    "DurableError",
     "Context",
     "Echo",
     "EventStream",
     "Goal",
     "HandlerError",
+    "InvalidAnswer",
+    "JournalCorrupt",
     "Input",
     "Literal",
     "LlmAgent",
     "LlmPlanner",
+    "MemoryStore",
+    "NoStore",
     "NoSuchAgent",
+    "NoSuchRequest",
     "Orchestrator",
     "Outcome",
     "Output",
@@ -129,15 +157,22 @@ __all__ = [
     "PlanInvalid",
     "Policy",
     "PolicyViolation",
+    "PostgresStore",
     "RegistrationError",
     "Relay",
+    "RunBusy",
+    "RunFinished",
     "RunHandle",
+    "RunNotFound",
     "Runtime",
     "ScriptedModel",
     "ScriptedReply",
     "ShuttingDown",
+    "SqliteStore",
     "StaticPlanner",
     "Step",
+    "StoreError",
+    "StoredRun",
     "TaskInput",
     "Timeout",
     "Tool",

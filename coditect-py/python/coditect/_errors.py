@@ -23,6 +23,16 @@ __all__ = [
     "RegistrationError",
     "ClaudeError",
     "ToolArgumentError",
+    "DurableError",
+    "NoStore",
+    "RunNotFound",
+    "RunBusy",
+    "RunFinished",
+    "NoSuchRequest",
+    "AlreadyAnswered",
+    "InvalidAnswer",
+    "JournalCorrupt",
+    "StoreError",
 ]
 
 
@@ -79,7 +89,12 @@ class Cancelled(CoditectError):
 
 
 class HandlerError(CoditectError):
-    """An agent's handler failed; ``error_type`` names a Python handler's exception type."""
+    """An agent's handler failed; ``error_type`` names a Python handler's exception type.
+
+    A handler may raise it itself: ``HandlerError("busy", transient=True)``
+    fails the step with a transient failure, which the run's retry policy
+    retries.
+    """
 
     error_type: Optional[str]
 
@@ -119,3 +134,58 @@ class ToolArgumentError(CoditectError, ValueError):
     Raised by a tool's argument check; the agent sends it back to the model as
     a tool error so the model can correct the call.
     """
+
+
+class DurableError(CoditectError):
+    """A durable-run operation failed: ``resume``, ``respond``, ``replay``,
+    ``fork`` or ``submit`` of an orchestrator with a store, or opening a store.
+
+    ``kind`` names the Rust ``DurableErrorKind`` (``"busy"``,
+    ``"invalid_answer"``, …); ``run_id`` the run; ``store_kind`` the store's
+    own error kind where the store failed.
+    """
+
+    store_kind: Optional[str]
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        details.setdefault("store_kind", None)
+        super().__init__(message, **details)
+
+
+class NoStore(DurableError):
+    """The orchestrator has no store: durable runs need ``Orchestrator(..., store=...)``."""
+
+
+class RunNotFound(DurableError, LookupError):
+    """No such run in the store."""
+
+
+class RunBusy(DurableError):
+    """Another orchestrator holds the run's lease (it is being driven); the
+    message names the holder and when its lease expires."""
+
+
+class RunFinished(DurableError):
+    """The run has already ended."""
+
+
+class NoSuchRequest(DurableError, LookupError):
+    """The run has no such question (or it timed out), or a fork names a step
+    the run's plan does not have."""
+
+
+class AlreadyAnswered(DurableError):
+    """The question was answered already."""
+
+
+class InvalidAnswer(DurableError, ValueError):
+    """The answer does not satisfy the question's JSON Schema; nothing was
+    recorded and the run stays paused."""
+
+
+class JournalCorrupt(DurableError):
+    """The run's journal holds something that is not a run event of this run."""
+
+
+class StoreError(DurableError):
+    """The store failed (``store_kind`` says how: ``"io"``, ``"conflict"``, …)."""

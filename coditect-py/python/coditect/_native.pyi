@@ -12,13 +12,16 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    Type,
     TypeVar,
     Union,
+    overload,
 )
 
 from ._tool import Tool
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 _H = TypeVar("_H")
 
 class Pending(Awaitable[_T]):
@@ -88,6 +91,19 @@ class Context:
     ) -> Pending[List[Any]]: ...
     def request(self, to: _To, message: Any) -> Pending[Any]: ...
     def emit(self, data: Any) -> None: ...
+    def effect(self, name: str, func: Callable[[str], Union[Awaitable[Any], Any]]) -> Pending[Any]:
+        """Runs a side effect at most once per run; ``func(key)`` returns a JSON-able value."""
+        ...
+    @overload
+    def ask(self, name: str, prompt: str, *, schema: Type[_A]) -> Pending[_A]:
+        """Asks for input from outside the run; the answer comes back as the type."""
+        ...
+    @overload
+    def ask(self, name: str, prompt: str, *, schema: Optional[Dict[str, Any]] = None) -> Pending[Any]:
+        """Asks for input from outside the run, checked against a JSON Schema."""
+        ...
+    @property
+    def idempotency_key(self) -> str: ...
     def wait_cancelled(self) -> Pending[None]: ...
     @property
     def run_id(self) -> Optional[str]: ...
@@ -172,6 +188,7 @@ class Policy:
         step_timeout_s: Optional[float] = None,
         max_attempts: Optional[int] = None,
         max_replans: Optional[int] = None,
+        input_timeout_s: Optional[float] = None,
     ) -> None: ...
 
 class Usage:
@@ -208,6 +225,41 @@ class RunHandle:
     def cancel(self) -> None: ...
     def outcome(self) -> Pending[Outcome]: ...
 
+class MemoryStore:
+    """Runs in memory: they outlive their orchestrator, not the process."""
+
+    def __init__(self) -> None: ...
+
+class SqliteStore:
+    """Runs in a SQLite file: they survive the process."""
+
+    def __init__(self, path: str) -> None: ...
+    @staticmethod
+    def open(path: str) -> Pending["SqliteStore"]:
+        """Opens (or creates) the store at ``path``; await it."""
+        ...
+    @property
+    def path(self) -> str: ...
+
+class PostgresStore:
+    """Runs in PostgreSQL: shared by every machine that connects to it."""
+
+    @staticmethod
+    def connect(dsn: str) -> Pending["PostgresStore"]:
+        """Connects (a libpq string or a postgresql:// URL); await it."""
+        ...
+
+_Store = Union[MemoryStore, SqliteStore, PostgresStore]
+
+class StoredRun:
+    """A stored run read back: its events in order and their fold."""
+
+    run_id: str
+    events: List[Dict[str, Any]]
+    state: Dict[str, Any]
+    status: str
+    open_questions: List[Dict[str, Any]]
+
 class Orchestrator:
     """Runs tasks over the agents of a runtime."""
 
@@ -218,9 +270,31 @@ class Orchestrator:
         planner: Union[StaticPlanner, LlmPlanner],
         policy: Optional[Policy] = None,
         cards: Optional[Sequence[Dict[str, Any]]] = None,
+        store: Optional[_Store] = None,
+        lease_holder: Optional[str] = None,
+        lease_ttl_s: Optional[float] = None,
     ) -> None: ...
     def run(self, goal: str, *, input: Any = None, policy: Optional[Policy] = None) -> Pending[Outcome]: ...
     def start(self, goal: str, *, input: Any = None, policy: Optional[Policy] = None) -> RunHandle: ...
+    def submit(self, goal: str, *, input: Any = None, policy: Optional[Policy] = None) -> Pending[RunHandle]:
+        """Starts a durable run; returns once its start is journaled."""
+        ...
+    def resume(self, run_id: str) -> Pending[RunHandle]:
+        """Continues a stored run that no orchestrator drives."""
+        ...
+    def respond(self, run_id: str, request_id: str, value: Any) -> Pending[Optional[RunHandle]]:
+        """Answers a run's question: None if delivered live, else the resumed run's handle."""
+        ...
+    def replay(self, run_id: str) -> Pending[StoredRun]:
+        """Reads a stored run back."""
+        ...
+    def fork(
+        self, run_id: str, *, at: int, step: Optional[str] = None, input: Any = None
+    ) -> Pending[RunHandle]:
+        """Starts a new run from a stored one's first ``at`` events."""
+        ...
+    @property
+    def durable(self) -> bool: ...
     def cards(self) -> List[Dict[str, Any]]: ...
 
 class ScriptedReply:

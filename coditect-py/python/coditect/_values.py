@@ -58,3 +58,18 @@ def handler_takes_context(target: Any, is_class: bool) -> bool:
     if any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()):
         return True
     return len(positional) >= 2
+
+
+def schema_of(tp: Any) -> Any:
+    """The JSON Schema an answer to ``Context.ask(..., schema=tp)`` must
+    satisfy, for a type (a pydantic model, dataclass, ``TypedDict``, …)."""
+    from . import _tool
+
+    return _tool._schema(tp)
+
+
+def answer_as(value: Any, tp: Any) -> Any:
+    """An answer (already checked against ``schema_of(tp)``) as ``tp``."""
+    from . import _tool
+
+    return _tool._convert(value, tp, "answer")

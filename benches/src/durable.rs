@@ -1,0 +1,202 @@
+//! Durable runs end to end: the orchestrator's 1,000-step wide plan of no-op
+//! agents with a run store, beside the same plan without one
+//! (`checkpoint_sqlite`, `checkpoint_postgres`), and a stored 10,000-step run
+//! read back and folded by `Orchestrator::replay` (`resume`).
+//!
+//! With a store, every run event is journaled (JSON, versioned and
+//! checksummed) and a step's result is durable before any step depending on
+//! it is dispatched; effects and questions are durable before their handler
+//! goes on. A wide plan's steps depend on nothing, so its journal is written
+//! at its start (the run and its first dispatches) and its end (the results,
+//! before the outcome is returned).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coditect_orchestrator::orchestrator::{
+    Orchestrator, Plan, StaticPlanner, Step, StepInput, TaskSpec,
+};
+use coditect_orchestrator::store::{SqliteStore, Store, StoreOptions};
+use coditect_orchestrator::{InMemoryTransport, Runtime};
+
+use crate::orchestrate::Noop;
+use crate::report::{Mode, Report, median, round2};
+
+const STEPS: usize = 1_000;
+const RESUME_STEPS: usize = 10_000;
+
+fn wide(n: usize) -> Plan {
+    Plan::new((0..n).map(|i| Step::new(format!("s{i}"), "noop", StepInput::literal(i))))
+}
+
+async fn runtime() -> Runtime {
+    let rt = Runtime::builder(InMemoryTransport::new())
+        .build()
+        .await
+        .expect("runtime");
+    rt.kind("noop")
+        .instances(16)
+        .register(|_| Noop)
+        .await
+        .expect("register");
+    rt
+}
+
+/// ns per step of the wide plan with `store`, and without one.
+async fn side_by_side(mode: Mode, store: Arc<dyn Store>) -> (f64, f64) {
+    let rt = runtime().await;
+    let plain = Orchestrator::new(rt.clone(), StaticPlanner::new(wide(STEPS)));
+    let durable = plain.clone().store(store);
+    durable.run(TaskSpec::new("warm")).await.expect("run");
+    plain.run(TaskSpec::new("warm")).await.expect("run");
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..mode.rounds() {
+        let start = Instant::now();
+        let out = durable.run(TaskSpec::new("bench")).await.expect("run");
+        ours.push(start.elapsed().as_nanos() as f64 / STEPS as f64);
+        assert_eq!(out.steps.len(), STEPS);
+        let start = Instant::now();
+        plain.run(TaskSpec::new("bench")).await.expect("run");
+        base.push(start.elapsed().as_nanos() as f64 / STEPS as f64);
+    }
+    rt.shutdown(Duration::from_secs(5)).await;
+    (median(&mut ours), median(&mut base))
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("coditect-bench-durable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// `checkpoint_sqlite`: the wide plan on SQLite (default durability: each
+/// append committed with `synchronous=FULL`).
+pub async fn checkpoint_sqlite(mode: Mode) -> Report {
+    let dir = temp_dir();
+    let store = Arc::new(
+        SqliteStore::open(dir.join("checkpoint.db"), StoreOptions::default())
+            .await
+            .expect("open"),
+    );
+    let before = store.stats();
+    let (ours, base) = side_by_side(mode, store.clone()).await;
+    let after = store.stats();
+    // Warm-up and measured durable runs.
+    let steps = (STEPS * (mode.rounds() + 1)) as f64;
+    let commits = (after.commits - before.commits) as f64 / steps;
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Report::new(
+        "checkpoint_sqlite",
+        "the same orchestrator and plan without a store",
+        ours,
+        base,
+    )
+    .field("steps", STEPS)
+    .field("overhead_ns_per_step", round2(ours - base))
+    .field("commits_per_step", round2(commits))
+    .field("fsyncs_per_step", round2(commits))
+    .field("target_overhead_ns_per_step_max", 50_000)
+}
+
+/// `checkpoint_postgres`: the wide plan on a PostgreSQL server started here.
+#[cfg(feature = "postgres")]
+pub async fn checkpoint_postgres(mode: Mode) -> Option<Report> {
+    use coditect_orchestrator::store::PostgresStore;
+    use coditect_orchestrator::testing::PostgresServer;
+    let server = match tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .expect("join")
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("checkpoint_postgres skipped: {e}");
+            return None;
+        }
+    };
+    let store = Arc::new(
+        PostgresStore::connect(&server.connection_string(), StoreOptions::default())
+            .await
+            .expect("connect"),
+    );
+    let (ours, base) = side_by_side(mode, store).await;
+    drop(server);
+    Some(
+        Report::new(
+            "checkpoint_postgres",
+            "the same orchestrator and plan without a store",
+            ours,
+            base,
+        )
+        .field("steps", STEPS)
+        .field("overhead_ns_per_step", round2(ours - base))
+        .field(
+            "server",
+            "PostgreSQL (Debian), loopback, fsync on, synchronous_commit on",
+        )
+        .field("target_overhead_ns_per_step_max", 1_000_000),
+    )
+}
+
+/// `resume`: a stored 10,000-step run (written by a real durable run on
+/// SQLite) read back and folded by `Orchestrator::replay` from a fresh store
+/// handle; the baseline folds the same events already in memory. Also the
+/// journal's bytes per no-op step.
+pub async fn resume(mode: Mode) -> Report {
+    let dir = temp_dir();
+    let path = dir.join("resume.db");
+    let rt = runtime().await;
+    let run = {
+        let store = Arc::new(
+            SqliteStore::open(&path, StoreOptions::default())
+                .await
+                .expect("open"),
+        );
+        let orch = Orchestrator::new(rt.clone(), StaticPlanner::new(wide(RESUME_STEPS)))
+            .store(store.clone());
+        let out = orch.run(TaskSpec::new("stored")).await.expect("run");
+        out.run
+    };
+    let store = Arc::new(
+        SqliteStore::open(&path, StoreOptions::default())
+            .await
+            .expect("open"),
+    );
+    let orch = Orchestrator::new(rt.clone(), StaticPlanner::new(wide(1))).store(store.clone());
+    let events = orch.replay(run).await.expect("replay").events;
+    let records = store.read(run, 0, usize::MAX).await.expect("read");
+    let bytes: usize = records.iter().map(|r| r.payload.len() + r.kind.len()).sum();
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..mode.rounds() {
+        let start = Instant::now();
+        let stored = orch.replay(run).await.expect("replay");
+        ours.push(start.elapsed().as_nanos() as f64);
+        assert_eq!(stored.state.outputs().len(), RESUME_STEPS);
+        let start = Instant::now();
+        let mut state = coditect_orchestrator::orchestrator::RunState::new(run);
+        for e in &events {
+            state.apply(e);
+        }
+        base.push(start.elapsed().as_nanos() as f64);
+        assert_eq!(state.outputs().len(), RESUME_STEPS);
+    }
+    rt.shutdown(Duration::from_secs(5)).await;
+    drop((orch, store));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ours, base) = (median(&mut ours), median(&mut base));
+    Report::new(
+        "resume",
+        "folding the same events already in memory",
+        ours,
+        base,
+    )
+    .field("steps", RESUME_STEPS)
+    .field("events", events.len())
+    .field("load_and_fold_ms", round2(ours / 1e6))
+    .field("target_load_ms_max", 100)
+    .field(
+        "journal_bytes_per_step",
+        round2(bytes as f64 / RESUME_STEPS as f64),
+    )
+    .field("target_journal_bytes_per_step_max", 1024)
+}
