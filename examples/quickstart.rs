@@ -12,7 +12,12 @@
 //!
 //! ```text
 //! cargo run -p coditect-examples --bin quickstart
+//! cargo run -p coditect-examples --bin quickstart -- --trace-html run.html --mermaid run.mmd
 //! ```
+//!
+//! On a terminal each active step has a spinner; a table of steps, time,
+//! tokens, cost and cache hits ends the run. `--trace-html FILE` writes the
+//! run's HTML timeline, `--mermaid FILE` its sequence diagram.
 //!
 //! Environment:
 //! - `ANTHROPIC_API_KEY` (optional): with a key the agents think with Claude;
@@ -35,6 +40,9 @@ use coditect_orchestrator::orchestrator::{
 use coditect_orchestrator::{InMemoryTransport, Runtime};
 use futures::StreamExt;
 
+#[path = "live.rs"]
+mod live;
+
 // `main` returns an `ExitCode` rather than a `Result` so that a failure prints
 // one line (the error's `Display`), never a `Debug` dump or a backtrace.
 #[tokio::main]
@@ -49,6 +57,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let pictures = live::Pictures::from_args()?;
     let (brains, note) = Brains::from_env()?;
     println!("{note}");
 
@@ -68,24 +77,33 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let printer = tokio::spawn(print_progress(handle.events()));
     let outcome = handle.outcome().await;
     // The event stream ends with the run; let the printer finish its lines.
-    let streamed = matches!(
-        tokio::time::timeout(Duration::from_secs(5), printer).await,
-        Ok(Ok(true))
-    );
+    let (streamed, events) = match tokio::time::timeout(Duration::from_secs(5), printer).await {
+        Ok(Ok(done)) => done,
+        _ => (false, Vec::new()),
+    };
     runtime.shutdown(Duration::from_secs(1)).await;
     let outcome = outcome?;
     summary(&outcome, streamed);
+    println!("\n{}", live::table(&events));
+    pictures.write(&events)?;
     Ok(())
 }
 
 /// Prints a run's events as they happen; says whether the final answer was
 /// streamed.
-async fn print_progress(mut events: coditect_orchestrator::orchestrator::RunEvents) -> bool {
+async fn print_progress(
+    mut events: coditect_orchestrator::orchestrator::RunEvents,
+) -> (
+    bool,
+    Vec<coditect_orchestrator::orchestrator::RunEventRecord>,
+) {
+    let mut view = live::Live::new();
     let mut final_step: Option<StepId> = None;
     let mut streaming = false;
     let mut streamed_final = false;
     let mut out = std::io::stdout();
     while let Some(record) = events.next().await {
+        view.on(&record);
         let line = match record.event {
             RunEvent::PlanMade { revision, plan } => {
                 final_step = plan
@@ -126,12 +144,14 @@ async fn print_progress(mut events: coditect_orchestrator::orchestrator::RunEven
                 match AgentProgress::from_value(&data) {
                     Some(AgentProgress::Text { text }) if step.is_some() && step == final_step => {
                         streamed_final = true;
-                        if !streaming {
-                            println!("\n── {step_name}, streamed by {agent} ──");
-                            streaming = true;
-                        }
-                        print!("{text}");
-                        let _ = out.flush();
+                        view.suspend(|| {
+                            if !streaming {
+                                println!("\n── {step_name}, streamed by {agent} ──");
+                                streaming = true;
+                            }
+                            print!("{text}");
+                            let _ = out.flush();
+                        });
                         None
                     }
                     Some(AgentProgress::ToolCall { name, input, .. }) if name != "delegate" => {
@@ -180,10 +200,10 @@ async fn print_progress(mut events: coditect_orchestrator::orchestrator::RunEven
                 println!();
                 streaming = false;
             }
-            println!("{line}");
+            view.println(&line);
         }
     }
-    streamed_final
+    (streamed_final, view.events)
 }
 
 /// The text on one line, cut to `max` characters.

@@ -11,7 +11,12 @@
 //! ```text
 //! cargo run -p coditect-examples --bin research_team
 //! cargo run -p coditect-examples --bin research_team -- path/to/folder
+//! cargo run -p coditect-examples --bin research_team -- --trace-html run.html --mermaid run.mmd
 //! ```
+//!
+//! On a terminal each active step has a spinner; a table of steps, time,
+//! tokens, cost and cache hits ends the run. `--trace-html FILE` writes the
+//! run's HTML timeline, `--mermaid FILE` its sequence diagram.
 //!
 //! Environment:
 //! - `ANTHROPIC_API_KEY` (optional): with a key the agents think with Claude;
@@ -36,6 +41,9 @@ use coditect_claude::{ClaudeModel, Client, RetryPolicy};
 use coditect_orchestrator::orchestrator::{Orchestrator, RunEvent, RunPolicy, TaskSpec};
 use coditect_orchestrator::{InMemoryTransport, Runtime};
 use futures::StreamExt;
+
+#[path = "live.rs"]
+mod live;
 use serde_json::{Value, json};
 
 const GOAL: &str = "Summarise each document, cross-check them against each other \
@@ -53,8 +61,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let folder = std::env::args()
-        .nth(1)
+    let pictures = live::Pictures::from_args()?;
+    let folder = pictures
+        .rest
+        .first()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/research"));
     let library = Library::load(&folder)
@@ -126,33 +136,44 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut handle = orchestrator.start(task);
     let mut events = handle.events();
     let printer = tokio::spawn(async move {
+        let mut view = live::Live::new();
         while let Some(record) = events.next().await {
-            match record.event {
+            view.on(&record);
+            let line = match record.event {
                 RunEvent::PlanMade { plan, .. } => {
                     let ids: Vec<String> = plan.steps.iter().map(|s| s.id.to_string()).collect();
-                    println!("[plan] {}", ids.join(" · "));
+                    Some(format!("[plan] {}", ids.join(" · ")))
                 }
                 RunEvent::StepStarted { step, agent, .. } => {
-                    println!("[{step}] started on {agent}")
+                    Some(format!("[{step}] started on {agent}"))
                 }
                 RunEvent::StepProgress { step, data, .. } => {
                     if let Some(AgentProgress::ToolCall { name, input, .. }) =
                         AgentProgress::from_value(&data)
                     {
                         let step = step.map_or("?".to_owned(), |s| s.to_string());
-                        println!("[{step}] {name} {input}");
+                        Some(format!("[{step}] {name} {input}"))
+                    } else {
+                        None
                     }
                 }
-                RunEvent::StepSucceeded { step, .. } => println!("[{step}] done"),
+                RunEvent::StepSucceeded { step, .. } => Some(format!("[{step}] done")),
                 RunEvent::StepFailed { step, failure, .. } => {
-                    println!("[{step}] failed: {failure}")
+                    Some(format!("[{step}] failed: {failure}"))
                 }
-                _ => {}
+                _ => None,
+            };
+            if let Some(line) = line {
+                view.println(&line);
             }
         }
+        view.events
     });
     let outcome = handle.outcome().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), printer).await;
+    let events = match tokio::time::timeout(Duration::from_secs(5), printer).await {
+        Ok(Ok(events)) => events,
+        _ => Vec::new(),
+    };
     runtime.shutdown(Duration::from_secs(1)).await;
     let outcome = outcome?;
 
@@ -182,6 +203,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         outcome.usage.total_tokens(),
         outcome.duration
     );
+    println!("\n{}", live::table(&events));
+    pictures.write(&events)?;
     Ok(())
 }
 

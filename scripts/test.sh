@@ -52,6 +52,7 @@ command -v openssl >/dev/null 2>&1 && openssl version || echo "openssl not avail
 step "the Python A2A SDK (for the A2A interop tests)"; ./scripts/test-a2a.sh
 step "MCP peers (server-everything from npm, the Python mcp SDK from PyPI)"; scripts/test-mcp.sh
 scripts/test-store.sh install   # PostgreSQL for the run store's tests
+scripts/test-observe.sh install # Chromium, Prometheus, mermaid for the observability tests
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

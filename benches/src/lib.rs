@@ -12,6 +12,7 @@ pub mod durable;
 pub mod mcp;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod observe;
 pub mod orchestrate;
 pub mod report;
 pub mod runtime;

@@ -100,7 +100,7 @@ async fn by_hand(deps: &[Vec<usize>], agents: &[mpsc::Sender<Ask>]) -> usize {
     outputs.len()
 }
 
-async fn one(shape: &str, mode: Mode) -> Report {
+pub(crate) async fn one(shape: &str, mode: Mode) -> Report {
     let rt = Runtime::builder(InMemoryTransport::new())
         .build()
         .await

@@ -56,6 +56,11 @@ impl Report {
         self
     }
 
+    /// Coditect's median, in nanoseconds per operation.
+    pub fn ours_ns_per_op(&self) -> f64 {
+        self.ours_ns_per_op
+    }
+
     /// `ours / baseline`: how many times slower than the baseline coditect is.
     pub fn slowdown(&self) -> f64 {
         self.ours_ns_per_op / self.baseline_ns_per_op

@@ -263,13 +263,11 @@ impl LlmAgent {
                 temperature: cfg.temperature,
                 stop_sequences: Vec::new(),
             };
-            let span = tracing::info_span!(
-                "coditect.model",
-                gen_ai.operation.name = "chat",
-                gen_ai.response.model = tracing::field::Empty,
-                gen_ai.usage.input_tokens = tracing::field::Empty,
-                gen_ai.usage.output_tokens = tracing::field::Empty,
-                agent = ctx.map(|c| c.id().to_string()),
+            let chat = crate::telemetry::chat(
+                cfg.model.provider_dyn(),
+                cfg.model.model_name_dyn(),
+                &request,
+                ctx,
                 iteration,
             );
             // In a durable run each turn is an effect: a step executed again
@@ -280,21 +278,23 @@ impl LlmAgent {
                 Some(c) if c.call_context().journal.is_some() => {
                     c.effect("model-turn", |_key| {
                         fresh.store(true, std::sync::atomic::Ordering::Relaxed);
-                        self.call_model(request, ctx).instrument(span.clone())
+                        self.call_model(request, ctx, &chat)
+                            .instrument(chat.span.clone())
                     })
                     .await?
                 }
                 _ => {
                     fresh.store(true, std::sync::atomic::Ordering::Relaxed);
-                    self.call_model(request, ctx)
-                        .instrument(span.clone())
+                    self.call_model(request, ctx, &chat)
+                        .instrument(chat.span.clone())
                         .await?
                 }
             };
             let fresh = fresh.into_inner();
-            span.record("gen_ai.response.model", response.model.as_str());
-            span.record("gen_ai.usage.input_tokens", response.usage.input_tokens);
-            span.record("gen_ai.usage.output_tokens", response.usage.output_tokens);
+            // A turn from the journal was watched when it was made.
+            if fresh {
+                chat.answered(&response);
+            }
             usage.add(&response.usage);
             let turn_cost = cfg
                 .pricing
@@ -306,7 +306,7 @@ impl LlmAgent {
                 // A turn taken from the journal was paid for, and counted,
                 // when it was made.
                 if fresh {
-                    report_usage(c, u, turn_cost).await;
+                    report_usage(c, &response.model, u, turn_cost).await;
                 }
                 emit(
                     c,
@@ -416,6 +416,7 @@ impl LlmAgent {
         &self,
         request: CompletionRequest,
         ctx: Option<&AgentContext>,
+        chat: &crate::telemetry::Chat,
     ) -> Result<CompletionResponse, AgentError> {
         let call = async {
             if !self.inner.streaming {
@@ -451,7 +452,10 @@ impl LlmAgent {
             },
             None => call.await,
         };
-        result.map_err(model_error)
+        result.map_err(|e| {
+            chat.failed(&e);
+            model_error(e)
+        })
     }
 }
 
@@ -470,15 +474,17 @@ pub(crate) fn model_error(e: ModelError) -> AgentError {
 }
 
 /// Reports a model call's usage to the run, so its budgets apply.
-pub(crate) async fn report_usage(ctx: &AgentContext, u: &Usage, cost_usd: f64) {
+pub(crate) async fn report_usage(ctx: &AgentContext, model: &str, u: &Usage, cost_usd: f64) {
     let reported = coditect_orchestrator::Usage::new(
         u.input_tokens
             .saturating_add(u.cache_creation_input_tokens)
             .saturating_add(u.cache_read_input_tokens),
         u.output_tokens,
         cost_usd,
-    );
-    if let Err(e) = ctx.report_usage(reported).await {
+    )
+    .with_cache(u.cache_read_input_tokens, u.cache_creation_input_tokens);
+    let model = (!model.is_empty()).then_some(model);
+    if let Err(e) = ctx.report_model_usage(model, reported).await {
         tracing::warn!(error = %e, "could not report usage to the run");
     }
 }

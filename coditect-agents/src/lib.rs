@@ -88,6 +88,7 @@ mod planner;
 mod progress;
 mod scripted;
 pub mod structured;
+mod telemetry;
 pub mod tool;
 mod toolbox;
 

@@ -28,6 +28,7 @@
 //!             stop_reason: StopReason::EndTurn,
 //!             usage: Usage::default(),
 //!             model: "pong-1".into(),
+//!             id: None,
 //!         })
 //!     }
 //! }
@@ -344,6 +345,9 @@ pub struct CompletionResponse {
     pub usage: Usage,
     /// The model that answered.
     pub model: String,
+    /// The provider's id of the answer (`gen_ai.response.id`), if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl CompletionResponse {
@@ -526,6 +530,18 @@ pub trait LanguageModel: Send + Sync {
             Ok(replay(response))
         }
     }
+
+    /// Who serves the model, as the OpenTelemetry GenAI conventions name
+    /// providers (`gen_ai.provider.name`: `anthropic`, `openai`…).
+    fn provider(&self) -> &str {
+        "unknown"
+    }
+
+    /// The model requests go to (`gen_ai.request.model`), if this model
+    /// knows it before answering.
+    fn model_name(&self) -> &str {
+        ""
+    }
 }
 
 /// Turns a complete response into the deltas a streaming model would have sent.
@@ -602,6 +618,10 @@ pub trait DynLanguageModel: Send + Sync {
         &self,
         request: CompletionRequest,
     ) -> BoxFuture<'_, Result<ModelStream, ModelError>>;
+    /// [`LanguageModel::provider`].
+    fn provider_dyn(&self) -> &str;
+    /// [`LanguageModel::model_name`].
+    fn model_name_dyn(&self) -> &str;
 }
 
 impl<M: LanguageModel> DynLanguageModel for M {
@@ -617,6 +637,14 @@ impl<M: LanguageModel> DynLanguageModel for M {
         request: CompletionRequest,
     ) -> BoxFuture<'_, Result<ModelStream, ModelError>> {
         Box::pin(self.stream(request))
+    }
+
+    fn provider_dyn(&self) -> &str {
+        self.provider()
+    }
+
+    fn model_name_dyn(&self) -> &str {
+        self.model_name()
     }
 }
 
@@ -634,6 +662,14 @@ impl LanguageModel for dyn DynLanguageModel {
     ) -> impl Future<Output = Result<ModelStream, ModelError>> + Send {
         self.stream_boxed(request)
     }
+
+    fn provider(&self) -> &str {
+        self.provider_dyn()
+    }
+
+    fn model_name(&self) -> &str {
+        self.model_name_dyn()
+    }
 }
 
 impl<M: LanguageModel + ?Sized> LanguageModel for Arc<M> {
@@ -650,6 +686,14 @@ impl<M: LanguageModel + ?Sized> LanguageModel for Arc<M> {
     ) -> impl Future<Output = Result<ModelStream, ModelError>> + Send {
         (**self).stream(request)
     }
+
+    fn provider(&self) -> &str {
+        (**self).provider()
+    }
+
+    fn model_name(&self) -> &str {
+        (**self).model_name()
+    }
 }
 
 impl<M: LanguageModel + ?Sized> LanguageModel for Box<M> {
@@ -665,6 +709,14 @@ impl<M: LanguageModel + ?Sized> LanguageModel for Box<M> {
         request: CompletionRequest,
     ) -> impl Future<Output = Result<ModelStream, ModelError>> + Send {
         (**self).stream(request)
+    }
+
+    fn provider(&self) -> &str {
+        (**self).provider()
+    }
+
+    fn model_name(&self) -> &str {
+        (**self).model_name()
     }
 }
 
@@ -689,6 +741,7 @@ mod tests {
                     ..Usage::default()
                 },
                 model: "echo".into(),
+                id: None,
             })
         }
     }

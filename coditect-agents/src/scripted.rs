@@ -298,6 +298,7 @@ impl ScriptedModel {
             stop_reason,
             usage,
             model: SCRIPTED_MODEL_NAME.into(),
+            id: None,
         })
     }
 }
@@ -333,6 +334,14 @@ fn estimate_blocks(content: &[ContentBlock]) -> u64 {
 impl LanguageModel for ScriptedModel {
     async fn complete(&self, request: CompletionRequest) -> Result<CompletionResponse, ModelError> {
         self.answer(&request)
+    }
+
+    fn provider(&self) -> &str {
+        "coditect.scripted"
+    }
+
+    fn model_name(&self) -> &str {
+        SCRIPTED_MODEL_NAME
     }
 
     /// Streams the scripted answer word by word, as a real model would.

@@ -277,10 +277,12 @@ impl Toolbox {
             Some(a) => ToolContext::new(a, &call.id),
             None => ToolContext::detached(&call.id),
         };
-        let span = tracing::debug_span!("coditect.tool", gen_ai.tool.name = %call.name, gen_ai.tool.call.id = %call.id);
+        let span = crate::telemetry::execute_tool(&call.name, &call.id, &call.input);
         let limit = tool.timeout().unwrap_or(self.timeout);
-        let call_fut = tool.call_json(call.input.clone(), ctx).instrument(span);
-        match tokio::time::timeout(limit, call_fut).await {
+        let call_fut = tool
+            .call_json(call.input.clone(), ctx)
+            .instrument(span.clone());
+        let result = match tokio::time::timeout(limit, call_fut).await {
             Ok(result) => result,
             Err(_) => Err(ToolError::new(
                 ToolErrorKind::Timeout,
@@ -289,7 +291,12 @@ impl Toolbox {
                     call.name
                 ),
             )),
+        };
+        if let Err(e) = &result {
+            span.record("error.type", format!("{:?}", e.kind()).to_lowercase());
+            span.record("otel.status_code", "ERROR");
         }
+        result
     }
 }
 

@@ -45,7 +45,7 @@ pub use config::{
 };
 pub use error::{ApiError, ApiErrorType, Error, ErrorKind, Result, TimeoutKind};
 pub use governor::{GovernorConfig, GovernorPermit, RateGovernor};
-pub use model::ClaudeModel;
+pub use model::{ClaudeModel, PromptCache};
 pub use pricing::{ModelPrice, PriceTable};
 
 pub use rate_limits::{RateLimit, RateLimits, ResponseMeta};

@@ -12,8 +12,9 @@ use crate::client::Client;
 use crate::error::{Error, ErrorKind};
 use crate::stream::MessageStream;
 use crate::types::{
-    ContentBlock, ContentDelta, ImageSource, Message, MessageParam, MessageRequest, Role,
-    StopReason, StreamEvent, System, ThinkingConfig, Tool, ToolChoice, ToolResultContent, Usage,
+    CacheControl, ContentBlock, ContentDelta, ImageSource, Message, MessageParam, MessageRequest,
+    Role, StopReason, StreamEvent, System, SystemBlock, ThinkingConfig, Tool, ToolChoice,
+    ToolResultContent, Usage,
 };
 
 /// A Claude model behind coditect's vendor-neutral [`LanguageModel`] trait.
@@ -40,6 +41,28 @@ pub struct ClaudeModel {
     client: Client,
     model: String,
     thinking_budget: Option<u32>,
+    cache: PromptCache,
+}
+
+/// Where requests place prompt-cache breakpoints (`cache_control`), so that
+/// repeated turns and repeated steps read their stable prefix from the cache
+/// at a tenth of the input price instead of paying for it again.
+///
+/// ```
+/// use coditect_claude::PromptCache;
+/// assert_eq!(PromptCache::default(), PromptCache::Conversation);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PromptCache {
+    /// No breakpoints.
+    Off,
+    /// On the stable prefix: the tool definitions and the system prompt.
+    Prefix,
+    /// On the stable prefix and on the conversation's last block, so the
+    /// next turn of an agent loop reads the whole conversation so far from
+    /// the cache.
+    #[default]
+    Conversation,
 }
 
 impl ClaudeModel {
@@ -49,7 +72,16 @@ impl ClaudeModel {
             client,
             model: model.into(),
             thinking_budget: None,
+            cache: PromptCache::default(),
         }
+    }
+
+    /// Where requests place prompt-cache breakpoints
+    /// ([`PromptCache::Conversation`] unless set).
+    #[must_use]
+    pub fn with_prompt_cache(mut self, cache: PromptCache) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// Turns extended thinking on with this token budget for every request.
@@ -71,6 +103,12 @@ impl ClaudeModel {
 
     /// The Messages API request for a vendor-neutral request.
     pub fn to_request(&self, req: CompletionRequest) -> MessageRequest {
+        let mut request = self.to_request_uncached(req);
+        place_breakpoints(&mut request, self.cache);
+        request
+    }
+
+    fn to_request_uncached(&self, req: CompletionRequest) -> MessageRequest {
         let has_tools = !req.tools.is_empty();
         MessageRequest {
             model: self.model.clone(),
@@ -108,6 +146,49 @@ impl ClaudeModel {
                 .map(|budget_tokens| ThinkingConfig::Enabled { budget_tokens }),
             ..MessageRequest::default()
         }
+    }
+}
+
+/// Marks the breakpoints `policy` asks for (at most three of the API's four).
+fn place_breakpoints(request: &mut MessageRequest, policy: PromptCache) {
+    if policy == PromptCache::Off {
+        return;
+    }
+    if let Some(last) = request.tools.as_mut().and_then(|t| t.last_mut()) {
+        last.cache_control = Some(CacheControl::ephemeral());
+    }
+    request.system = match request.system.take() {
+        Some(System::Text(text)) => Some(System::Blocks(vec![SystemBlock::text(
+            text,
+            Some(CacheControl::ephemeral()),
+        )])),
+        Some(System::Blocks(mut blocks)) => {
+            if let Some(last) = blocks.last_mut() {
+                last.cache_control = Some(CacheControl::ephemeral());
+            }
+            Some(System::Blocks(blocks))
+        }
+        None => None,
+    };
+    if policy != PromptCache::Conversation {
+        return;
+    }
+    // The last block that can carry a breakpoint (thinking blocks cannot).
+    let last = request
+        .messages
+        .iter_mut()
+        .rev()
+        .flat_map(|m| m.content.iter_mut().rev())
+        .find_map(|b| match b {
+            ContentBlock::Text { cache_control, .. }
+            | ContentBlock::Image { cache_control, .. }
+            | ContentBlock::Document { cache_control, .. }
+            | ContentBlock::ToolUse { cache_control, .. }
+            | ContentBlock::ToolResult { cache_control, .. } => Some(cache_control),
+            _ => None,
+        });
+    if let Some(c) = last {
+        *c = Some(CacheControl::ephemeral());
     }
 }
 
@@ -209,6 +290,7 @@ pub(crate) fn response(m: &Message) -> CompletionResponse {
         stop_reason: stop_reason(m.stop_reason.as_ref()),
         usage: usage(&m.usage),
         model: m.model.clone(),
+        id: (!m.id.is_empty()).then(|| m.id.clone()),
     }
 }
 
@@ -292,6 +374,14 @@ impl LanguageModel for ClaudeModel {
             .await
             .map_err(|e| model_error(&e))?;
         Ok(response(&message))
+    }
+
+    fn provider(&self) -> &str {
+        "anthropic"
+    }
+
+    fn model_name(&self) -> &str {
+        &self.model
     }
 
     async fn stream(&self, request: CompletionRequest) -> Result<ModelStream, ModelError> {

@@ -13,6 +13,16 @@ pub struct Usage {
     pub output_tokens: u64,
     /// Cost in US dollars.
     pub cost_usd: f64,
+    /// Of the input tokens, those read from a prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
+    /// Of the input tokens, those written to a prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
@@ -22,7 +32,24 @@ impl Usage {
             input_tokens,
             output_tokens,
             cost_usd,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
         }
+    }
+
+    /// With `read` of the input tokens read from a prompt cache and `write`
+    /// of them written to it.
+    ///
+    /// ```
+    /// use coditect_orchestrator::Usage;
+    /// let u = Usage::new(1_000, 50, 0.01).with_cache(900, 100);
+    /// assert_eq!(u.cache_read_tokens, 900);
+    /// ```
+    #[must_use]
+    pub fn with_cache(mut self, read: u64, write: u64) -> Self {
+        self.cache_read_tokens = read;
+        self.cache_write_tokens = write;
+        self
     }
 
     /// Input plus output tokens.
@@ -32,7 +59,11 @@ impl Usage {
 
     /// Whether nothing was spent.
     pub fn is_zero(&self) -> bool {
-        self.input_tokens == 0 && self.output_tokens == 0 && self.cost_usd == 0.0
+        self.input_tokens == 0
+            && self.output_tokens == 0
+            && self.cost_usd == 0.0
+            && self.cache_read_tokens == 0
+            && self.cache_write_tokens == 0
     }
 }
 
@@ -43,6 +74,8 @@ impl Add for Usage {
             input_tokens: self.input_tokens.saturating_add(o.input_tokens),
             output_tokens: self.output_tokens.saturating_add(o.output_tokens),
             cost_usd: self.cost_usd + o.cost_usd,
+            cache_read_tokens: self.cache_read_tokens.saturating_add(o.cache_read_tokens),
+            cache_write_tokens: self.cache_write_tokens.saturating_add(o.cache_write_tokens),
         }
     }
 }

@@ -97,10 +97,10 @@ impl CallContext {
             run: Some(run),
             step: Some(step),
             attempt: attempt.max(1),
-            trace: TraceContext {
+            trace: crate::observe::spans::outgoing(TraceContext {
                 trace_id: run.as_u128(),
                 parent_span: 0,
-            },
+            }),
             ..Self::default()
         }
     }
@@ -137,10 +137,10 @@ impl CallContext {
             depth: self.depth,
             deadline: self.deadline,
             attempt: self.attempt,
-            trace: TraceContext {
+            trace: crate::observe::spans::outgoing(TraceContext {
                 trace_id: self.trace.trace_id,
                 parent_span: id.as_u128() as u64,
-            },
+            }),
             chain: self.chain.clone(),
             budget: self.budget.clone(),
             journal: self.journal.clone(),

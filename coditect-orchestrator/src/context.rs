@@ -313,8 +313,23 @@ impl AgentContext {
     /// [`ReportError`] if the transport fails (the usage still reaches the
     /// run with the reply).
     pub async fn report_usage(&self, usage: Usage) -> Result<(), ReportError> {
+        self.report_model_usage(None, usage).await
+    }
+
+    /// [`report_usage`](Self::report_usage) naming the model that spent it,
+    /// so the run's cost is broken down by model too
+    /// ([`CostReport`](crate::observe::CostReport)).
+    ///
+    /// # Errors
+    /// As [`report_usage`](Self::report_usage).
+    pub async fn report_model_usage(
+        &self,
+        model: Option<&str>,
+        usage: Usage,
+    ) -> Result<(), ReportError> {
         self.tally.add_usage(usage);
-        self.report(SignalKind::Usage { usage }).await
+        let model = model.map(smol_str::SmolStr::new);
+        self.report(SignalKind::Usage { usage, model }).await
     }
 
     /// Sends one report about the message being handled to its run.

@@ -51,6 +51,7 @@ mod envelope;
 mod error;
 mod id;
 pub mod journal;
+pub mod observe;
 pub mod orchestrator;
 pub mod report;
 pub mod runtime;

@@ -82,6 +82,9 @@ pub enum SignalKind {
     Usage {
         /// What it spent.
         usage: Usage,
+        /// The model that spent it, if a model did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<smol_str::SmolStr>,
     },
 }
 
@@ -253,6 +256,7 @@ mod tests {
             agent: AgentId::new("k", "1").unwrap(),
             kind: SignalKind::Usage {
                 usage: Usage::new(1, 2, 0.5),
+                model: Some("m".into()),
             },
         };
         let json = serde_json::to_value(&s).unwrap();

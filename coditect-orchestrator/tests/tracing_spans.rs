@@ -1,5 +1,5 @@
 //! Every delivery and handler call is a span carrying the run, tenant, agent
-//! and message ids.
+//! and message ids (a handler's span is the GenAI `invoke_agent` span).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -76,17 +76,23 @@ fn deliveries_and_handlers_are_spans_with_ids() {
     let handle = spans
         .iter()
         .find(|(name, f)| {
-            name == "coditect.handle" && f.get("run").is_some_and(|r| r.contains(&run.to_string()))
+            name == "invoke_agent"
+                && f.get("coditect.run.id")
+                    .is_some_and(|r| r.contains(&run.to_string()))
         })
         .unwrap_or_else(|| panic!("no handler span for the run: {spans:?}"));
-    assert!(handle.1["agent"].starts_with("echo/"), "{:?}", handle.1);
-    assert_eq!(handle.1["tenant"], "default");
-    assert!(handle.1.contains_key("message"));
+    assert!(
+        handle.1["gen_ai.agent.id"].starts_with("echo/"),
+        "{:?}",
+        handle.1
+    );
+    assert_eq!(handle.1["coditect.tenant.id"], "default");
+    assert!(handle.1.contains_key("coditect.message.id"));
     let deliver = spans
         .iter()
         .find(|(name, f)| name == "coditect.deliver" && f.get("kind").is_some_and(|k| k == "echo"))
         .unwrap_or_else(|| panic!("no delivery span: {spans:?}"));
-    assert_eq!(deliver.1["message"], handle.1["message"]);
+    assert_eq!(deliver.1["message"], handle.1["coditect.message.id"]);
     assert!(deliver.1["run"].contains(&run.to_string()));
-    assert!(spans.iter().any(|(name, _)| name == "coditect.run"));
+    assert!(spans.iter().any(|(name, _)| name == "invoke_workflow"));
 }

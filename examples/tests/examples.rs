@@ -60,6 +60,42 @@ fn quickstart_runs_offline_with_a_plan_tools_a_delegation_and_a_streamed_answer(
 }
 
 #[test]
+fn quickstart_ends_with_a_table_and_writes_the_pictures_asked_for() {
+    let dir = std::env::temp_dir().join(format!("coditect-pictures-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (html, mmd) = (dir.join("run.html"), dir.join("run.mmd"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quickstart"));
+    cmd.env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL")
+        .arg("--trace-html")
+        .arg(&html)
+        .arg("--mermaid")
+        .arg(&mmd);
+    let out = run(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // Not a terminal: plain lines, then the summary table.
+    assert!(
+        stdout.contains("step             status   time ms    tokens  cache hits      cost"),
+        "{stdout}"
+    );
+    for step in ["research", "risks", "cost", "recommendation"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(step) && l.contains(" ok ")),
+            "{step}: {stdout}"
+        );
+    }
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") && page.contains("recommendation"));
+    let diagram = std::fs::read_to_string(&mmd).unwrap();
+    assert!(diagram.starts_with("sequenceDiagram"), "{diagram}");
+    assert!(diagram.contains("delegate to fact_checker"), "{diagram}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn quickstart_fails_in_one_line_when_the_api_is_unreachable() {
     // A port that was free a moment ago: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -178,4 +178,8 @@ fn main() {
     if wanted("sse_parse") {
         emit(coditect_benches::sse::run(mode));
     }
+    // Last: it installs the process's tracing subscriber and metrics recorder.
+    if wanted("observe_wide") {
+        emit(spawn(Box::pin(coditect_benches::observe::run(mode))));
+    }
 }

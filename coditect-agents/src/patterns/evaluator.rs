@@ -103,7 +103,7 @@ impl Agent for Critic {
         match result {
             Ok(s) => {
                 let cost = self.pricing.as_ref().map_or(0.0, |p| p(&s.model, &s.usage));
-                report_usage(ctx, &s.usage, cost).await;
+                report_usage(ctx, &s.model, &s.usage, cost).await;
                 let mut v = s.value;
                 if let Some(min) = self.pass_score {
                     v.passed = v.passed && v.score >= min;
@@ -111,7 +111,7 @@ impl Agent for Critic {
                 Ok(v)
             }
             Err(e) => {
-                report_usage(ctx, &e.usage(), 0.0).await;
+                report_usage(ctx, self.model.model_name(), &e.usage(), 0.0).await;
                 Err(match e {
                     StructuredError::Model { error, .. } => model_error(error),
                     other => AgentError::permanent(format!("the critic gave no verdict: {other}")),

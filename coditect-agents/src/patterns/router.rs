@@ -141,7 +141,7 @@ impl Agent for Route {
             Ok(c) => c,
             Err(e) => {
                 let u = e.usage();
-                report_usage(ctx, &u, 0.0).await;
+                report_usage(ctx, "", &u, 0.0).await;
                 return Err(match e {
                     StructuredError::Model { error, .. } => model_error(error),
                     other => AgentError::permanent(format!("the router could not choose: {other}")),
@@ -152,7 +152,7 @@ impl Agent for Route {
             .pricing
             .as_ref()
             .map_or(0.0, |p| p(&choice.model, &choice.usage));
-        report_usage(ctx, &choice.usage, cost).await;
+        report_usage(ctx, &choice.model, &choice.usage, cost).await;
         let RouteChoice { route, reason } = choice.value;
         emit(
             ctx,

@@ -10,6 +10,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::agent::AgentCard;
 use crate::budget::Budget;
@@ -170,6 +171,7 @@ impl Driver {
             event,
         };
         self.seq += 1;
+        crate::observe::metrics::on_event(&record);
         if let Some(journal) = &mut self.journal {
             journal.push(&record);
         }
@@ -334,7 +336,12 @@ impl Driver {
             }
         } else {
             let ctx = PlanningContext::new(self.routing.cards.clone());
-            let planned = self.inner.planner.plan(&self.task, &ctx).await;
+            let planned = self
+                .inner
+                .planner
+                .plan(&self.task, &ctx)
+                .instrument(crate::observe::spans::plan(self.run))
+                .await;
             self.tick();
             if let Some(stop) = self.planning_spent(&ctx) {
                 return self.fail(stop, Some(&mut signals)).await;

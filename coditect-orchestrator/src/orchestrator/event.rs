@@ -115,6 +115,13 @@ pub enum RunEvent {
         step: Option<StepId>,
         /// The agent that spent it.
         agent: AgentId,
+        /// The message whose handler spent it (none: the orchestrator's
+        /// planner), which places it in the delegation tree.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<MessageId>,
+        /// The model that spent it, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<smol_str::SmolStr>,
         /// What was spent.
         usage: Usage,
     },

@@ -52,6 +52,8 @@ fn minus(a: Usage, b: Usage) -> Usage {
         input_tokens: a.input_tokens.saturating_sub(b.input_tokens),
         output_tokens: a.output_tokens.saturating_sub(b.output_tokens),
         cost_usd: (a.cost_usd - b.cost_usd).max(0.0),
+        cache_read_tokens: a.cache_read_tokens.saturating_sub(b.cache_read_tokens),
+        cache_write_tokens: a.cache_write_tokens.saturating_sub(b.cache_write_tokens),
     }
 }
 
@@ -61,6 +63,8 @@ fn least(a: Usage, b: Usage) -> Usage {
         input_tokens: a.input_tokens.min(b.input_tokens),
         output_tokens: a.output_tokens.min(b.output_tokens),
         cost_usd: a.cost_usd.min(b.cost_usd),
+        cache_read_tokens: a.cache_read_tokens.min(b.cache_read_tokens),
+        cache_write_tokens: a.cache_write_tokens.min(b.cache_write_tokens),
     }
 }
 
@@ -92,7 +96,7 @@ impl Intake {
             return None;
         };
         gate.received = gate.received.saturating_add(1);
-        if let SignalKind::Usage { usage } = &signal.kind {
+        if let SignalKind::Usage { usage, .. } = &signal.kind {
             gate.usage += *usage;
         }
         let own_start = signal.message == root && matches!(signal.kind, SignalKind::Started { .. });
@@ -162,6 +166,8 @@ impl Intake {
             out.push(RunEvent::UsageReported {
                 step: Some(gate.step.clone()),
                 agent: agent.clone(),
+                message: Some(*root),
+                model: None,
                 usage: missing,
             });
         }
@@ -175,7 +181,7 @@ impl Intake {
     /// A report of an attempt whose result is recorded (or of no attempt of
     /// this run): its usage counts once, for the run.
     fn late(&mut self, signal: Signal, out: &mut Vec<RunEvent>) {
-        let SignalKind::Usage { usage } = signal.kind else {
+        let SignalKind::Usage { usage, model } = signal.kind else {
             tracing::debug!(message = %signal.message, "a report after its step's result; dropped");
             return;
         };
@@ -191,6 +197,8 @@ impl Intake {
             out.push(RunEvent::UsageReported {
                 step: None,
                 agent: signal.agent,
+                message: Some(signal.message),
+                model,
                 usage,
             });
         }
@@ -221,9 +229,11 @@ fn event_of(step: &StepId, signal: Signal) -> Option<RunEvent> {
             agent: signal.agent,
             data,
         },
-        SignalKind::Usage { usage } => RunEvent::UsageReported {
+        SignalKind::Usage { usage, model } => RunEvent::UsageReported {
             step,
             agent: signal.agent,
+            message: Some(signal.message),
+            model,
             usage,
         },
     })
@@ -261,6 +271,7 @@ mod tests {
             seq,
             SignalKind::Usage {
                 usage: Usage::new(n, 0, 0.0),
+                model: None,
             },
         )
     }

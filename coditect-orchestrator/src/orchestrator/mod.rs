@@ -215,7 +215,7 @@ impl Orchestrator {
 
     fn start_with(&self, task: TaskSpec, buffered_events: usize) -> RunHandle {
         let run = RunId::new();
-        let span = tracing::info_span!("coditect.run", run = %run, tenant = %task.tenant, goal = %task.goal);
+        let span = crate::observe::spans::workflow(run, &task);
         self.spawn(
             run,
             span,
@@ -243,7 +243,7 @@ impl Orchestrator {
             ));
         }
         let run = RunId::new();
-        let span = tracing::info_span!("coditect.run", run = %run, tenant = %task.tenant, goal = %task.goal);
+        let span = crate::observe::spans::workflow(run, &task);
         let (tx, rx) = oneshot::channel();
         let handle = self.spawn(run, span, 4096, move |inner, cards, token, events| {
             let mut d = driver::Driver::new(inner, run, task, cards, token, events);
@@ -269,7 +269,7 @@ impl Orchestrator {
         journal: runlog::Journal,
         answer: Option<(crate::journal::EffectKey, serde_json::Value)>,
     ) -> RunHandle {
-        let span = tracing::info_span!("coditect.run", run = %run, tenant = %task.tenant, goal = %task.goal, resumed = true);
+        let span = crate::observe::spans::workflow(run, &task);
         self.spawn(run, span, 4096, move |inner, cards, token, events| {
             driver::Driver::new(inner, run, task, cards, token, events)
                 .resumed(stored, journal, answer)

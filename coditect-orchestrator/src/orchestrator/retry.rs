@@ -128,6 +128,8 @@ impl Driver {
         self.record(RunEvent::UsageReported {
             step: None,
             agent,
+            message: None,
+            model: None,
             usage,
         });
         self.check_budgets()

@@ -175,6 +175,10 @@ pub struct RunState {
     /// given.
     #[serde(default)]
     pub questions: Vec<Question>,
+    /// Every usage report, in order: what the run's
+    /// [cost report](crate::observe::CostReport) adds up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spend: Vec<crate::observe::Spend>,
 }
 
 /// A question a step asked (human in the loop).
@@ -461,7 +465,20 @@ impl RunState {
                     });
                 }
             }
-            RunEvent::UsageReported { step, usage, .. } => {
+            RunEvent::UsageReported {
+                step,
+                usage,
+                agent,
+                message,
+                model,
+            } => {
+                self.spend.push(crate::observe::Spend {
+                    step: step.clone(),
+                    agent: agent.clone(),
+                    message: *message,
+                    model: model.clone(),
+                    usage: *usage,
+                });
                 self.usage += *usage;
                 if let Some(step) = step
                     && let Some(s) = self.steps.get_mut(step)

@@ -154,7 +154,8 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
         // Boxed, so the parked task stays small.
         let agent = Box::pin(handle_one(&act, &host, &rt, delivery, agent, &cancel)).await;
         act.load.fetch_sub(1, Ordering::Relaxed);
-        host.load.fetch_sub(1, Ordering::Relaxed);
+        let left = host.load.fetch_sub(1, Ordering::Relaxed);
+        crate::observe::metrics::mailbox_depth(&host.kind, left.saturating_sub(1));
         returned = Some(agent);
     }
 }
@@ -389,19 +390,8 @@ async fn handle_one(
     if rt.is_stopped() {
         cancel.cancel();
     }
-    // Without a subscriber that wants it, no span is made at all (with
-    // tracing's `log` feature on, a disabled span still records its fields).
-    let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
-        tracing::debug_span!(
-            "coditect.handle",
-            agent = %id,
-            message = %envelope.id,
-            run = envelope.ctx.run.map(tracing::field::display),
-            tenant = %envelope.tenant,
-        )
-    } else {
-        tracing::Span::none()
-    };
+    let observed = crate::observe::spans::invoke_agent(id, &envelope);
+    let span = observed.span.clone();
     let ctx = AgentContext::new(rt.node.clone(), id.clone(), envelope, cancel.clone());
     if !ctx.defers_start()
         && let Some(rest) = ctx.report_start()
@@ -437,6 +427,7 @@ async fn handle_one(
         rt.node.deadlines.remove(key);
     }
     let result = result.map_err(|f| if f.agent.is_none() { f.at(id) } else { f });
+    observed.finish(&result);
     let (tally, rest) = close_tally(&rt.node, &ctx.env, id, &ctx.tally, &result);
     if let Some(rest) = rest {
         rest.await;

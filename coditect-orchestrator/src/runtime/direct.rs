@@ -65,7 +65,12 @@ type Reply = (Result<Body, RequestError>, Option<Box<Tally>>);
 type Rest = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The handler of a direct call, owning everything it borrows.
-async fn run(mut agent: Box<dyn DynAgent>, ctx: AgentContext, body: Body) -> Done {
+async fn run(
+    mut agent: Box<dyn DynAgent>,
+    ctx: AgentContext,
+    body: Body,
+    observed: crate::observe::spans::AgentSpan,
+) -> Done {
     let (result, keep) = {
         let handler = AssertUnwindSafe(agent.handle_dyn(body, &ctx)).catch_unwind();
         let mut handler = std::pin::pin!(handler);
@@ -77,6 +82,7 @@ async fn run(mut agent: Box<dyn DynAgent>, ctx: AgentContext, body: Body) -> Don
     };
     let id = ctx.id();
     let result = result.map_err(|f| if f.agent.is_none() { f.at(id) } else { f });
+    observed.finish(&result);
     Done {
         result,
         agent: keep.then_some(agent),
@@ -271,19 +277,8 @@ fn start(
         deadline: None,
         _tracked: node.tracker.token(),
     };
-    // Without a subscriber that wants it, no span is made at all (with
-    // tracing's `log` feature on, a disabled span still records its fields).
-    let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
-        tracing::debug_span!(
-            "coditect.handle",
-            agent = %parts.act.id,
-            message = %env.id,
-            run = env.ctx.run.map(tracing::field::display),
-            tenant = %env.tenant,
-        )
-    } else {
-        tracing::Span::none()
-    };
+    let observed = crate::observe::spans::invoke_agent(&parts.act.id, &env);
+    let span = observed.span.clone();
     let ctx = AgentContext::new(
         node.clone(),
         parts.act.id.clone(),
@@ -296,9 +291,9 @@ fn start(
         ctx.report_start()
     };
     let call: Call = if span.is_disabled() {
-        Box::pin(run(agent, ctx, body))
+        Box::pin(run(agent, ctx, body, observed))
     } else {
-        Box::pin(run(agent, ctx, body).instrument(span))
+        Box::pin(run(agent, ctx, body, observed).instrument(span))
     };
     (
         InFlight {

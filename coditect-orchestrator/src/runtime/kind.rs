@@ -338,7 +338,8 @@ impl KindHost {
                 }
                 st.queue.push_back(delivery);
                 act.load.fetch_add(1, Ordering::Relaxed);
-                self.load.fetch_add(1, Ordering::Relaxed);
+                let before = self.load.fetch_add(1, Ordering::Relaxed);
+                crate::observe::metrics::mailbox_depth(&self.kind, before + 1);
                 let spawn = !st.task;
                 st.task = true;
                 spawn

@@ -196,6 +196,7 @@ impl Shared {
                 {
                     self.counters.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("nats connection re-established");
+                    crate::observe::metrics::nats_reconnected();
                 }
                 self.emit(NatsEvent::Connected);
             }
@@ -264,6 +265,7 @@ impl Shared {
             msg_id,
         } = letter;
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        crate::observe::metrics::dead_lettered();
         tracing::warn!(subject = %found_on, %reason, "dead-lettering a message");
         self.emit(NatsEvent::DeadLettered {
             subject: found_on.to_owned(),
