@@ -65,7 +65,7 @@ impl ServerHandler for Echo {
     }
 }
 
-/// The child process: serves [`Echo`] on stdin/stdout until stdin closes.
+/// The child process: serves `Echo` on stdin/stdout until stdin closes.
 pub async fn serve_child() {
     let running = Echo.serve(rmcp::transport::stdio()).await.expect("serve");
     let _ = running.waiting().await;
