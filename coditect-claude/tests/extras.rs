@@ -239,7 +239,12 @@ async fn claude_model_completes_and_streams_through_the_neutral_trait() {
     );
     let sent = server.requests()[0].json().unwrap();
     assert_eq!(sent["tool_choice"], json!({"type": "any"}));
-    assert_eq!(sent["system"], "Be brief.");
+    // The system prompt goes as a block marked as a prompt-cache breakpoint
+    // (the stable prefix is cached by default).
+    assert_eq!(
+        sent["system"],
+        json!([{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}])
+    );
     assert_eq!(sent["tools"][0]["description"], "Current weather");
 
     let deltas: Vec<StreamDelta> = within(
