@@ -191,6 +191,17 @@ fn counts(log: &Log) -> BTreeMap<String, usize> {
     m
 }
 
+/// Each step dispatch of a run, as (step, attempt), in order.
+fn dispatched(events: &[RunEventRecord]) -> Vec<(String, u32)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            RunEvent::StepDispatched { step, attempt, .. } => Some((step.to_string(), *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Waits on a run's events until one matches (bounded by the run's end).
 async fn until(
     events: &mut (impl futures::Stream<Item = RunEventRecord> + Unpin),
@@ -312,14 +323,7 @@ fn killed_and_resumed(
     }
     assert_eq!(c.len(), 6, "every effect ran: {c:?}");
     // a ran once; b went again as attempt 2 and got its first effect back.
-    let dispatched: Vec<(String, u32)> = stored
-        .events
-        .iter()
-        .filter_map(|e| match &e.event {
-            RunEvent::StepDispatched { step, attempt, .. } => Some((step.to_string(), *attempt)),
-            _ => None,
-        })
-        .collect();
+    let dispatched = dispatched(&stored.events);
     assert_eq!(
         dispatched,
         [
@@ -373,14 +377,7 @@ fn a_result_is_durable_before_its_dependents_are_dispatched() {
         orch.replay(run).await.unwrap()
     });
     p2.kill();
-    let dispatched: Vec<(String, u32)> = stored
-        .events
-        .iter()
-        .filter_map(|e| match &e.event {
-            RunEvent::StepDispatched { step, attempt, .. } => Some((step.to_string(), *attempt)),
-            _ => None,
-        })
-        .collect();
+    let dispatched = dispatched(&stored.events);
     // a and b are not dispatched again; c's dispatch was not journaled
     // before the kill (nothing depended on it), so it goes as attempt 1.
     assert_eq!(
