@@ -187,6 +187,8 @@ impl Agent for Upper {
 
 /// How many `wait` runs were cancelled, for the `cancelled_waits` capability.
 static CANCELLED_WAITS: AtomicU64 = AtomicU64::new(0);
+/// Woken each time `CANCELLED_WAITS` grows.
+static CANCELLED_WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Reports progress, then waits until cancelled (counting it) or for `seconds`.
 struct Wait;
@@ -207,6 +209,7 @@ impl Agent for Wait {
         tokio::select! {
             () = ctx.cancelled() => {
                 CANCELLED_WAITS.fetch_add(1, Ordering::SeqCst);
+                CANCELLED_WAKE.notify_waiters();
                 Err(AgentError::permanent("cancelled"))
             }
             () = tokio::time::sleep(Duration::from_secs(a.seconds)) => Ok(format!("waited {}s", a.seconds)),
@@ -214,17 +217,35 @@ impl Agent for Wait {
     }
 }
 
-/// Says how many `wait` runs were cancelled.
+/// Says how many `wait` runs were cancelled, once there are at least
+/// `at_least` of them (or after 20 s): the cancellation reaches the handler
+/// after the client has moved on, so a caller asks to be told when it has.
 struct Stats;
 
 #[derive(serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
-struct NoArgs {}
+struct StatsArgs {
+    /// Answer once this many waits were cancelled (0: at once).
+    #[serde(default)]
+    at_least: u64,
+}
 
 impl Agent for Stats {
-    type Input = NoArgs;
+    type Input = StatsArgs;
     type Output = u64;
-    async fn handle(&mut self, _: NoArgs, _: &AgentContext) -> Result<u64, AgentError> {
-        Ok(CANCELLED_WAITS.load(Ordering::SeqCst))
+    async fn handle(&mut self, a: StatsArgs, _: &AgentContext) -> Result<u64, AgentError> {
+        let reached = async {
+            loop {
+                let woken = CANCELLED_WAKE.notified();
+                let n = CANCELLED_WAITS.load(Ordering::SeqCst);
+                if n >= a.at_least {
+                    return n;
+                }
+                woken.await;
+            }
+        };
+        Ok(tokio::time::timeout(Duration::from_secs(20), reached)
+            .await
+            .unwrap_or_else(|_| CANCELLED_WAITS.load(Ordering::SeqCst)))
     }
 }
 
