@@ -185,10 +185,10 @@ impl Agent for Upper {
     }
 }
 
-/// How many `wait` runs were cancelled, for the `cancelled_waits` capability.
-static CANCELLED_WAITS: AtomicU64 = AtomicU64::new(0);
-/// Woken each time `CANCELLED_WAITS` grows.
-static CANCELLED_WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// How many `wait` runs were cancelled, for the `cancelled_waits` capability;
+/// a watch channel, so a reader can wait for the count to reach a number.
+static CANCELLED_WAITS: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
 
 /// Reports progress, then waits until cancelled (counting it) or for `seconds`.
 struct Wait;
@@ -208,8 +208,7 @@ impl Agent for Wait {
             .await;
         tokio::select! {
             () = ctx.cancelled() => {
-                CANCELLED_WAITS.fetch_add(1, Ordering::SeqCst);
-                CANCELLED_WAKE.notify_waiters();
+                CANCELLED_WAITS.send_modify(|n| *n += 1);
                 Err(AgentError::permanent("cancelled"))
             }
             () = tokio::time::sleep(Duration::from_secs(a.seconds)) => Ok(format!("waited {}s", a.seconds)),
@@ -233,19 +232,14 @@ impl Agent for Stats {
     type Input = StatsArgs;
     type Output = u64;
     async fn handle(&mut self, a: StatsArgs, _: &AgentContext) -> Result<u64, AgentError> {
-        let reached = async {
-            loop {
-                let woken = CANCELLED_WAKE.notified();
-                let n = CANCELLED_WAITS.load(Ordering::SeqCst);
-                if n >= a.at_least {
-                    return n;
-                }
-                woken.await;
-            }
-        };
-        Ok(tokio::time::timeout(Duration::from_secs(20), reached)
-            .await
-            .unwrap_or_else(|_| CANCELLED_WAITS.load(Ordering::SeqCst)))
+        let mut count = CANCELLED_WAITS.subscribe();
+        // The sender is a static: it is never dropped, so waiting cannot fail.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(20),
+            count.wait_for(|n| *n >= a.at_least),
+        )
+        .await;
+        Ok(*count.borrow())
     }
 }
 
