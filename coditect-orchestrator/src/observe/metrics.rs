@@ -15,10 +15,12 @@
 //! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
-use crate::id::{MessageId, RunId, StepId};
+use ::metrics::{Counter, Gauge, Histogram, SharedString};
+
+use crate::id::{AgentKind, MessageId, StepId, TenantId};
 use crate::orchestrator::{RunEvent, RunEventRecord, RunStatus};
 
 /// Histogram of tokens per model call, by `gen_ai.token.type` (`input`, `output`).
@@ -125,139 +127,213 @@ pub fn is_enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// What the metrics of the live runs of this process need to remember.
-#[derive(Default)]
-struct Runs {
-    runs: std::collections::HashMap<RunId, RunMeter>,
-}
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-#[derive(Default)]
-struct RunMeter {
-    tenant: String,
+/// The metrics of one run, kept by the run's driver (no lock, no global
+/// map): the handles of its tenant's series are resolved once, when the run
+/// starts being metered, so an event costs an atomic add, not a registry
+/// lookup with label hashing.
+pub(crate) struct RunMeter {
+    tenant: SharedString,
+    dispatched: Counter,
+    in_flight: Gauge,
+    latency: Histogram,
+    retries: Counter,
+    delegations: Counter,
+    /// Failure counters by `error.type`, made on first use.
+    failures: Vec<(&'static str, Counter)>,
+    /// Token and cost counters by model, made on first use.
+    models: Vec<(String, ModelMeter)>,
     /// Attempts dispatched and not finished: step → (message, dispatched at ms).
-    open: std::collections::HashMap<StepId, (MessageId, u64)>,
+    open: FastMap<StepId, (MessageId, u64)>,
 }
 
-fn runs() -> &'static Mutex<Runs> {
-    static RUNS_SEEN: OnceLock<Mutex<Runs>> = OnceLock::new();
-    RUNS_SEEN.get_or_init(Mutex::default)
+struct ModelMeter {
+    /// `input` (billed at the normal rate), `output`, `cache_read`, `cache_write`.
+    tokens: [Counter; 4],
+    cost: Counter,
 }
 
-/// Emits the metrics of one recorded event of a run.
-#[inline]
-pub(crate) fn on_event(record: &RunEventRecord) {
-    if is_enabled() {
-        event(record);
+const TOKEN_TYPES: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
+
+impl RunMeter {
+    /// The meter of a run of `tenant`.
+    pub(crate) fn new(tenant: &TenantId) -> Self {
+        let tenant = SharedString::from(tenant.to_string());
+        let t = || tenant.clone();
+        Self {
+            dispatched: ::metrics::counter!(STEPS_DISPATCHED, "tenant" => t()),
+            in_flight: ::metrics::gauge!(STEPS_IN_FLIGHT),
+            latency: ::metrics::histogram!(DISPATCH_LATENCY, "tenant" => t()),
+            retries: ::metrics::counter!(RETRIES, "tenant" => t()),
+            delegations: ::metrics::counter!(DELEGATIONS, "tenant" => t()),
+            failures: Vec::new(),
+            models: Vec::new(),
+            open: FastMap::default(),
+            tenant,
+        }
     }
-}
 
-fn event(record: &RunEventRecord) {
-    let Ok(mut all) = runs().lock() else {
-        return;
-    };
-    let meter = all.runs.entry(record.run).or_default();
-    match &record.event {
-        RunEvent::RunStarted { task } => meter.tenant = task.tenant.to_string(),
-        RunEvent::StepDispatched { step, message, .. } => {
-            let tenant = meter.tenant.clone();
-            if meter
-                .open
-                .insert(step.clone(), (*message, record.at_ms))
-                .is_none()
-            {
-                ::metrics::gauge!(STEPS_IN_FLIGHT).increment(1.0);
+    /// Emits the metrics of one recorded event of the run.
+    pub(crate) fn on_event(&mut self, record: &RunEventRecord) {
+        match &record.event {
+            RunEvent::StepDispatched { step, message, .. } => {
+                if self
+                    .open
+                    .insert(step.clone(), (*message, record.at_ms))
+                    .is_none()
+                {
+                    self.in_flight.increment(1.0);
+                }
+                self.dispatched.increment(1);
             }
-            ::metrics::counter!(STEPS_DISPATCHED, "tenant" => tenant).increment(1);
-        }
-        RunEvent::StepStarted { step, message, .. } => {
-            if let Some((m, at)) = meter.open.get(step)
-                && m == message
-            {
-                let wait = Duration::from_millis(record.at_ms.saturating_sub(*at));
-                ::metrics::histogram!(DISPATCH_LATENCY, "tenant" => meter.tenant.clone())
-                    .record(wait.as_secs_f64());
+            RunEvent::StepStarted { step, message, .. } => {
+                if let Some((m, at)) = self.open.get(step)
+                    && m == message
+                {
+                    let wait = Duration::from_millis(record.at_ms.saturating_sub(*at));
+                    self.latency.record(wait.as_secs_f64());
+                }
             }
-        }
-        RunEvent::StepSucceeded { step, .. } if meter.open.remove(step).is_some() => {
-            ::metrics::gauge!(STEPS_IN_FLIGHT).decrement(1.0);
-        }
-        RunEvent::StepFailed { step, failure, .. } => {
-            if meter.open.remove(step).is_some() {
-                ::metrics::gauge!(STEPS_IN_FLIGHT).decrement(1.0);
+            RunEvent::StepSucceeded { step, .. } => {
+                if self.open.remove(step).is_some() {
+                    self.in_flight.decrement(1.0);
+                }
             }
-            ::metrics::counter!(
-                FAILURES,
-                "kind" => super::spans::failure_kind(failure.kind),
-                "tenant" => meter.tenant.clone()
-            )
-            .increment(1);
+            RunEvent::StepFailed { step, failure, .. } => {
+                if self.open.remove(step).is_some() {
+                    self.in_flight.decrement(1.0);
+                }
+                self.failure(super::spans::failure_kind(failure.kind))
+                    .increment(1);
+            }
+            RunEvent::StepRetried { .. } => self.retries.increment(1),
+            RunEvent::Delegated { .. } => self.delegations.increment(1),
+            RunEvent::UsageReported { usage, model, .. } => {
+                let billed = usage
+                    .input_tokens
+                    .saturating_sub(usage.cache_read_tokens)
+                    .saturating_sub(usage.cache_write_tokens);
+                let counts = [
+                    billed,
+                    usage.output_tokens,
+                    usage.cache_read_tokens,
+                    usage.cache_write_tokens,
+                ];
+                let micro = super::cost::nano_usd(usage.cost_usd) / 1_000;
+                let meter = self.model(model.as_deref().unwrap_or("unknown"));
+                for (counter, n) in meter.tokens.iter().zip(counts) {
+                    if n > 0 {
+                        counter.increment(n);
+                    }
+                }
+                if micro > 0 {
+                    meter.cost.increment(micro);
+                }
+            }
+            RunEvent::RunFinished { status, .. } => {
+                let status = match status {
+                    RunStatus::Succeeded => "succeeded",
+                    RunStatus::Failed => "failed",
+                    RunStatus::Cancelled => "cancelled",
+                    _ => "other",
+                };
+                self.close();
+                ::metrics::counter!(RUNS, "status" => status, "tenant" => self.tenant.clone())
+                    .increment(1);
+            }
+            _ => {}
         }
-        RunEvent::StepRetried { .. } => {
-            ::metrics::counter!(RETRIES, "tenant" => meter.tenant.clone()).increment(1);
-        }
-        RunEvent::Delegated { .. } => {
-            ::metrics::counter!(DELEGATIONS, "tenant" => meter.tenant.clone()).increment(1);
-        }
-        RunEvent::UsageReported { usage, model, .. } => {
-            let model = model.as_deref().unwrap_or("unknown").to_owned();
-            let tenant = meter.tenant.clone();
-            let billed = usage
-                .input_tokens
-                .saturating_sub(usage.cache_read_tokens)
-                .saturating_sub(usage.cache_write_tokens);
-            for (kind, n) in [
-                ("input", billed),
-                ("output", usage.output_tokens),
-                ("cache_read", usage.cache_read_tokens),
-                ("cache_write", usage.cache_write_tokens),
-            ] {
-                if n > 0 {
+    }
+
+    fn failure(&mut self, kind: &'static str) -> &Counter {
+        let at = match self.failures.iter().position(|(k, _)| *k == kind) {
+            Some(at) => at,
+            None => {
+                let c = ::metrics::counter!(
+                    FAILURES,
+                    "kind" => kind,
+                    "tenant" => self.tenant.clone()
+                );
+                self.failures.push((kind, c));
+                self.failures.len() - 1
+            }
+        };
+        &self.failures[at].1
+    }
+
+    fn model(&mut self, model: &str) -> &ModelMeter {
+        let at = match self.models.iter().position(|(m, _)| m == model) {
+            Some(at) => at,
+            None => {
+                let m = SharedString::from(model.to_owned());
+                let tokens = TOKEN_TYPES.map(|kind| {
                     ::metrics::counter!(
                         TOKENS,
                         "type" => kind,
-                        "model" => model.clone(),
-                        "tenant" => tenant.clone()
+                        "model" => m.clone(),
+                        "tenant" => self.tenant.clone()
                     )
-                    .increment(n);
-                }
+                });
+                let cost = ::metrics::counter!(
+                    COST,
+                    "model" => m,
+                    "tenant" => self.tenant.clone()
+                );
+                self.models
+                    .push((model.to_owned(), ModelMeter { tokens, cost }));
+                self.models.len() - 1
             }
-            let micro = super::cost::nano_usd(usage.cost_usd) / 1_000;
-            if micro > 0 {
-                ::metrics::counter!(COST, "model" => model, "tenant" => tenant).increment(micro);
-            }
+        };
+        &self.models[at].1
+    }
+
+    /// The run's attempts are no longer in flight.
+    fn close(&mut self) {
+        let open = self.open.len();
+        if open > 0 {
+            self.in_flight.decrement(open as f64);
         }
-        RunEvent::RunFinished { status, .. } => {
-            let status = match status {
-                RunStatus::Succeeded => "succeeded",
-                RunStatus::Failed => "failed",
-                RunStatus::Cancelled => "cancelled",
-                _ => "other",
-            };
-            if let Some(meter) = all.runs.remove(&record.run) {
-                let open = meter.open.len();
-                if open > 0 {
-                    ::metrics::gauge!(STEPS_IN_FLIGHT).decrement(open as f64);
-                }
-                ::metrics::counter!(RUNS, "status" => status, "tenant" => meter.tenant)
-                    .increment(1);
-            }
-        }
-        _ => {}
+        self.open.clear();
+    }
+}
+
+impl Drop for RunMeter {
+    /// A run that stops without finishing (its driver dropped) leaves
+    /// nothing counted as in flight.
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
 /// Records one agent handling's duration.
-pub(crate) fn agent_handled(kind: &str, error: Option<&'static str>, took: Duration) {
-    let kind = kind.to_owned();
+pub(crate) fn agent_handled(kind: &AgentKind, error: Option<&'static str>, took: Duration) {
     match error {
-        None => ::metrics::histogram!(INVOKE_AGENT_DURATION, "gen_ai.agent.name" => kind),
+        None => agent_histogram(kind),
         Some(e) => ::metrics::histogram!(
             INVOKE_AGENT_DURATION,
-            "gen_ai.agent.name" => kind,
+            "gen_ai.agent.name" => kind.as_str().to_owned(),
             "error.type" => e
         ),
     }
     .record(took.as_secs_f64());
+}
+
+/// The duration histogram of a kind's successful handlings, resolved once
+/// per kind (a read lock and a hash of the kind's name afterwards).
+fn agent_histogram(kind: &AgentKind) -> Histogram {
+    static KINDS: OnceLock<RwLock<FastMap<AgentKind, Histogram>>> = OnceLock::new();
+    let kinds = KINDS.get_or_init(RwLock::default);
+    if let Ok(known) = kinds.read()
+        && let Some(h) = known.get(kind)
+    {
+        return h.clone();
+    }
+    let h = ::metrics::histogram!(INVOKE_AGENT_DURATION, "gen_ai.agent.name" => kind.as_str().to_owned());
+    if let Ok(mut known) = kinds.write() {
+        known.insert(kind.clone(), h.clone());
+    }
+    h
 }
 
 /// Records one model call: its duration and its tokens (for agent crates).

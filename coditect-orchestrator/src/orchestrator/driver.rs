@@ -96,6 +96,8 @@ pub(crate) struct Driver {
     /// Told once the run's start is in its journal (a durable run's id may
     /// be handed out from then on).
     pub(crate) on_durable: Option<oneshot::Sender<Result<(), String>>>,
+    /// The run's metrics, once metrics are on.
+    pub(crate) meter: Option<Box<crate::observe::metrics::RunMeter>>,
 }
 
 /// What a resumed run starts from.
@@ -138,6 +140,7 @@ impl Driver {
             journal: None,
             resumed: None,
             on_durable: None,
+            meter: None,
         }
     }
 
@@ -171,11 +174,22 @@ impl Driver {
             event,
         };
         self.seq += 1;
-        crate::observe::metrics::on_event(&record);
+        self.meter(&record);
         if let Some(journal) = &mut self.journal {
             journal.push(&record);
         }
         self.publish(record);
+    }
+
+    /// Feeds the run's metrics, when they are on (one atomic load when not).
+    #[inline]
+    fn meter(&mut self, record: &RunEventRecord) {
+        if crate::observe::metrics::is_enabled() {
+            let tenant = &self.task.tenant;
+            self.meter
+                .get_or_insert_with(|| Box::new(crate::observe::metrics::RunMeter::new(tenant)))
+                .on_event(record);
+        }
     }
 
     /// Records one event of a durable run and makes it durable before anyone
@@ -189,6 +203,7 @@ impl Driver {
             event,
         };
         self.seq += 1;
+        self.meter(&record);
         if let Some(journal) = &mut self.journal {
             journal.push(&record);
         }
