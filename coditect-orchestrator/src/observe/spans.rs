@@ -111,7 +111,6 @@ pub(crate) fn invoke_agent(agent: &AgentId, env: &Envelope) -> AgentSpan {
     let span = tracing::info_span!(
         "invoke_agent",
         otel.name = format!("invoke_agent {}", agent.kind()),
-        otel.kind = "internal",
         gen_ai.operation.name = "invoke_agent",
         gen_ai.agent.id = %agent,
         gen_ai.agent.name = %agent.kind(),
@@ -120,8 +119,7 @@ pub(crate) fn invoke_agent(agent: &AgentId, env: &Envelope) -> AgentSpan {
         coditect.tenant.id = %env.tenant,
         coditect.message.id = %env.id,
         coditect.parent.message.id = ctx.parent.map(tracing::field::display),
-        coditect.depth = ctx.depth,
-        coditect.attempt = ctx.attempt,
+        coditect.attempt = (ctx.attempt > 1).then_some(ctx.attempt),
         error.type = Empty,
         otel.status_code = Empty,
     );
@@ -139,7 +137,7 @@ impl AgentSpan {
             self.span.record("otel.status_code", "ERROR");
         }
         if let Some((started, kind)) = &self.timing {
-            super::metrics::agent_handled(kind.as_str(), error, started.elapsed());
+            super::metrics::agent_handled(kind, error, started.elapsed());
         }
     }
 }
