@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use coditect_orchestrator::observe::{CostReport, SubtreeCost, Tokens, mermaid, timeline};
 use coditect_orchestrator::orchestrator::{
     Orchestrator, Plan, RunEvent, RunEventRecord, StaticPlanner, StoredRun,
@@ -241,30 +243,24 @@ fn node(out: &mut String, n: &SubtreeCost, depth: usize, ok: &HashMap<MessageId,
     }
 }
 
-/// Prints events as the journal grows, until the run finishes.
+/// Prints events as the journal grows, until the run finishes: pushed by
+/// the server with a NATS store, read every `every_ms` with the others.
 async fn follow(store: Arc<dyn Store>, run: &str, every_ms: u64) -> Result<(), Error> {
     let run = parse_run(run)?;
-    let mut next = 0u64;
-    loop {
-        let records = store.read(run, next, 1000).await?;
-        for r in &records {
-            next = r.seq + 1;
-            if r.kind != "event" {
-                continue;
-            }
-            let Ok(e) = serde_json::from_slice::<RunEventRecord>(&r.payload) else {
-                eprintln!("record {} of run {run} is not a run event; skipped", r.seq);
-                continue;
-            };
-            println!("{:>8} ms  {}", e.at_ms, describe(&e.event));
-            if matches!(e.event, RunEvent::RunFinished { .. }) {
-                return Ok(());
-            }
+    let mut records = store.follow(run, 0, Duration::from_millis(every_ms.max(10)));
+    while let Some(r) = records.next().await {
+        let r = r?;
+        if r.kind != "event" {
+            continue;
         }
-        if records.is_empty() {
-            tokio::time::sleep(Duration::from_millis(every_ms.max(10))).await;
+        let e = serde_json::from_slice::<RunEventRecord>(&r.payload)
+            .map_err(|e| format!("record {} of run {run} is not a run event: {e}", r.seq))?;
+        println!("{:>8} ms  {}", e.at_ms, describe(&e.event));
+        if matches!(e.event, RunEvent::RunFinished { .. }) {
+            return Ok(());
         }
     }
+    Err(format!("the journal of run {run} ended before the run did").into())
 }
 
 fn describe(e: &RunEvent) -> String {

@@ -63,7 +63,9 @@ enum Command {
     Follow {
         /// The run's id.
         run: String,
-        /// How often to read the journal, in milliseconds.
+        /// How often to read the journal of a polled store (SQLite,
+        /// PostgreSQL), in milliseconds; a NATS store pushes each event as
+        /// the server stores it.
         #[arg(long, default_value_t = 500)]
         every_ms: u64,
     },

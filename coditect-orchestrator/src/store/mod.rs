@@ -80,6 +80,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::{RunId, TenantId};
@@ -195,6 +196,39 @@ pub trait Store: Send + Sync + fmt::Debug {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError>;
+
+    /// The run's records from `from_seq` on, as they are appended: those
+    /// written already, then each append as it lands, for as long as the
+    /// stream is polled. A journal does not know when its run is over: stop
+    /// at the run's last event (`RunFinished`). An error ends the stream.
+    ///
+    /// The default reads with [`read`](Store::read), and every `every` while
+    /// nothing is new (SQLite, PostgreSQL, memory); [`JetStreamStore`]
+    /// overrides it with a push consumer, so over NATS each append arrives as
+    /// the server stores it and `every` is not used.
+    ///
+    /// ```
+    /// # use coditect_orchestrator::store::{MemoryStore, NewRecord, NewRun, Store};
+    /// # use coditect_orchestrator::{RunId, TenantId};
+    /// # use futures::StreamExt;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let run = RunId::new();
+    /// store.create_run(NewRun::new(run, TenantId::default(), "goal")).await?;
+    /// let mut live = store.follow(run, 0, std::time::Duration::from_millis(5));
+    /// store.append(run, 0, None, &[NewRecord::json("note", &"hello")?]).await?;
+    /// let first = live.next().await.unwrap()?;
+    /// assert_eq!((first.seq, first.kind.as_str()), (0, "note"));
+    /// # Ok(()) }
+    /// ```
+    fn follow(
+        &self,
+        run: RunId,
+        from_seq: u64,
+        every: Duration,
+    ) -> BoxStream<'_, Result<Record, StoreError>> {
+        poll_follow(self, run, from_seq, every)
+    }
 
     /// The journal's next sequence number (its length).
     ///
@@ -619,4 +653,55 @@ mod unix_ms {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         Ok(super::from_ms(i64::deserialize(d)?))
     }
+}
+
+/// [`Store::follow`] by reading: at once, then every `every` while nothing
+/// is new.
+fn poll_follow<S: Store + ?Sized>(
+    store: &S,
+    run: RunId,
+    from_seq: u64,
+    every: Duration,
+) -> BoxStream<'_, Result<Record, StoreError>> {
+    /// What the reader holds between items.
+    struct Reader<'a, S: ?Sized> {
+        store: &'a S,
+        next: u64,
+        ready: std::collections::VecDeque<Record>,
+        caught_up: bool,
+        failed: bool,
+    }
+    let reader = Reader {
+        store,
+        next: from_seq,
+        ready: std::collections::VecDeque::new(),
+        caught_up: false,
+        failed: false,
+    };
+    Box::pin(futures::stream::unfold(reader, move |mut r| async move {
+        if r.failed {
+            return None;
+        }
+        loop {
+            if let Some(record) = r.ready.pop_front() {
+                return Some((Ok(record), r));
+            }
+            if r.caught_up {
+                tokio::time::sleep(every).await;
+            }
+            match r.store.read(run, r.next, 1000).await {
+                Ok(records) => {
+                    r.caught_up = records.is_empty();
+                    if let Some(last) = records.last() {
+                        r.next = last.seq + 1;
+                    }
+                    r.ready.extend(records);
+                }
+                Err(e) => {
+                    r.failed = true;
+                    return Some((Err(e), r));
+                }
+            }
+        }
+    }))
 }

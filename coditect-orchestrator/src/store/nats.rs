@@ -31,7 +31,7 @@
 //! PostgreSQL. An append must fit the server's `max_payload` (1 MiB by
 //! default) as one message.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ use async_nats::jetstream::{self, kv, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::RunId;
@@ -450,6 +451,29 @@ impl JetStreamStore {
         }
     }
 
+    /// A run's journal messages from the first, then each new one as the
+    /// server stores it.
+    async fn watch_journal(
+        &self,
+        run: RunId,
+    ) -> Result<jetstream::consumer::push::Ordered, StoreError> {
+        self.record(run).await?;
+        self.inner
+            .journal
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.inner.client.new_inbox(),
+                filter_subject: self.subject(run),
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_err("follow a journal"))?
+            .messages()
+            .await
+            .map_err(nats_err("follow a journal"))
+    }
+
     /// Every message of a run's journal, in order, as `(headers, payload)`.
     async fn journal_messages(
         &self,
@@ -771,36 +795,74 @@ impl Store for JetStreamStore {
         }
         let mut at = from_seq;
         self.journal_messages(run, |h, payload| {
-            let corrupt = |seq: u64, reason: String| StoreError::Corrupt {
-                run,
-                seq,
-                what: "record",
-                reason,
-            };
-            let (Some(first), Some(next)) = (header_u64(h, H_FIRST), header_u64(h, H_NEXT)) else {
-                return Err(corrupt(at, "a journal message lacks its headers".into()));
-            };
-            if next <= at {
-                // Wholly before what was asked for (or a lease marker).
-                return Ok(true);
-            }
-            if first > at {
-                return Err(corrupt(at, format!("missing: the journal goes on at seq {first}")));
-            }
-            let want = ((limit - out.len()) as u64).min(next - at) as usize;
-            let got = decode_range(run, first, payload, at, want)?;
-            if got.len() != want {
-                return Err(corrupt(
-                    at + got.len() as u64,
-                    format!("a journal message holds fewer records than its headers say ({first}..{next})"),
-                ));
-            }
+            let got = message_records(run, h, payload, at, limit - out.len())?;
             at += got.len() as u64;
             out.extend(got);
             Ok(out.len() < limit)
         })
         .await?;
         Ok(out)
+    }
+
+    /// Pushed, not polled: an ordered push consumer on the run's journal
+    /// subject hands over each append as the server stores it (`every` is
+    /// not used). A consumer error ends the stream with it; follow again
+    /// from the next sequence number to go on.
+    fn follow(
+        &self,
+        run: RunId,
+        from_seq: u64,
+        _every: Duration,
+    ) -> BoxStream<'_, Result<Record, StoreError>> {
+        struct Live {
+            messages: Option<jetstream::consumer::push::Ordered>,
+            at: u64,
+            ready: VecDeque<Record>,
+            done: bool,
+        }
+        let live = Live {
+            messages: None,
+            at: from_seq,
+            ready: VecDeque::new(),
+            done: false,
+        };
+        let failed = |mut live: Live, e: StoreError| {
+            live.done = true;
+            Some((Err(e), live))
+        };
+        Box::pin(futures::stream::unfold(live, move |mut live| async move {
+            if live.done {
+                return None;
+            }
+            loop {
+                if let Some(record) = live.ready.pop_front() {
+                    return Some((Ok(record), live));
+                }
+                let messages = match live.messages.as_mut() {
+                    Some(m) => m,
+                    None => match self.watch_journal(run).await {
+                        Ok(m) => live.messages.insert(m),
+                        Err(e) => return failed(live, e),
+                    },
+                };
+                let m = match messages.next().await {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => return failed(live, nats_err("follow a journal")(e)),
+                    None => {
+                        let e = std::io::Error::other("the journal's consumer ended");
+                        return failed(live, nats_err("follow a journal")(e));
+                    }
+                };
+                let headers = m.headers.clone().unwrap_or_default();
+                match message_records(run, &headers, &m.payload, live.at, usize::MAX) {
+                    Ok(records) => {
+                        live.at += records.len() as u64;
+                        live.ready.extend(records);
+                    }
+                    Err(e) => return failed(live, e),
+                }
+            }
+        }))
     }
 
     async fn head(&self, run: RunId) -> Result<u64, StoreError> {
@@ -1040,4 +1102,42 @@ impl Store for JetStreamStore {
             std::io::Error::other("the lease kept changing"),
         ))
     }
+}
+
+/// The records of one journal message from `at` on (at most `want`): none
+/// for a message wholly before `at` (or a lease marker).
+fn message_records(
+    run: RunId,
+    h: &HeaderMap,
+    payload: &Bytes,
+    at: u64,
+    want: usize,
+) -> Result<Vec<Record>, StoreError> {
+    let corrupt = |seq: u64, reason: String| StoreError::Corrupt {
+        run,
+        seq,
+        what: "record",
+        reason,
+    };
+    let (Some(first), Some(next)) = (header_u64(h, H_FIRST), header_u64(h, H_NEXT)) else {
+        return Err(corrupt(at, "a journal message lacks its headers".into()));
+    };
+    if next <= at {
+        return Ok(Vec::new());
+    }
+    if first > at {
+        return Err(corrupt(
+            at,
+            format!("missing: the journal goes on at seq {first}"),
+        ));
+    }
+    let want = (want as u64).min(next - at) as usize;
+    let got = decode_range(run, first, payload, at, want)?;
+    if got.len() != want {
+        return Err(corrupt(
+            at + got.len() as u64,
+            format!("a journal message holds fewer records than its headers say ({first}..{next})"),
+        ));
+    }
+    Ok(got)
 }
