@@ -5,12 +5,20 @@
 //! coditect --store sqlite:runs.db show <RUN>
 //! coditect --store sqlite:runs.db render <RUN> --html run.html --mermaid run.mmd
 //! coditect --store postgres://user@host/db follow <RUN>
+//! coditect --store nats://127.0.0.1:4222 follow <RUN>
 //! coditect --store nats://127.0.0.1:4222 respond <RUN> <REQUEST> '{"approved": true}' --nats nats://127.0.0.1:4222
 //! ```
 //!
 //! Stores: `sqlite:PATH`, `postgres://…` (a libpq connection string works
 //! too, prefixed `postgres:`), `nats://…` (the JetStream store). The tenant
 //! is `--tenant` (default: `default`).
+//!
+//! `follow` prints each event of a run as it is journaled and exits when the
+//! run finishes: a NATS store pushes events as the server stores them (a live
+//! run in another process shows up at once), SQLite and PostgreSQL are read
+//! every `--every-ms`. `respond` validates the answer against the question's
+//! schema and drives the run on with the agents on `--nats`; while another
+//! process still holds the run's lease it refuses with "is busy".
 
 mod commands;
 

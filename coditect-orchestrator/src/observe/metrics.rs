@@ -195,10 +195,8 @@ impl RunMeter {
                     self.latency.record(wait.as_secs_f64());
                 }
             }
-            RunEvent::StepSucceeded { step, .. } => {
-                if self.open.remove(step).is_some() {
-                    self.in_flight.decrement(1.0);
-                }
+            RunEvent::StepSucceeded { step, .. } if self.open.remove(step).is_some() => {
+                self.in_flight.decrement(1.0);
             }
             RunEvent::StepFailed { step, failure, .. } => {
                 if self.open.remove(step).is_some() {
