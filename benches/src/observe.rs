@@ -39,9 +39,15 @@ pub async fn run(mode: Mode) -> Report {
         .with_simple_exporter(Discard)
         .build();
     let (filter, _switch) = reload::Layer::new(LevelFilter::INFO);
-    let subscriber = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
+    // coditect's layer settings, or (`OBSERVE_DEFAULT_LAYER=1`) the
+    // tracing-opentelemetry layer's defaults.
+    let tracer = provider.tracer("bench");
+    let layer = if std::env::var_os("OBSERVE_DEFAULT_LAYER").is_some() {
+        tracing_opentelemetry::layer().with_tracer(tracer)
+    } else {
+        observe::otel::layer(tracer)
+    };
+    let subscriber = tracing_subscriber::registry().with(filter).with(layer);
     let installed = tracing::subscriber::set_global_default(subscriber).is_ok();
     let recorder = observe::prometheus::builder()
         .expect("prometheus builder")

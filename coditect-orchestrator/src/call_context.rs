@@ -93,14 +93,32 @@ impl Default for CallContext {
 impl CallContext {
     /// The context of a step attempt of a run, traced under the run.
     pub fn for_step(run: RunId, step: StepId, attempt: u32) -> Self {
+        Self::for_step_traced(run, step, attempt, Self::run_trace(run))
+    }
+
+    /// The trace context the steps of `run` are sent under: the current
+    /// span's (the run's `invoke_workflow` span, when an OpenTelemetry layer
+    /// is installed), else one rooted at the run's id. The orchestrator
+    /// looks it up once per run.
+    pub(crate) fn run_trace(run: RunId) -> TraceContext {
+        crate::observe::spans::outgoing(TraceContext {
+            trace_id: run.as_u128(),
+            parent_span: 0,
+        })
+    }
+
+    /// [`for_step`](Self::for_step) with the trace context already known.
+    pub(crate) fn for_step_traced(
+        run: RunId,
+        step: StepId,
+        attempt: u32,
+        trace: TraceContext,
+    ) -> Self {
         Self {
             run: Some(run),
             step: Some(step),
             attempt: attempt.max(1),
-            trace: crate::observe::spans::outgoing(TraceContext {
-                trace_id: run.as_u128(),
-                parent_span: 0,
-            }),
+            trace,
             ..Self::default()
         }
     }

@@ -202,8 +202,9 @@ fn exported() -> &'static (SdkTracerProvider, InMemorySpanExporter) {
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let subscriber = tracing_subscriber::registry().with(
+            coditect_orchestrator::observe::otel::layer(provider.tracer("test")),
+        );
         tracing::subscriber::set_global_default(subscriber).unwrap();
         (provider, exporter)
     })

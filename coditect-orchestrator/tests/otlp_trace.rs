@@ -137,8 +137,9 @@ async fn child_process_hosting_the_worker() {
         return;
     };
     let provider = otlp::tracer_provider(&otlp_url, "agents").unwrap();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("child")));
+    let subscriber = tracing_subscriber::registry().with(
+        coditect_orchestrator::observe::otel::layer(provider.tracer("child")),
+    );
     tracing::subscriber::set_global_default(subscriber).unwrap();
     let transport = NatsOptions::new(nats).connect().await.unwrap();
     let rt = Runtime::builder(transport).build().await.unwrap();
@@ -199,8 +200,9 @@ async fn a_run_over_nats_is_one_trace_across_two_processes() {
     .expect("the child got ready");
 
     let provider = otlp::tracer_provider(&otlp_url, "orchestrator").unwrap();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("parent")));
+    let subscriber = tracing_subscriber::registry().with(
+        coditect_orchestrator::observe::otel::layer(provider.tracer("parent")),
+    );
     tracing::subscriber::set_global_default(subscriber).unwrap();
     let transport = NatsOptions::new(nats.url()).connect().await.unwrap();
     let rt = Runtime::builder(transport).build().await.unwrap();

@@ -98,6 +98,9 @@ pub(crate) struct Driver {
     pub(crate) on_durable: Option<oneshot::Sender<Result<(), String>>>,
     /// The run's metrics, once metrics are on.
     pub(crate) meter: Option<Box<crate::observe::metrics::RunMeter>>,
+    /// The trace context every step of the run is sent under, looked up at
+    /// the first dispatch (inside the run's span) and kept.
+    pub(crate) trace: Option<crate::envelope::TraceContext>,
 }
 
 /// What a resumed run starts from.
@@ -141,6 +144,7 @@ impl Driver {
             resumed: None,
             on_durable: None,
             meter: None,
+            trace: None,
         }
     }
 

@@ -181,7 +181,11 @@ impl Driver {
         });
         self.schedule.dispatched(pos, attempt);
         self.intake.open(message, id.clone());
-        let mut ctx = CallContext::for_step(self.run, id.clone(), attempt)
+        let run = self.run;
+        let trace = *self
+            .trace
+            .get_or_insert_with(|| CallContext::run_trace(run));
+        let mut ctx = CallContext::for_step_traced(run, id.clone(), attempt, trace)
             .deadline(self.deadline.map(Deadline::at))
             .budget(self.budget());
         if let Some(journal) = &self.journal {
