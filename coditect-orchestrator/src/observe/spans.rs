@@ -12,7 +12,10 @@
 //! its operation and carries its full name in `otel.name`, the field
 //! `tracing-opentelemetry` names the exported span by. Attributes a span only
 //! knows at its end (`error.type`, usage, the response model) are declared
-//! empty and recorded then.
+//! empty and recorded then. `invoke_agent` carries the agent's id and kind,
+//! the run, step, tenant, message and parent message ids, and
+//! `coditect.attempt` only on a retry (attempt 2 and later): every attribute
+//! is a string the exporting layer allocates per step.
 //!
 //! The attribute names are the constants of this module; agent crates use
 //! them so that every span speaks the same names.

@@ -149,14 +149,25 @@ impl Agent for Hop {
     }
 }
 
-struct Slow;
+/// Waits for its cancellation, then says what it saw: the caller's deadline
+/// as the time left when the handler began, and whether its token fired.
+struct Slow {
+    seen: mpsc::UnboundedSender<(Option<Duration>, bool)>,
+}
 impl Agent for Slow {
     type Input = ();
     type Output = ();
     async fn handle(&mut self, _: (), ctx: &AgentContext) -> Result<(), AgentError> {
-        tokio::select! {
-            () = ctx.cancelled() => Err(AgentError::transient("cancelled")),
-            () = tokio::time::sleep(Duration::from_secs(30)) => Ok(()),
+        let left = ctx.deadline().map(|d| d.remaining());
+        let cancelled = tokio::select! {
+            () = ctx.cancelled() => true,
+            () = tokio::time::sleep(Duration::from_secs(30)) => false,
+        };
+        let _ = self.seen.send((left, cancelled));
+        if cancelled {
+            Err(AgentError::transient("cancelled"))
+        } else {
+            Ok(())
         }
     }
 }
@@ -336,18 +347,25 @@ pub async fn call_cycle_across_runtimes_fails_fast(bus: &dyn Bus) {
     shutdown(&[a, b]).await;
 }
 
-/// A request to a slow agent in another runtime times out at its deadline.
+/// A request to a slow agent in another runtime times out at its deadline;
+/// the remote handler sees that deadline (the time left, never more than the
+/// caller gave) and its cancellation fires.
 pub async fn deadline_times_out_across_runtimes(bus: &dyn Bus) {
+    const GIVEN: Duration = Duration::from_millis(300);
     let tenant = random_tenant();
     let worker = runtime(bus, &tenant).await;
     let caller = runtime(bus, &tenant).await;
-    worker.register("slow", |_| Slow).await.unwrap();
+    let (seen, mut saw) = mpsc::unbounded_channel();
+    worker
+        .register("slow", move |_| Slow { seen: seen.clone() })
+        .await
+        .unwrap();
     let err = timeout(
         STEP,
         caller.request_with::<()>(
             AgentId::new("slow", "s").unwrap(),
             (),
-            RequestOptions::timeout(Duration::from_millis(300)),
+            RequestOptions::timeout(GIVEN),
         ),
     )
     .await
@@ -355,6 +373,16 @@ pub async fn deadline_times_out_across_runtimes(bus: &dyn Bus) {
     .unwrap_err();
     // The caller's deadline or the worker's (the same instant) may fire first.
     assert_eq!(err.kind(), FailureKind::Timeout, "{err:?}");
+    let (left, cancelled) = timeout(STEP, saw.recv())
+        .await
+        .expect("the remote handler did not stop within the step's time")
+        .expect("the remote handler said nothing");
+    let left = left.expect("the remote handler saw no deadline");
+    assert!(
+        left <= GIVEN,
+        "the remote handler saw {left:?} left of a {GIVEN:?} deadline"
+    );
+    assert!(cancelled, "the remote handler's token did not fire");
     let _ = Destination::Kind(AgentKind::new("slow").unwrap());
     shutdown(&[worker, caller]).await;
 }
