@@ -53,6 +53,8 @@ pub const MAILBOX_DEPTH: &str = "coditect.mailbox.depth";
 pub const DEAD_LETTERS: &str = "coditect.dead_letters";
 /// Counter of reconnections to NATS.
 pub const NATS_RECONNECTS: &str = "coditect.nats.reconnects";
+/// Counter of NATS slow-consumer reports (a subscription dropped messages).
+pub const NATS_SLOW_CONSUMERS: &str = "coditect.nats.slow_consumers";
 
 /// Every metric name coditect emits.
 pub const ALL: &[&str] = &[
@@ -71,6 +73,7 @@ pub const ALL: &[&str] = &[
     MAILBOX_DEPTH,
     DEAD_LETTERS,
     NATS_RECONNECTS,
+    NATS_SLOW_CONSUMERS,
 ];
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -113,6 +116,10 @@ pub fn enable() {
     ::metrics::describe_gauge!(MAILBOX_DEPTH, "Messages waiting in a kind's mailboxes.");
     ::metrics::describe_counter!(DEAD_LETTERS, "Messages dead-lettered.");
     ::metrics::describe_counter!(NATS_RECONNECTS, "Reconnections to NATS.");
+    ::metrics::describe_counter!(
+        NATS_SLOW_CONSUMERS,
+        "NATS slow-consumer reports: a subscription dropped messages it had no room for."
+    );
     ENABLED.store(true, Ordering::Release);
 }
 
@@ -413,5 +420,13 @@ pub fn dead_lettered() {
 pub fn nats_reconnected() {
     if is_enabled() {
         ::metrics::counter!(NATS_RECONNECTS).increment(1);
+    }
+}
+
+/// Counts a NATS slow-consumer report.
+#[inline]
+pub fn nats_slow_consumer() {
+    if is_enabled() {
+        ::metrics::counter!(NATS_SLOW_CONSUMERS).increment(1);
     }
 }

@@ -106,7 +106,10 @@ pub enum NatsEvent {
         /// Why.
         reason: String,
     },
-    /// The server cut this client off as a slow consumer.
+    /// A subscription of this client fell behind and dropped messages
+    /// (a client-side slow consumer: its buffer, see
+    /// [`NatsOptions::subscription_capacity`], was full), or the server cut
+    /// the client off as one.
     SlowConsumer,
     /// Any other server or client error.
     Error(String),
@@ -132,6 +135,9 @@ pub struct NatsMetrics {
     pub redelivered: u64,
     /// Permission violations reported by the server.
     pub permission_denied: u64,
+    /// Slow-consumer reports: a subscription dropped messages it had no room
+    /// for, or the server called this client slow.
+    pub slow_consumers: u64,
 }
 
 #[derive(Default)]
@@ -144,6 +150,7 @@ struct Counters {
     dead_lettered: AtomicU64,
     redelivered: AtomicU64,
     permission_denied: AtomicU64,
+    slow_consumers: AtomicU64,
 }
 
 /// Shared state of a transport and its background tasks.
@@ -229,8 +236,13 @@ impl Shared {
                     subject,
                 });
             }
-            E::SlowConsumer(_) | E::ServerError(async_nats::ServerError::SlowConsumer(_)) => {
-                tracing::warn!("nats slow consumer");
+            E::SlowConsumer(sid) | E::ServerError(async_nats::ServerError::SlowConsumer(sid)) => {
+                self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    subscription = sid,
+                    "nats slow consumer: a subscription dropped messages it had no room for"
+                );
+                crate::observe::metrics::nats_slow_consumer();
                 self.emit(NatsEvent::SlowConsumer);
             }
             E::Closed => self.emit(NatsEvent::Closed),
@@ -452,6 +464,7 @@ impl NatsTransport {
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             redelivered: c.redelivered.load(Ordering::Relaxed),
             permission_denied: c.permission_denied.load(Ordering::Relaxed),
+            slow_consumers: c.slow_consumers.load(Ordering::Relaxed),
         }
     }
 

@@ -178,6 +178,7 @@ pub struct NatsOptions {
     pub(crate) max_message_size: Option<usize>,
     pub(crate) permission_check: Duration,
     retain_order: bool,
+    subscription_capacity: Option<usize>,
 }
 
 impl NatsOptions {
@@ -198,6 +199,7 @@ impl NatsOptions {
             durable: DurableOptions::default(),
             max_message_size: None,
             permission_check: Duration::ZERO,
+            subscription_capacity: None,
             retain_order: false,
         }
     }
@@ -286,6 +288,19 @@ impl NatsOptions {
     /// How long the first connection may take.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How many messages each core-NATS subscription (replies, run signals,
+    /// at-most-once kinds) may hold before its handler takes them (the
+    /// client's default is 65,536). A subscription that overflows drops what
+    /// does not fit, and the transport reports it: a
+    /// [`NatsEvent::SlowConsumer`](super::NatsEvent::SlowConsumer), a `warn`
+    /// log, [`NatsMetrics::slow_consumers`](super::NatsMetrics::slow_consumers)
+    /// and the `coditect.nats.slow_consumers` metric. Durable kinds pull
+    /// from JetStream and never overflow.
+    pub fn subscription_capacity(mut self, messages: usize) -> Self {
+        self.subscription_capacity = Some(messages.max(1));
         self
     }
 
@@ -383,6 +398,9 @@ impl NatsOptions {
             o = o.custom_inbox_prefix(format!("{}.{t}.inbox", super::wire::PREFIX));
         }
         let max = self.reconnect_max_delay;
+        if let Some(n) = self.subscription_capacity {
+            o = o.subscription_capacity(n);
+        }
         o = o
             .connection_timeout(self.connect_timeout)
             .max_reconnects(self.max_reconnects)
