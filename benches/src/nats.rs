@@ -351,7 +351,11 @@ async fn scale_workers(url: &str, tenant: &TenantId, n: usize) -> Vec<tokio::pro
             .await
             .expect("a worker process did not start within 60 s")
             .expect("read a worker's stdout");
-        assert_eq!(ready.as_deref(), Some("ready"), "worker process said {ready:?}");
+        assert_eq!(
+            ready.as_deref(),
+            Some("ready"),
+            "worker process said {ready:?}"
+        );
         children.push(child);
     }
     children
@@ -432,5 +436,8 @@ pub async fn scale(mode: Mode) -> Report {
         .field("tasks_per_s_1", (1e9 / one).round())
         .field("tasks_per_s_2", (1e9 / two).round())
         .field("tasks_per_s_4", (1e9 / four).round())
-        .field("cores", std::thread::available_parallelism().map_or(0, usize::from))
+        .field(
+            "cores",
+            std::thread::available_parallelism().map_or(0, usize::from),
+        )
 }
