@@ -5,7 +5,7 @@
 //! use opentelemetry::trace::TracerProvider as _;
 //! use tracing_subscriber::layer::SubscriberExt;
 //! let provider = coditect_orchestrator::observe::otlp::tracer_provider("http://127.0.0.1:4317", "my-service")?;
-//! let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("coditect"));
+//! let layer = coditect_orchestrator::observe::otel::layer(provider.tracer("coditect"));
 //! tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))?;
 //! // … runs …
 //! provider.shutdown()?;
