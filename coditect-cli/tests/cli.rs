@@ -1,6 +1,8 @@
 //! The `coditect` tool run as a user runs it, on a run stored in SQLite.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,9 +11,8 @@ use coditect_orchestrator::orchestrator::{
 };
 use coditect_orchestrator::store::{SqliteStore, StoreOptions};
 use coditect_orchestrator::{Agent, AgentContext, AgentError, InMemoryTransport, Runtime, Usage};
+use common::{T, coditect};
 use tokio::time::timeout;
-
-const T: Duration = Duration::from_secs(60);
 
 struct Lead;
 impl Agent for Lead {
@@ -36,24 +37,6 @@ impl Agent for Helper {
             .ok();
         Ok(format!("helped({s})"))
     }
-}
-
-async fn coditect(args: &[&str]) -> (bool, String, String) {
-    let out = timeout(
-        T,
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_coditect"))
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,8 @@
 //! on with the workers on the bus.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,12 +17,11 @@ use coditect_orchestrator::store::{JetStreamStore, RunStatus, Store, StoreOption
 use coditect_orchestrator::testing::NatsServer;
 use coditect_orchestrator::transport::NatsOptions;
 use coditect_orchestrator::{Agent, AgentContext, AgentError, RunId, Runtime};
+use common::{T, coditect};
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
-
-const T: Duration = Duration::from_secs(60);
 
 struct Work;
 impl Agent for Work {
@@ -68,24 +69,6 @@ impl Process {
                 .unwrap(),
         )
     }
-}
-
-async fn coditect(args: &[&str]) -> (bool, String, String) {
-    let out = timeout(
-        T,
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_coditect"))
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The next line of `lines` that contains `what`.

@@ -663,6 +663,8 @@ fn poll_follow<S: Store + ?Sized>(
     from_seq: u64,
     every: Duration,
 ) -> BoxStream<'_, Result<Record, StoreError>> {
+    /// How many records one read asks for.
+    const BATCH: usize = 1000;
     /// What the reader holds between items.
     struct Reader<'a, S: ?Sized> {
         store: &'a S,
@@ -689,9 +691,10 @@ fn poll_follow<S: Store + ?Sized>(
             if r.caught_up {
                 tokio::time::sleep(every).await;
             }
-            match r.store.read(run, r.next, 1000).await {
+            match r.store.read(run, r.next, BATCH).await {
                 Ok(records) => {
-                    r.caught_up = records.is_empty();
+                    // A short batch is all there was: wait before reading again.
+                    r.caught_up = records.len() < BATCH;
                     if let Some(last) = records.last() {
                         r.next = last.seq + 1;
                     }

@@ -458,6 +458,20 @@ impl JetStreamStore {
         run: RunId,
     ) -> Result<jetstream::consumer::push::Ordered, StoreError> {
         self.record(run).await?;
+        self.journal_consumer(run, "follow a journal")
+            .await?
+            .messages()
+            .await
+            .map_err(nats_err("follow a journal"))
+    }
+
+    /// An ordered push consumer over a run's journal, from its first message.
+    async fn journal_consumer(
+        &self,
+        run: RunId,
+        what: &'static str,
+    ) -> Result<jetstream::consumer::Consumer<jetstream::consumer::push::OrderedConfig>, StoreError>
+    {
         self.inner
             .journal
             .create_consumer(jetstream::consumer::push::OrderedConfig {
@@ -468,10 +482,7 @@ impl JetStreamStore {
                 ..Default::default()
             })
             .await
-            .map_err(nats_err("follow a journal"))?
-            .messages()
-            .await
-            .map_err(nats_err("follow a journal"))
+            .map_err(nats_err(what))
     }
 
     /// Every message of a run's journal, in order, as `(headers, payload)`.
@@ -480,18 +491,7 @@ impl JetStreamStore {
         run: RunId,
         mut keep_going: impl FnMut(&HeaderMap, &Bytes) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let consumer = self
-            .inner
-            .journal
-            .create_consumer(jetstream::consumer::push::OrderedConfig {
-                deliver_subject: self.inner.client.new_inbox(),
-                filter_subject: self.subject(run),
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_err("read a journal"))?;
+        let consumer = self.journal_consumer(run, "read a journal").await?;
         if consumer.cached_info().num_pending == 0 {
             return Ok(());
         }
