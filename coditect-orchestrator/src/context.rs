@@ -574,28 +574,78 @@ impl AgentContext {
             timeout: Some(timeout),
             ..RequestOptions::default()
         };
-        self.node
-            .ask::<JournalReply>(
-                &self.origin(),
-                Destination::Topic(Topic::for_journal(run)),
-                request,
-                &options,
-                Some(self.cancel.token()),
-                None,
-            )
-            .await
-            .map_err(|e| {
-                let mut err = AgentError::from(e);
-                if err.kind() == AgentErrorKind::Permanent {
-                    err = AgentError::with_kind(AgentErrorKind::Transient, err.to_string());
-                }
-                err
-            })
+        let origin = self.origin();
+        let result = ask_driver(
+            &self.node,
+            &origin,
+            run,
+            &request,
+            &options,
+            Some(self.cancel.token()),
+            self.env.ctx.deadline,
+        )
+        .await;
+        result.map_err(|e| {
+            let mut err = AgentError::from(e);
+            if err.kind() == AgentErrorKind::Permanent {
+                err = AgentError::with_kind(AgentErrorKind::Transient, err.to_string());
+            }
+            err
+        })
     }
 
     /// The default request timeout of the runtime.
     pub fn default_timeout(&self) -> Duration {
         self.node.default_timeout
+    }
+}
+
+/// Sends a journal request to the driver of `run`, again while none listens
+/// (its orchestrator died and no other has resumed the run yet), a little
+/// later each time, for up to the runtime's driver wait — and never past
+/// `deadline`.
+pub(crate) async fn ask_driver(
+    node: &Arc<Node>,
+    origin: &Origin,
+    run: RunId,
+    request: &JournalRequest,
+    options: &RequestOptions,
+    cancel: Option<&CancellationToken>,
+    deadline: Option<Deadline>,
+) -> Result<JournalReply, RequestError> {
+    let mut until = tokio::time::Instant::now() + node.driver_wait;
+    if let Some(d) = deadline {
+        until = until.min(tokio::time::Instant::now() + d.remaining());
+    }
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let result = node
+            .ask::<JournalReply>(
+                origin,
+                Destination::Topic(Topic::for_journal(run)),
+                request.clone(),
+                options,
+                cancel,
+                None,
+            )
+            .await;
+        match result {
+            Err(e)
+                if e.kind() == FailureKind::NoSuchAgent
+                    && tokio::time::Instant::now() + delay < until =>
+            {
+                tracing::debug!(%run, "no driver listens to the run's journal; asking again");
+                match cancel {
+                    Some(c) => tokio::select! {
+                        () = c.cancelled() => return Err(e),
+                        () = tokio::time::sleep(delay) => {}
+                    },
+                    None => tokio::time::sleep(delay).await,
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
     }
 }
 

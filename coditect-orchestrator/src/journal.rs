@@ -14,6 +14,15 @@
 //!   outside the run; the driver records the question, marks the run paused
 //!   and answers the handler once someone
 //!   [responds](crate::orchestrator::Orchestrator::respond).
+//! - A step handled in another process than its orchestrator's sends its
+//!   result here too, beside its reply: should the orchestrator have died
+//!   meanwhile, the one that resumed the run takes the result instead of the
+//!   reply being lost.
+//!
+//! A request that finds no driver listening (its orchestrator died and no
+//! other has resumed the run yet) is sent again, a little later each time,
+//! for up to the runtime's
+//! [driver wait](crate::RuntimeBuilder::driver_wait).
 //!
 //! Requests travel to the run's journal topic (`run.<id>.journal`), to which
 //! only durable runs' drivers listen, over any transport. What the journal
@@ -24,7 +33,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{AgentId, RunId, StepId};
+use crate::id::{AgentId, MessageId, RunId, StepId};
+use crate::report::Tally;
 
 /// What a run's journal holds for one step when an attempt of it is
 /// dispatched: the results of its recorded effects and the answers to its
@@ -144,6 +154,26 @@ pub enum JournalRequest {
         prompt: String,
         /// The JSON Schema an answer must satisfy.
         schema: serde_json::Value,
+    },
+    /// A step attempt's result, sent by the worker that handled it beside
+    /// its reply. The reply goes to the orchestrator that sent the step; if
+    /// that one died, this request reaches whichever orchestrator drives
+    /// the run now (it resumed it), so finished work is not lost with its
+    /// reply. The reply to this request says the driver has it.
+    Result {
+        /// The step.
+        step: StepId,
+        /// Which attempt of the step it is.
+        attempt: u32,
+        /// The message that carried the attempt.
+        message: MessageId,
+        /// The agent that handled it.
+        agent: AgentId,
+        /// Its output.
+        output: serde_json::Value,
+        /// What the handling and its delegations reported and spent.
+        #[serde(default)]
+        tally: Tally,
     },
 }
 

@@ -44,7 +44,12 @@ impl Driver {
     ) -> Result<(), Stop> {
         match done {
             Completion::RetryDue { at, step, attempt } => {
+                if !self.abandoned.is_empty() && self.was_abandoned(&step, attempt) {
+                    return Ok(());
+                }
                 match self.schedule.locate(at, &step) {
+                    // The step may have its result from elsewhere meanwhile.
+                    Some(pos) if !self.schedule.awaits(pos, attempt) => Ok(()),
                     Some(pos) => self.dispatch(pos, attempt, in_flight),
                     None => {
                         // The step left the plan while it waited.
@@ -74,7 +79,8 @@ impl Driver {
             } => {
                 drop(load);
                 let Answer { result, tally } = answer;
-                if self.schedule.finished(at, &step, attempt).is_none() {
+                let abandoned = !self.abandoned.is_empty() && self.was_abandoned(&step, attempt);
+                if abandoned || self.schedule.finished(at, &step, attempt).is_none() {
                     // An attempt the run no longer waits for.
                     self.intake
                         .close(&message, tally.as_ref(), None, &mut Vec::new());

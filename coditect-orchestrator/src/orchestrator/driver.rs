@@ -88,6 +88,10 @@ pub(crate) struct Driver {
     /// Timers in flight (report waits, question timeouts), which alone do
     /// not keep the run going.
     pub(crate) timers: usize,
+    /// Attempts in flight (or retries due) whose step got its result from
+    /// elsewhere (an attempt sent before the run was resumed): they do not
+    /// hold the run up either.
+    pub(crate) abandoned: Vec<(StepId, u32)>,
     pub(crate) revision: u32,
     /// The run's journal, for a run with a store.
     pub(crate) journal: Option<Box<Journal>>,
@@ -139,6 +143,7 @@ impl Driver {
             deadline: None,
             replans: 0,
             timers: 0,
+            abandoned: Vec::new(),
             revision: 0,
             journal: None,
             resumed: None,
@@ -162,6 +167,22 @@ impl Driver {
         self.journal = Some(Box::new(journal));
         self.resumed = Some(Resumed { from_seq, answer });
         self
+    }
+
+    /// Whether attempt `attempt` of `step` was abandoned (its step has its
+    /// result from elsewhere); forgets it, as its future just ended.
+    pub(crate) fn was_abandoned(&mut self, step: &StepId, attempt: u32) -> bool {
+        match self
+            .abandoned
+            .iter()
+            .position(|(s, a)| s == step && *a == attempt)
+        {
+            Some(i) => {
+                self.abandoned.swap_remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Reads the clock for the events of the work about to be done.
@@ -427,7 +448,10 @@ impl Driver {
             // What is left in flight then is only timers with nothing to wait
             // for (reports of results already settled, questions of steps
             // already done): they do not hold the run up.
-            if self.schedule.idle() && self.parked.is_empty() && in_flight.len() == self.timers {
+            if self.schedule.idle()
+                && self.parked.is_empty()
+                && in_flight.len() == self.timers + self.abandoned.len()
+            {
                 break;
             }
             let stop: Option<Stop> = tokio::select! {

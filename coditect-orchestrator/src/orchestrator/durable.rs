@@ -5,7 +5,7 @@
 use tokio::sync::oneshot;
 
 use crate::envelope::{Envelope, Payload};
-use crate::id::RunId;
+use crate::id::{AgentId, MessageId, RunId, StepId};
 use crate::journal::{EffectKey, JournalReply, JournalRequest};
 use crate::orchestrator::driver::{Completion, Driver, InFlight, Stop};
 use crate::orchestrator::event::{RunEvent, RunEventRecord};
@@ -13,6 +13,7 @@ use crate::orchestrator::runlog::{Control, EVENT, Open};
 use crate::orchestrator::state::RunState;
 use crate::orchestrator::task::RunErrorKind;
 use crate::orchestrator::{DurableError, DurableErrorKind};
+use crate::report::Tally;
 use crate::store::{RunStatus as StoredStatus, Store};
 
 impl Driver {
@@ -62,6 +63,28 @@ impl Driver {
                     j.reply(&envelope, JournalReply::Recorded { value }).await;
                 }
                 Ok(())
+            }
+            JournalRequest::Result {
+                step,
+                attempt,
+                message,
+                agent,
+                output,
+                tally,
+            } => {
+                let taken = self
+                    .on_held_result(step, attempt, message, agent, output, tally)
+                    .await;
+                if let Some(j) = &self.journal {
+                    j.reply(
+                        &envelope,
+                        JournalReply::Recorded {
+                            value: serde_json::Value::Null,
+                        },
+                    )
+                    .await;
+                }
+                taken
             }
             JournalRequest::Ask {
                 step,
@@ -121,6 +144,68 @@ impl Driver {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// A step result a worker sent to the run's journal beside its reply.
+    /// One of an attempt this driver sent is settled by its reply (which
+    /// carries the same); one of an attempt sent before this driver took the
+    /// run (its orchestrator died, and the reply with it) is taken here, if
+    /// the step is still to be done: its usage counted once against what
+    /// its reports recorded already, its output recorded and durable before
+    /// the worker is told, the attempt sent since no longer waited for.
+    async fn on_held_result(
+        &mut self,
+        step: StepId,
+        attempt: u32,
+        message: MessageId,
+        agent: AgentId,
+        output: serde_json::Value,
+        tally: Tally,
+    ) -> Result<(), Stop> {
+        if self.intake.is_open(&message) {
+            return Ok(());
+        }
+        let Some(pos) = self.schedule.position(&step) else {
+            return Ok(());
+        };
+        let done = self
+            .state
+            .steps
+            .get(&step)
+            .is_some_and(|s| s.output.is_some());
+        if done {
+            return Ok(());
+        }
+        let Some(dropped) = self.schedule.settle_elsewhere(pos) else {
+            return Ok(());
+        };
+        if dropped != 0 {
+            // Its request (or retry timer) stays in flight until it ends or
+            // the run does (which withdraws it); it holds the run up no more.
+            self.abandoned.push((step.clone(), dropped));
+        }
+        tracing::info!(run = %self.run, %step, attempt, "took a step's result sent before the run was resumed");
+        let started = self
+            .state
+            .trace
+            .get(&message)
+            .is_some_and(|t| t.agent.is_some());
+        let recorded = self.state.usage_under(message);
+        self.intake.adopt(message, step.clone(), started, recorded);
+        self.intake
+            .close(&message, Some(&tally), Some(&agent), &mut self.released);
+        self.record_released();
+        self.record(RunEvent::StepSucceeded {
+            step,
+            attempt,
+            output,
+        });
+        self.schedule.release(pos);
+        self.flush().await?;
+        match self.check_budgets() {
+            Some(stop) => Err(stop),
+            None => Ok(()),
         }
     }
 

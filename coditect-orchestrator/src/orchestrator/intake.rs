@@ -84,6 +84,30 @@ impl Intake {
         );
     }
 
+    /// Whether the attempt carried by `root` is open here (this driver sent
+    /// it and waits for its result).
+    pub(crate) fn is_open(&self, root: &MessageId) -> bool {
+        self.gates.contains_key(root)
+    }
+
+    /// Opens the gate of an attempt sent before this driver took the run,
+    /// whose result came after all: `started` if its start is recorded,
+    /// `recorded` the usage its reports recorded already. [`close`](Self::close)
+    /// it next, with its tally.
+    pub(crate) fn adopt(&mut self, root: MessageId, step: StepId, started: bool, recorded: Usage) {
+        self.gates.insert(
+            root,
+            Gate {
+                step,
+                started,
+                held: Vec::new(),
+                received: 0,
+                usage: recorded,
+                expected: None,
+            },
+        );
+    }
+
     /// Takes one report; appends the events it releases to `out`. Returns
     /// the attempt whose reply is in and whose reports are now all there.
     pub(crate) fn signal(&mut self, signal: Signal, out: &mut Vec<RunEvent>) -> Option<MessageId> {

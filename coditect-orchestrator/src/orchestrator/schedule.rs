@@ -210,6 +210,36 @@ impl Schedule {
         }
     }
 
+    /// The position of a step of the current plan.
+    pub(crate) fn position(&self, step: &StepId) -> Option<usize> {
+        self.index.get(step).copied()
+    }
+
+    /// Whether attempt `attempt` of the step at `pos` is the one in flight
+    /// (or due to retry).
+    pub(crate) fn awaits(&self, pos: usize, attempt: u32) -> bool {
+        self.attempts.get(pos) == Some(&attempt)
+    }
+
+    /// The step at `pos` has its result from elsewhere than its attempt in
+    /// flight (an attempt sent before the run was resumed): that attempt, or
+    /// its retry due, is no longer waited for, and a step not yet sent
+    /// leaves the ready queue. `None` if the step is not to be done (it is
+    /// done, or still waits for its dependencies); otherwise the attempt no
+    /// longer waited for (0: none was sent). [`release`](Self::release) it
+    /// next.
+    pub(crate) fn settle_elsewhere(&mut self, pos: usize) -> Option<u32> {
+        if self.released.get(pos) != Some(&false) || self.waiting[pos] > 0 {
+            return None;
+        }
+        let dropped = std::mem::take(&mut self.attempts[pos]);
+        if dropped != 0 {
+            self.in_flight -= 1;
+        }
+        self.ready.retain(|&p| p != pos);
+        Some(dropped)
+    }
+
     /// The step at `pos` succeeded: its dependents may be ready.
     pub(crate) fn release(&mut self, pos: usize) {
         match self.released.get_mut(pos) {
@@ -265,6 +295,34 @@ mod tests {
         s.release(2);
         assert_eq!(s.next_ready(), Some(3));
         assert_eq!(s.sinks(), &[3]);
+    }
+
+    #[test]
+    fn a_result_from_elsewhere_drops_the_attempt_in_flight_or_the_queued_step() {
+        let plan = diamond();
+        let mut s = Schedule::default();
+        s.adopt(0, graph(&plan), &[], |_| false);
+        // Not sent yet: it leaves the ready queue, nothing was in flight.
+        assert_eq!(s.settle_elsewhere(0), Some(0));
+        assert_eq!(s.next_ready(), None);
+        s.release(0);
+        assert_eq!((s.next_ready(), s.next_ready()), (Some(1), Some(2)));
+        // In flight (attempt 2): no longer waited for, and the run is idle.
+        s.dispatched(1, 2);
+        assert!(s.awaits(1, 2));
+        assert_eq!(s.settle_elsewhere(1), Some(2));
+        assert!(!s.awaits(1, 2));
+        assert!(s.idle());
+        assert_eq!(
+            s.finished(s.at(1), &"b".into(), 2),
+            None,
+            "its reply is ignored"
+        );
+        s.release(1);
+        // Done, or still waiting for its dependencies: not taken.
+        assert_eq!(s.settle_elsewhere(1), None);
+        assert_eq!(s.settle_elsewhere(3), None, "d still waits for c");
+        assert_eq!(s.position(&"d".into()), Some(3));
     }
 
     #[test]

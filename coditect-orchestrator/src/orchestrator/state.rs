@@ -208,6 +208,31 @@ impl RunState {
             .filter(|q| q.answer.is_none() && !q.timed_out)
     }
 
+    /// The usage recorded for the message `root` and the messages its
+    /// handling caused (its delegations, theirs, and so on).
+    pub fn usage_under(&self, root: MessageId) -> Usage {
+        let mut total = Usage::default();
+        for spend in &self.spend {
+            let Some(mut m) = spend.message else {
+                continue;
+            };
+            // Up the trace to the top; bounded by its size, should a
+            // journal hold a cycle.
+            let mut hops = self.trace.len();
+            while m != root && hops > 0 {
+                match self.trace.get(&m).and_then(|t| t.parent) {
+                    Some(p) => m = p,
+                    None => break,
+                }
+                hops -= 1;
+            }
+            if m == root {
+                total += spend.usage;
+            }
+        }
+        total
+    }
+
     fn question(&mut self, request: &EffectKey) -> Option<&mut Question> {
         self.questions.iter_mut().find(|q| &q.request == request)
     }
@@ -583,6 +608,73 @@ mod tests {
             at_ms: 0,
             event,
         }
+    }
+
+    #[test]
+    fn usage_under_a_message_counts_its_delegations_and_nothing_else() {
+        let mut st = RunState::new(RunId::new());
+        st.apply(&rec(
+            0,
+            RunEvent::PlanMade {
+                revision: 0,
+                plan: Plan::new([Step::new("a", "x", StepInput::Goal)]),
+            },
+        ));
+        let agent = AgentId::new("x", "1").unwrap();
+        let (first, second, child, grandchild) = (
+            MessageId::new(),
+            MessageId::new(),
+            MessageId::new(),
+            MessageId::new(),
+        );
+        let step = StepId::new("a").unwrap();
+        for (seq, message) in [(1, first), (2, second)] {
+            st.apply(&rec(
+                seq,
+                RunEvent::StepDispatched {
+                    step: step.clone(),
+                    attempt: seq as u32,
+                    message,
+                    to: "x".into(),
+                },
+            ));
+        }
+        for (seq, parent, message) in [(3, first, child), (4, child, grandchild)] {
+            st.apply(&rec(
+                seq,
+                RunEvent::Delegated {
+                    step: Some(step.clone()),
+                    parent,
+                    message,
+                    agent: agent.clone(),
+                    depth: 1,
+                },
+            ));
+        }
+        let spend = |seq, message: Option<MessageId>, tokens| {
+            rec(
+                seq,
+                RunEvent::UsageReported {
+                    step: Some(step.clone()),
+                    agent: agent.clone(),
+                    message,
+                    model: None,
+                    usage: Usage {
+                        input_tokens: tokens,
+                        ..Usage::default()
+                    },
+                },
+            )
+        };
+        st.apply(&spend(5, Some(first), 1));
+        st.apply(&spend(6, Some(child), 10));
+        st.apply(&spend(7, Some(grandchild), 100));
+        st.apply(&spend(8, Some(second), 1000));
+        st.apply(&spend(9, None, 10000));
+        assert_eq!(st.usage_under(first).input_tokens, 111);
+        assert_eq!(st.usage_under(second).input_tokens, 1000);
+        assert_eq!(st.usage_under(child).input_tokens, 110);
+        assert_eq!(st.usage_under(MessageId::new()).input_tokens, 0);
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn finish<'a>(
     {
         tracing::warn!(message = %env.id, to = %env.to, failure = %f, "a message sent without a reply failed");
     }
+    hold_result(&rt.node, env, &result, tally.as_deref());
     let mut sending = None;
     if env.reply_to.as_ref() == Some(&rt.node.id) {
         // The requester waits in this very process: hand it the answer
@@ -211,6 +212,69 @@ fn finish<'a>(
             tracing::warn!(error = %e, message = %id, "ack failed; the transport may deliver the message again");
         }
     }))
+}
+
+/// Sends a durable run's step result to the run's journal too, when the
+/// step came from another process: the reply goes to the orchestrator that
+/// sent the step, and should that one have died, whichever orchestrator
+/// resumes the run takes the result from here (held for up to the
+/// runtime's driver wait) instead of running the step again. Failures are
+/// not held: the resumed run tries the step again anyway.
+fn hold_result(
+    node: &Arc<Node>,
+    env: &Envelope,
+    result: &Result<Body, Failure>,
+    tally: Option<&Tally>,
+) {
+    let (Some(run), Some(step), Some(_), None, Some(to), Ok(body)) = (
+        env.ctx.run,
+        &env.ctx.step,
+        &env.ctx.journal,
+        env.ctx.parent,
+        &env.reply_to,
+        result,
+    ) else {
+        return;
+    };
+    if to == &node.id {
+        return;
+    }
+    let Some(tally) = tally else {
+        return;
+    };
+    let (Some(agent), Ok(output)) = (tally.agent.clone(), body.to_json_value()) else {
+        // A result that cannot be encoded is answered with a failure.
+        return;
+    };
+    let request = crate::journal::JournalRequest::Result {
+        step: step.clone(),
+        attempt: env.ctx.attempt,
+        message: env.id,
+        agent: agent.clone(),
+        output,
+        tally: tally.clone(),
+    };
+    let origin = crate::runtime::call::Origin {
+        from: Some(agent),
+        ctx: crate::CallContext {
+            run: Some(run),
+            trace: env.ctx.trace,
+            ..crate::CallContext::default()
+        },
+    };
+    let node = node.clone();
+    let message = env.id;
+    tokio::spawn(async move {
+        let options = crate::runtime::call::RequestOptions {
+            timeout: Some(std::time::Duration::from_secs(30)),
+            ..Default::default()
+        };
+        let sent =
+            crate::context::ask_driver(&node, &origin, run, &request, &options, None, None).await;
+        if let Err(e) = sent {
+            tracing::debug!(%run, %message, error = %e, "no driver of the run took the step's result");
+        }
+    });
 }
 
 /// A reply the transport would not send. One whose body cannot be encoded

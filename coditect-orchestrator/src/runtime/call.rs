@@ -31,6 +31,8 @@ pub(crate) struct Node {
     pub(crate) pending: Arc<PendingReplies>,
     pub(crate) deadlines: Arc<Deadlines>,
     pub(crate) default_timeout: Duration,
+    /// How long a durable run's handler waits for a driver to listen.
+    pub(crate) driver_wait: Duration,
     /// The cards of the kinds registered on this node.
     pub(crate) directory: crate::runtime::directory::Directory,
     /// Set when the runtime has shut down: no reply route, no deadline watcher.

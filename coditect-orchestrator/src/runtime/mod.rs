@@ -111,6 +111,7 @@ pub struct RuntimeBuilder {
     node: Option<NodeId>,
     max_concurrency: usize,
     default_timeout: Duration,
+    driver_wait: Duration,
     config: RuntimeConfig,
     fleet: FleetOptions,
 }
@@ -158,6 +159,17 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long a handler working for a durable run waits for the run's
+    /// driver when none listens (default 60 s): its orchestrator died, and
+    /// the run has not been resumed yet. An effect's record waits this long
+    /// before it fails, and a step's result is held this long for the
+    /// orchestrator that resumes the run, which takes it instead of running
+    /// the step again. Within the message's own deadline, if it has one.
+    pub fn driver_wait(mut self, wait: Duration) -> Self {
+        self.driver_wait = wait;
+        self
+    }
+
     /// How long a cancelled handler may keep running to end cleanly before it
     /// is dropped (default 100 ms).
     pub fn cancel_grace(mut self, grace: Duration) -> Self {
@@ -197,6 +209,7 @@ impl RuntimeBuilder {
             pending: pending.clone(),
             deadlines: deadlines.clone(),
             default_timeout: self.default_timeout,
+            driver_wait: self.driver_wait,
             directory: Directory::default(),
             closed: AtomicBool::new(false),
             concurrency: Limit::new(self.max_concurrency),
@@ -410,6 +423,7 @@ impl Runtime {
             node: None,
             max_concurrency: 1024,
             default_timeout: Duration::from_secs(600),
+            driver_wait: Duration::from_secs(60),
             config: RuntimeConfig {
                 mailbox: 256,
                 instances: 16,

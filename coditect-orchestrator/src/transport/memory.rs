@@ -112,7 +112,7 @@ impl InMemoryTransport {
                 Err(TryDeliver::Wait(d)) => Err(TrySend::Wait(d.envelope)),
             },
             Local::Elsewhere => Err(TrySend::Wait(Box::new(envelope))),
-            Local::Nowhere if matches!(envelope.to, Destination::Topic(_)) => Ok(()),
+            Local::Nowhere if is_publication(&envelope) => Ok(()),
             Local::Nowhere => {
                 let msg = format!("no agent is registered for {}", envelope.to);
                 Err(TrySend::Failed(Box::new(SendError::new(
@@ -292,6 +292,12 @@ impl InMemoryTransport {
     }
 }
 
+/// A message to a topic that asks for no answer: nobody following the topic
+/// is no error for it.
+fn is_publication(envelope: &Envelope) -> bool {
+    matches!(envelope.to, Destination::Topic(_)) && envelope.reply_to.is_none()
+}
+
 #[async_trait]
 impl Transport for InMemoryTransport {
     async fn send(&self, mut envelope: Envelope) -> Result<(), SendError> {
@@ -304,8 +310,9 @@ impl Transport for InMemoryTransport {
         }
         match self.resolve(&envelope.tenant, &envelope.to) {
             Targets::None => {
-                if matches!(envelope.to, Destination::Topic(_)) {
-                    // Publishing to a topic nobody follows is not an error.
+                if is_publication(&envelope) {
+                    // Publishing to a topic nobody follows is not an error
+                    // (a request to one is: nobody can answer it).
                     return Ok(());
                 }
                 let msg = format!("no agent is registered for {}", envelope.to);

@@ -105,6 +105,17 @@ pub async fn spawn_worker_process(entry: &str, urls: &[String], work_ms: u64) ->
 /// Starts this test binary running `entry` with `var` set to the server URLs,
 /// and waits until it prints `READY`.
 pub async fn spawn_process(entry: &str, var: &str, urls: &[String], work_ms: u64) -> Child {
+    spawn_process_ready(entry, var, urls, work_ms).await.0
+}
+
+/// [`spawn_process`], also returning the line that said `READY`.
+#[allow(dead_code)]
+pub async fn spawn_process_ready(
+    entry: &str,
+    var: &str,
+    urls: &[String],
+    work_ms: u64,
+) -> (Child, String) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args([entry, "--exact", "--nocapture", "--test-threads=1"])
@@ -118,10 +129,10 @@ pub async fn spawn_process(entry: &str, var: &str, urls: &[String], work_ms: u64
         .expect("spawn a worker process");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    timeout(T, async {
+    let ready = timeout(T, async {
         loop {
             match lines.next_line().await {
-                Ok(Some(l)) if l.contains("READY ") => return,
+                Ok(Some(l)) if l.contains("READY ") => return l,
                 Ok(Some(_)) => {}
                 other => panic!("worker process ended before it was ready: {other:?}"),
             }
@@ -131,7 +142,7 @@ pub async fn spawn_process(entry: &str, var: &str, urls: &[String], work_ms: u64
     .expect("worker process never became ready");
     // Keep draining its output so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+    (child, ready)
 }
 
 /// What a run of `n` doubling steps produced.

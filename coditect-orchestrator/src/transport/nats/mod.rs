@@ -842,11 +842,12 @@ impl Transport for NatsTransport {
             };
         }
         let published = match (&envelope.reply_to, &envelope.to) {
-            (Some(node), Destination::Agent(_) | Destination::Kind(_))
+            (Some(node), Destination::Agent(_) | Destination::Kind(_) | Destination::Topic(_))
                 if matches!(envelope.payload, Payload::Message(_)) =>
             {
                 // The NATS reply subject only ever carries the server's
-                // no-responders status; real replies are envelopes.
+                // no-responders status; real replies are envelopes. (A
+                // request to a topic nobody follows fails at once too.)
                 let reply = format!(
                     "{}.{}",
                     wire::subject(&envelope.tenant, &Destination::Reply(node.clone()), false),
