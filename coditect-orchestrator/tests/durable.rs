@@ -348,6 +348,76 @@ fn killed_and_resumed(
     assert_eq!(stored.state.status, RunStatus::Succeeded);
 }
 
+/// Resumes from a snapshot taken after step b's first effect: the resumed
+/// attempt of b gets that effect back from the snapshot (the journal after
+/// it holds nothing of b), and nothing runs twice. Then the same with the
+/// snapshot corrupt: the whole journal is folded instead.
+#[test]
+fn a_run_resumes_from_its_snapshot_or_without_a_readable_one() {
+    for corrupt in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        let log = Log::default();
+        let p1 = Process::new();
+        let run = p1.0.block_on(async {
+            let store = sqlite(&path).await;
+            let orch = orchestrator(store.clone(), &log, Some("b"), "p1")
+                .await
+                .snapshot_every(2);
+            let mut handle = orch.start(TaskSpec::new("go"));
+            let run = handle.id();
+            let mut events = handle.events();
+            let effect = until(
+                &mut events,
+                |e| matches!(e, RunEvent::EffectRecorded { step: Some(s), .. } if s.as_str() == "b"),
+            )
+            .await;
+            // The snapshot is written in the background once the effect is
+            // durable (bounded: 500 looks, 10 ms apart).
+            let mut covered = false;
+            for _ in 0..500 {
+                if let Some(snap) = store.latest_snapshot(run).await.unwrap()
+                    && snap.seq > effect.seq
+                {
+                    covered = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(covered, "a snapshot covers b's first effect");
+            if corrupt {
+                let head = store.head(run).await.unwrap();
+                let bad = coditect_orchestrator::store::Snapshot::new(head, &b"{not json"[..]);
+                store.put_snapshot(run, &bad).await.unwrap();
+            }
+            std::mem::forget(handle);
+            run
+        });
+        p1.kill();
+        assert_eq!(counts(&log).get("b:first"), Some(&1));
+
+        let p2 = Process::new();
+        let (outcome, stored) = p2.0.block_on(async {
+            let orch = orchestrator(sqlite(&path).await, &log, None, "p1").await;
+            let handle = orch.resume(run).await.unwrap();
+            let outcome = handle.outcome().await.unwrap();
+            (outcome, orch.replay(run).await.unwrap())
+        });
+        p2.kill();
+        let c = counts(&log);
+        assert_eq!(c.len(), 6, "every effect ran (corrupt: {corrupt}): {c:?}");
+        for (k, n) in &c {
+            assert_eq!(
+                *n, 1,
+                "effect {k} ran {n} times (corrupt: {corrupt}): {c:?}"
+            );
+        }
+        assert!(outcome.output.as_str().unwrap().starts_with("c(\"b("));
+        assert_eq!(stored.state.status, RunStatus::Succeeded);
+        assert_eq!(stored.state.output, Some(outcome.output));
+    }
+}
+
 #[test]
 fn a_result_is_durable_before_its_dependents_are_dispatched() {
     let dir = tempfile::tempdir().unwrap();

@@ -160,7 +160,9 @@ impl Driver {
         journal: Journal,
         answer: Option<(EffectKey, serde_json::Value)>,
     ) -> Self {
-        let from_seq = stored.events.len() as u64;
+        // The state folds the whole journal (from a snapshot, perhaps);
+        // `events` are only those after it.
+        let from_seq = stored.state.events;
         self.seq = from_seq;
         self.revision = stored.state.plans.len() as u32;
         self.state = stored.state;
@@ -229,11 +231,17 @@ impl Driver {
         };
         self.seq += 1;
         self.meter(&record);
-        if let Some(journal) = &mut self.journal {
-            journal.push(&record);
-        }
-        let flushed = self.flush().await;
+        let Some(journal) = &mut self.journal else {
+            self.publish(record);
+            return Ok(());
+        };
+        journal.push(&record);
+        let flushed = journal.flush().await;
         self.publish(record);
+        // A snapshot, if one is due, folds this event too.
+        if flushed.is_ok() {
+            self.snapshot_if_due();
+        }
         flushed
     }
 

@@ -330,9 +330,21 @@ impl Driver {
     /// Makes every recorded event durable (a no-op for a run without a
     /// store).
     pub(crate) async fn flush(&mut self) -> Result<(), Stop> {
-        match self.journal.as_mut() {
-            Some(j) => j.flush().await,
-            None => Ok(()),
+        let Some(j) = self.journal.as_mut() else {
+            return Ok(());
+        };
+        j.flush().await?;
+        self.snapshot_if_due();
+        Ok(())
+    }
+
+    /// Writes a snapshot of the run if one is due (every event recorded is
+    /// in the state and durable).
+    pub(crate) fn snapshot_if_due(&mut self) {
+        if let Some(j) = self.journal.as_mut()
+            && j.snapshot_due()
+        {
+            j.snapshot(&self.state);
         }
     }
 
@@ -396,10 +408,23 @@ pub struct StoredRun {
 /// run and sequence number of a corrupt record) or `Corrupt` for a record
 /// that is not a run event.
 pub(crate) async fn load(store: &dyn Store, run: RunId) -> Result<StoredRun, DurableError> {
+    load_from(store, run, 0, RunState::new(run)).await
+}
+
+/// Reads a run's journal from `from` on and folds it into `state` (the fold
+/// of the records before `from`, as a snapshot holds it); the run read back
+/// has the events from `from` on.
+///
+/// # Errors
+/// As [`load`].
+pub(crate) async fn load_from(
+    store: &dyn Store,
+    run: RunId,
+    mut from: u64,
+    mut state: RunState,
+) -> Result<StoredRun, DurableError> {
     const PAGE: usize = 1000;
     let mut events = Vec::new();
-    let mut state = RunState::new(run);
-    let mut from = 0;
     loop {
         let page = store
             .read(run, from, PAGE)

@@ -35,6 +35,7 @@ mod retry;
 mod router;
 mod runlog;
 mod schedule;
+mod snapshot;
 mod state;
 mod steps;
 mod task;

@@ -13,6 +13,8 @@ use crate::orchestrator::durable::{self, StoredRun};
 use crate::orchestrator::event::{RunEvent, RunEventRecord};
 use crate::orchestrator::plan::{StepId, StepInput};
 use crate::orchestrator::runlog::{self, Control, Journal};
+use crate::orchestrator::snapshot;
+use crate::orchestrator::state::RunStatus;
 use crate::orchestrator::{Orchestrator, RunHandle};
 use crate::store::{NewRecord, NewRun, Store, StoreError, StoreErrorKind};
 
@@ -22,6 +24,8 @@ pub(crate) struct DurableOptions {
     pub(crate) store: Option<Arc<dyn Store>>,
     pub(crate) holder: String,
     pub(crate) lease_ttl: Duration,
+    /// Events between snapshots (0: none).
+    pub(crate) snapshot_every: u64,
 }
 
 impl Default for DurableOptions {
@@ -30,6 +34,7 @@ impl Default for DurableOptions {
             store: None,
             holder: default_holder(),
             lease_ttl: Duration::from_secs(10),
+            snapshot_every: 10_000,
         }
     }
 }
@@ -221,6 +226,17 @@ impl Orchestrator {
         self.rebuild(|i| i.durable.lease_ttl = ttl)
     }
 
+    /// Writes a snapshot of a run's state every `events` journal events
+    /// (10,000 by default; 0: never), so that resuming a long run reads only
+    /// the events after its latest snapshot. Written in the background once
+    /// the events it covers are durable; the journal stays the truth (a
+    /// snapshot that cannot be read back is passed over, and the whole
+    /// journal folded). Replay and fork always read the whole journal.
+    #[must_use]
+    pub fn snapshot_every(self, events: u64) -> Self {
+        self.rebuild(|i| i.durable.snapshot_every = events)
+    }
+
     fn store_or_err(&self) -> Result<Arc<dyn Store>, DurableError> {
         self.inner.durable.store.clone().ok_or_else(|| {
             DurableError::new(
@@ -261,19 +277,22 @@ impl Orchestrator {
             .await
             .map_err(DurableError::store)?;
         let loaded = async {
-            let stored = durable::load(store.as_ref(), run).await?;
+            let stored = snapshot::load_for_resume(store.as_ref(), run).await?;
             let head = store.head(run).await.map_err(DurableError::store)?;
             Ok::<_, DurableError>((stored, head))
         }
         .await;
-        let (stored, head) = match loaded {
+        let ((stored, restored), head) = match loaded {
             Ok(x) => x,
             Err(e) => {
                 let _ = store.release_lease(&lease).await;
                 return Err(e);
             }
         };
-        if stored
+        if matches!(
+            stored.state.status,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        ) || stored
             .events
             .iter()
             .any(|e| matches!(e.event, RunEvent::RunFinished { .. }))
@@ -292,6 +311,10 @@ impl Orchestrator {
             ));
         };
         let mut journal = Journal::open(&self.inner, store.clone(), run, lease, head).await?;
+        if let Some(restored) = restored {
+            let seq = stored.state.events - stored.events.len() as u64;
+            journal.restore(restored, &stored.state, seq);
+        }
         journal.replay(&stored.events);
         Ok(self.spawn_resumed(run, task, stored, journal, answer))
     }

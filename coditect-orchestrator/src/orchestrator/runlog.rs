@@ -17,7 +17,7 @@ use crate::id::{RunId, StepId, Topic};
 use crate::journal::{EffectKey, JournalReply, Recorded};
 use crate::orchestrator::driver::Stop;
 use crate::orchestrator::event::{RunEvent, RunEventRecord};
-use crate::orchestrator::state::RunStatus;
+use crate::orchestrator::state::{RunState, RunStatus};
 use crate::orchestrator::task::RunErrorKind;
 use crate::orchestrator::{DurableError, DurableErrorKind, Inner};
 use crate::store::{Lease, NewRecord, NewRun, RunStatus as StoredStatus, Store, StoreError};
@@ -72,6 +72,8 @@ pub(crate) struct Journal {
     inner: Arc<Inner>,
     run: RunId,
     empty: Arc<Recorded>,
+    /// The journal position of the latest snapshot written or read.
+    snapshot_seq: u64,
 }
 
 impl Drop for Journal {
@@ -129,7 +131,73 @@ impl Journal {
             inner: inner.clone(),
             run,
             empty: Arc::new(Recorded::default()),
+            snapshot_seq: 0,
         })
+    }
+
+    /// Whether a snapshot is due: everything is durable, and the journal
+    /// grew by the policy's number of events since the last one.
+    pub(crate) fn snapshot_due(&self) -> bool {
+        let every = self.inner.durable.snapshot_every;
+        every > 0 && self.pending.is_empty() && self.head >= self.snapshot_seq + every
+    }
+
+    /// Writes a snapshot of `state` (the fold of the whole journal so far)
+    /// in the background; one that fails to be stored is only a slower
+    /// resume, so it is logged, not fatal.
+    pub(crate) fn snapshot(&mut self, state: &RunState) {
+        let body = crate::orchestrator::snapshot::BodyRef {
+            state,
+            effects: self.effects.iter().collect(),
+            recorded: self.recorded.iter().collect(),
+        };
+        self.snapshot_seq = self.head;
+        let payload = match serde_json::to_vec(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(run = %self.run, error = %e, "the run's snapshot cannot be encoded");
+                return;
+            }
+        };
+        let snapshot = crate::store::Snapshot::new(self.head, payload);
+        let (store, run) = (self.store.clone(), self.run);
+        tokio::spawn(async move {
+            if let Err(e) = store.put_snapshot(run, &snapshot).await {
+                tracing::warn!(%run, seq = snapshot.seq, error = %e, "the run's snapshot was not stored");
+            }
+        });
+    }
+
+    /// Teaches a journal opened for a resumed run what a snapshot says was
+    /// recorded by its point: effects, and what each step has recorded; the
+    /// state's questions say which are answered and which still open.
+    pub(crate) fn restore(
+        &mut self,
+        restored: crate::orchestrator::snapshot::Restored,
+        state: &RunState,
+        seq: u64,
+    ) {
+        self.effects.extend(restored.effects);
+        self.recorded.extend(restored.recorded);
+        for q in &state.questions {
+            match &q.answer {
+                Some(value) => {
+                    self.answers.insert(q.request.clone(), value.clone());
+                }
+                None if !q.timed_out => {
+                    self.open.insert(
+                        q.request.clone(),
+                        Open {
+                            step: q.step.clone(),
+                            schema: q.schema.clone(),
+                            waiting: Vec::new(),
+                        },
+                    );
+                }
+                None => {}
+            }
+        }
+        self.snapshot_seq = seq;
     }
 
     /// Queues one event record for the journal.
