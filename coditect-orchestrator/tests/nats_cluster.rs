@@ -21,13 +21,10 @@ async fn a_node_killed_mid_run_in_a_three_node_cluster_loses_nothing() {
     node_loss(Retries::On).await;
 }
 
-/// Known gap, kept as a test so it is seen: the orchestrator's connection
-/// fails over too, and a reply published before its reply subscription is
-/// back on another node is lost (replies are core NATS, at most once); with
-/// retries off that step waits forever. It passes when no reply falls in
-/// that window; the test above, with retries, always recovers.
+/// With retries off: the orchestrator's connection fails over too, and the
+/// replies published before its reply subscription is back on another node
+/// are recalled once it is; JetStream redelivers the rest. Every step once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "replies are at most once: one published during the requester's failover is lost"]
 async fn with_retries_off_jetstream_alone_recovers_from_a_node_loss() {
     node_loss(Retries::Off).await;
 }

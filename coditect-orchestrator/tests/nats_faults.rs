@@ -95,12 +95,10 @@ async fn with_retries_off_jetstream_alone_recovers_a_killed_workers_tasks() {
     rt.shutdown(Duration::from_secs(2)).await;
 }
 
-/// Known gap, kept as a test so it is seen: replies travel over core NATS
-/// (at most once), so a reply a worker publishes while the requester is
-/// reconnecting is lost, and with retries off (no step timeout) that step
-/// waits forever. With retries on, the test above recovers it.
+/// With retries off (no step timeout), a server restart mid-run: the tasks
+/// JetStream redelivers, and the replies sent while the orchestrator's
+/// connection was down (recalled once it is back), recover every step once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "replies are at most once: a reply published during the requester's reconnect is lost"]
 async fn with_retries_off_jetstream_alone_recovers_from_a_server_restart() {
     let server = Arc::new(Mutex::new(NatsServer::start().expect("start nats-server")));
     let urls = vec![server.lock().unwrap().url()];

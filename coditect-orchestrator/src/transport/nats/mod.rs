@@ -21,7 +21,10 @@
 //! - **Topics** use core NATS (at most once).
 //! - **Replies** go to `coditect.<tenant>.reply.<node>.<request>`; a request
 //!   to a subject nobody listens on comes back at once as "no such agent"
-//!   (the server's no-responders status on that reply subject).
+//!   (the server's no-responders status on that reply subject). A reply
+//!   published while its requester's connection is down is sent again when
+//!   the requester, reconnected, asks for it on `coditect.<tenant>.recall`
+//!   (each transport keeps the replies it sent in the last minute).
 //!
 //! See [`wire`] for subjects and headers. Messages are checked against the
 //! server's `max_payload` before they are sent (a larger publish would make
@@ -57,6 +60,7 @@ pub(crate) mod directory;
 pub mod error;
 mod jetstream;
 pub mod options;
+mod recall;
 pub mod wire;
 
 use std::collections::HashSet;
@@ -168,6 +172,12 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     limit: AtomicUsize,
     pub(crate) shutdown: CancellationToken,
+    /// Replies sent lately, to send again when asked (see `recall`).
+    recent: Mutex<recall::Recent>,
+    /// Requests waiting for their reply, to ask for again after a reconnect.
+    awaiting: Mutex<recall::Awaiting>,
+    /// When the connection was last lost.
+    lost_at: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -191,7 +201,7 @@ impl Shared {
         self.limit.store(limit, Ordering::Relaxed);
     }
 
-    fn on_event(&self, event: async_nats::Event) {
+    fn on_event(self: &Arc<Self>, event: async_nats::Event) {
         use async_nats::Event as E;
         match event {
             E::Connected => {
@@ -204,11 +214,17 @@ impl Shared {
                     self.counters.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("nats connection re-established");
                     crate::observe::metrics::nats_reconnected();
+                    // Replies may have been lost meanwhile, both ways.
+                    let lost_at = self.lost_at.lock().ok().and_then(|mut l| l.take());
+                    tokio::spawn(recall::after_reconnect(self.clone(), lost_at));
                 }
                 self.emit(NatsEvent::Connected);
             }
             E::Disconnected => {
                 self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut l) = self.lost_at.lock() {
+                    l.get_or_insert_with(Instant::now);
+                }
                 tracing::warn!("nats connection lost; reconnecting");
                 self.emit(NatsEvent::Disconnected);
             }
@@ -250,6 +266,20 @@ impl Shared {
                 tracing::warn!(event = %other, "nats event");
                 self.emit(NatsEvent::Error(other.to_string()));
             }
+        }
+    }
+
+    /// A request of this transport has its reply (or never will).
+    fn answered(&self, id: MessageId) {
+        if let Ok(mut a) = self.awaiting.lock() {
+            a.remove(&id);
+        }
+    }
+
+    /// A request of this transport waits for its reply.
+    fn awaits(&self, id: MessageId, tenant: &TenantId) {
+        if let Ok(mut a) = self.awaiting.lock() {
+            a.insert(id, tenant);
         }
     }
 
@@ -439,6 +469,9 @@ impl NatsTransport {
             closed: AtomicBool::new(false),
             limit: AtomicUsize::new(0),
             shutdown: CancellationToken::new(),
+            recent: Mutex::new(recall::Recent::default()),
+            awaiting: Mutex::new(recall::Awaiting::default()),
+            lost_at: Mutex::new(None),
         });
         shared.refresh_limit();
         if let Ok(mut s) = slot.lock() {
@@ -587,6 +620,7 @@ async fn pump_core(
         if reply_node && msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
             // The request went to a subject nobody listens on: fail it now.
             if let Some(env) = no_responder_reply(&msg.subject, tenant.as_deref()) {
+                shared.answered(env.id);
                 let _ = deliver(&*inbox, Delivery::new(env)).await;
             }
             continue;
@@ -602,6 +636,9 @@ async fn pump_core(
         ) {
             Ok(env) => {
                 shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                if reply_node && let Some(id) = env.correlation {
+                    shared.answered(id);
+                }
                 if let Err(refused) = deliver(&*inbox, Delivery::new(env)).await {
                     refuse(&shared, refused).await;
                 }
@@ -821,7 +858,14 @@ impl Transport for NatsTransport {
                 }
             }
             headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+            let asks = envelope.reply_to.is_some();
+            if asks {
+                shared.awaits(envelope.id, &envelope.tenant);
+            }
             let result = publish_task(shared, subject, headers, payload).await;
+            if asks && result.is_err() {
+                shared.answered(envelope.id);
+            }
             return match result {
                 Ok(()) => {
                     shared.counters.sent.fetch_add(1, Ordering::Relaxed);
@@ -853,12 +897,27 @@ impl Transport for NatsTransport {
                     wire::subject(&envelope.tenant, &Destination::Reply(node.clone()), false),
                     envelope.id
                 );
+                shared.awaits(envelope.id, &envelope.tenant);
                 shared
                     .client
                     .publish_with_reply_and_headers(subject, reply, headers, payload)
                     .await
             }
+            (_, Destination::Reply(_)) => {
+                // Kept a while, to be sent again should it be lost.
+                if let (Some(id), Ok(mut recent)) = (envelope.correlation, shared.recent.lock()) {
+                    recent.keep(id, &subject, &headers, &payload);
+                }
+                shared
+                    .client
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+            }
             _ => {
+                if let Payload::Cancel(id) = &envelope.payload {
+                    // The caller gave up on it.
+                    shared.answered(*id);
+                }
                 shared
                     .client
                     .publish_with_headers(subject, headers, payload)
@@ -912,6 +971,16 @@ impl Transport for NatsTransport {
                         }
                     }
                     cleanup = Some(key);
+                    // This runtime sends replies too: it answers recalls.
+                    let recalls = self
+                        .shared
+                        .client
+                        .subscribe(recall::subject(tenant))
+                        .await
+                        .map_err(|e| {
+                            TransportError::new(TransportErrorKind::Other, e.to_string())
+                        })?;
+                    tokio::spawn(recall::serve(self.shared.clone(), recalls, token.clone()));
                     let subject = format!(
                         "{}.>",
                         wire::subject(tenant, &Destination::Reply(node.clone()), false)

@@ -18,6 +18,7 @@
 //! | topic | `coditect.<tenant>.topic.<topic>` |
 //! | cancels for a kind or its ids | `coditect.<tenant>.cancel.<kind>` (every worker of the kind) |
 //! | replies of a node | `coditect.<tenant>.reply.<node>.<request id>` |
+//! | replies asked for again | `coditect.<tenant>.recall` (JSON `{"ids": [...]}`) |
 //! | dead letters | `coditect.<tenant>.dead.<kind>` |
 
 use async_nats::HeaderMap;
