@@ -119,15 +119,21 @@ impl Recent {
 }
 
 /// The requests of a transport that wait for their reply.
+/// (A request is forgotten when its reply comes, or its caller cancels it —
+/// as a caller does on its timeout; those left are pruned past a size.)
 #[derive(Default)]
 pub(crate) struct Awaiting {
     by_id: HashMap<MessageId, (TenantId, Instant)>,
+    /// The size past which old requests are pruned: doubled when a prune
+    /// leaves many, so pruning stays rare.
+    prune_at: usize,
 }
 
 impl Awaiting {
     pub(crate) fn insert(&mut self, id: MessageId, tenant: &TenantId) {
-        if self.by_id.len() >= AWAIT_PRUNE_AT {
+        if self.by_id.len() >= self.prune_at.max(AWAIT_PRUNE_AT) {
             self.by_id.retain(|_, (_, at)| at.elapsed() < AWAIT_LIMIT);
+            self.prune_at = (2 * self.by_id.len()).max(AWAIT_PRUNE_AT);
         }
         self.by_id.insert(id, (tenant.clone(), Instant::now()));
     }
@@ -251,6 +257,20 @@ mod tests {
         assert!(r.get(&ids[CAPACITY + 9]).is_some());
         let again = r.since(Instant::now() - Duration::from_secs(1));
         assert_eq!(again.len(), CAPACITY);
+    }
+
+    #[test]
+    fn waiting_requests_are_forgotten_when_answered_and_grouped_by_tenant() {
+        let mut a = Awaiting::default();
+        let (t1, t2) = (TenantId::new("t1").unwrap(), TenantId::new("t2").unwrap());
+        let (x, y, z) = (MessageId::new(), MessageId::new(), MessageId::new());
+        a.insert(x, &t1);
+        a.insert(y, &t1);
+        a.insert(z, &t2);
+        a.remove(&y);
+        let by = a.by_tenant();
+        assert_eq!(by.get(&t1), Some(&vec![x]));
+        assert_eq!(by.get(&t2), Some(&vec![z]));
     }
 
     #[test]
