@@ -647,6 +647,15 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Sends `sig` (as `kill` spells it) to a process this test started.
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid} failed");
+}
+
 /// The most a worker process may hold while 100,000 tasks wait for it: the
 /// stream keeps them, a worker only what it pulled (MaxAckPending).
 const WORKER_RSS_BOUND_KIB: u64 = 64 * 1024;
@@ -670,9 +679,12 @@ async fn a_hundred_thousand_tasks_wait_in_the_stream_while_two_workers_stay_smal
     let js = async_nats::jetstream::new(raw);
     let stream_name = NatsTransport::task_stream(&TenantId::default());
     const N: u64 = 100_000;
-    let mut peak_queued = 0u64;
-    let mut peak_rss = 0u64;
-    // Publish far faster than 2 × 8 handlers of 5 ms take them.
+    // The workers are suspended while the whole queue is published — the most
+    // a producer can outrun its consumers — so what they face when they go on
+    // does not hang on how fast this machine publishes.
+    for &p in &pids {
+        signal(p, "-STOP");
+    }
     let sends = futures::stream::iter(0..N)
         .map(|i| {
             let p = producer.clone();
@@ -681,22 +693,23 @@ async fn a_hundred_thousand_tasks_wait_in_the_stream_while_two_workers_stay_smal
         })
         .buffer_unordered(256);
     futures::pin_mut!(sends);
-    let mut sent = 0u64;
     while let Some(r) = timeout(T, sends.next()).await.expect("a send hung") {
         r.expect("a task was refused or dropped");
-        sent += 1;
-        if sent.is_multiple_of(10_000) {
-            let mut s = js.get_stream(&stream_name).await.unwrap();
-            peak_queued = peak_queued.max(s.info().await.unwrap().state.messages);
-            for &p in &pids {
-                peak_rss = peak_rss.max(rss_kib(p));
-            }
-        }
     }
-    assert!(
-        peak_queued > 10_000,
-        "the tasks never queued up ({peak_queued})"
-    );
+    let queued = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(queued, N, "the stream did not hold every task");
+    for &p in &pids {
+        signal(p, "-CONT");
+    }
+    let mut peak_rss = 0u64;
     // Drained: every task acked (the work queue deletes acked tasks), none
     // dead-lettered, the workers' memory bounded all along.
     let mut s = js.get_stream(&stream_name).await.unwrap();
@@ -733,7 +746,7 @@ async fn a_hundred_thousand_tasks_wait_in_the_stream_while_two_workers_stay_smal
             "tasks were dead-lettered"
         );
     }
-    println!("worker RSS: start {start_rss:?} KiB, peak {peak_rss} KiB; peak queued {peak_queued}");
+    println!("worker RSS: start {start_rss:?} KiB, peak {peak_rss} KiB; queued {queued}");
     assert!(peak_rss > 0, "RSS was not read");
     assert!(
         peak_rss < WORKER_RSS_BOUND_KIB,
