@@ -32,6 +32,7 @@ use tokio::time::timeout;
 /// binary, re-executed with `CODITECT_NATS_WORKER` set). Without that
 /// variable it returns at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the body of a child process; the tests that spawn it run it"]
 async fn worker_process_entry() {
     worker_process_main().await;
 }

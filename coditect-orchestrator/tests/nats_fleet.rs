@@ -132,6 +132,7 @@ impl Agent for Hold {
 /// Not a test: the body of the worker processes (this binary, re-executed
 /// with `CODITECT_FLEET_WORKER` set). Without that variable it returns at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the body of a child process; the tests that spawn it run it"]
 async fn fleet_worker_entry() {
     let Ok(urls) = std::env::var("CODITECT_FLEET_WORKER") else {
         return;
@@ -207,6 +208,7 @@ impl Worker {
             .args([
                 "fleet_worker_entry",
                 "--exact",
+                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])

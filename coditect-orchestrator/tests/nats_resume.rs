@@ -88,6 +88,7 @@ async fn store(url: &str) -> JetStreamStore {
 /// The first orchestrator: submits the run, says its id, and waits to be
 /// killed.
 #[tokio::test]
+#[ignore = "the body of a child process; the tests that spawn it run it"]
 async fn orchestrator_process_entry() {
     let Ok(urls) = std::env::var(ORCHESTRATOR) else {
         return;

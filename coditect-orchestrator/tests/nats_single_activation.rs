@@ -63,6 +63,7 @@ impl Agent for Sequencer {
 /// Not a test: the body of the worker processes below (this binary,
 /// re-executed with `CODITECT_SEQ_WORKER` set). Without it, returns at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the body of a child process; the tests that spawn it run it"]
 async fn seq_worker_process_entry() {
     let Ok(urls) = std::env::var("CODITECT_SEQ_WORKER") else {
         return;

@@ -131,6 +131,7 @@ fn free_port() -> u16 {
 /// and exits when its standard input closes. A no-op unless started by the
 /// test below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the body of a child process; the tests that spawn it run it"]
 async fn child_process_hosting_the_worker() {
     let (Ok(nats), Ok(otlp_url)) = (std::env::var("CHILD_NATS"), std::env::var("CHILD_OTLP"))
     else {
@@ -173,6 +174,7 @@ async fn a_run_over_nats_is_one_trace_across_two_processes() {
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
+            "--ignored",
             "child_process_hosting_the_worker",
             "--nocapture",
             "--test-threads=1",

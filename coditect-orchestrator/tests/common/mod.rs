@@ -118,7 +118,13 @@ pub async fn spawn_process_ready(
 ) -> (Child, String) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args([entry, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            entry,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(var, urls.join(","))
         .env("CODITECT_NATS_WORK_MS", work_ms.to_string())
         .stdin(Stdio::piped())
