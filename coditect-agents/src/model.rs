@@ -448,7 +448,7 @@ pub type ModelStream =
 pub enum ModelErrorKind {
     /// The request was malformed or refused as invalid.
     InvalidRequest,
-    /// The credentials were missing, wrong or not allowed.
+    /// The credentials were missing, wrong or not allowed (billing included).
     Authentication,
     /// The rate limit was hit.
     RateLimited,

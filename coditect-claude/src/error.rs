@@ -13,6 +13,8 @@ pub enum ApiErrorType {
     InvalidRequest,
     /// 401: the key is missing or wrong.
     Authentication,
+    /// 402: the account's billing stops the request (no credit, a spend limit).
+    Billing,
     /// 403: the key may not do this.
     Permission,
     /// 404: no such resource.
@@ -23,6 +25,8 @@ pub enum ApiErrorType {
     RateLimit,
     /// 500: the API failed.
     Api,
+    /// 504: the API timed out while processing the request.
+    Timeout,
     /// 529: the API is overloaded.
     Overloaded,
     /// A type this crate does not know yet (kept verbatim).
@@ -35,11 +39,13 @@ impl ApiErrorType {
         match s {
             "invalid_request_error" => Self::InvalidRequest,
             "authentication_error" => Self::Authentication,
+            "billing_error" => Self::Billing,
             "permission_error" => Self::Permission,
             "not_found_error" => Self::NotFound,
             "request_too_large" => Self::RequestTooLarge,
             "rate_limit_error" => Self::RateLimit,
             "api_error" => Self::Api,
+            "timeout_error" => Self::Timeout,
             "overloaded_error" => Self::Overloaded,
             other => Self::Other(other.to_owned()),
         }
@@ -50,10 +56,12 @@ impl ApiErrorType {
         match status {
             400 => Self::InvalidRequest,
             401 => Self::Authentication,
+            402 => Self::Billing,
             403 => Self::Permission,
             404 => Self::NotFound,
             413 => Self::RequestTooLarge,
             429 => Self::RateLimit,
+            504 => Self::Timeout,
             529 => Self::Overloaded,
             s if s >= 500 => Self::Api,
             s => Self::Other(format!("http_{s}")),
@@ -65,11 +73,13 @@ impl ApiErrorType {
         match self {
             Self::InvalidRequest => "invalid_request_error",
             Self::Authentication => "authentication_error",
+            Self::Billing => "billing_error",
             Self::Permission => "permission_error",
             Self::NotFound => "not_found_error",
             Self::RequestTooLarge => "request_too_large",
             Self::RateLimit => "rate_limit_error",
             Self::Api => "api_error",
+            Self::Timeout => "timeout_error",
             Self::Overloaded => "overloaded_error",
             Self::Other(s) => s,
         }
@@ -147,6 +157,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// 401 `authentication_error`.
     Authentication,
+    /// 402 `billing_error`: not retried, the account must be fixed first.
+    Billing,
     /// 403 `permission_error`.
     Permission,
     /// 404 `not_found_error`.
@@ -157,6 +169,9 @@ pub enum ErrorKind {
     RateLimited,
     /// 500 `api_error` and other 5xx.
     ServerError,
+    /// 504 `timeout_error`: the API gave up on the request (retried). A
+    /// timeout of this client is [`ErrorKind::Timeout`].
+    ApiTimeout,
     /// 529 `overloaded_error`.
     Overloaded,
     /// An API error of a type this crate does not know.
@@ -231,11 +246,13 @@ impl Error {
             Self::Api(e) => match e.error_type {
                 ApiErrorType::InvalidRequest => ErrorKind::InvalidRequest,
                 ApiErrorType::Authentication => ErrorKind::Authentication,
+                ApiErrorType::Billing => ErrorKind::Billing,
                 ApiErrorType::Permission => ErrorKind::Permission,
                 ApiErrorType::NotFound => ErrorKind::NotFound,
                 ApiErrorType::RequestTooLarge => ErrorKind::RequestTooLarge,
                 ApiErrorType::RateLimit => ErrorKind::RateLimited,
                 ApiErrorType::Api => ErrorKind::ServerError,
+                ApiErrorType::Timeout => ErrorKind::ApiTimeout,
                 ApiErrorType::Overloaded => ErrorKind::Overloaded,
                 ApiErrorType::Other(_) => ErrorKind::OtherApi,
             },
@@ -267,8 +284,13 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Api(e) => {
+                // An `error` event inside a stream comes with status 200:
+                // its type says whether the API failed on its side.
                 crate::retry::status_is_retryable(e.status)
-                    || e.error_type == ApiErrorType::Overloaded
+                    || matches!(
+                        e.error_type,
+                        ApiErrorType::Overloaded | ApiErrorType::Timeout
+                    )
             }
             Self::Transport(_) | Self::Timeout(_) | Self::Stream(_) => true,
             _ => false,

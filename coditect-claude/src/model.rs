@@ -300,10 +300,12 @@ pub(crate) fn model_error(e: &Error) -> ModelError {
         ErrorKind::InvalidRequest | ErrorKind::NotFound | ErrorKind::RequestTooLarge => {
             ModelErrorKind::InvalidRequest
         }
-        ErrorKind::Authentication | ErrorKind::Permission => ModelErrorKind::Authentication,
+        ErrorKind::Authentication | ErrorKind::Permission | ErrorKind::Billing => {
+            ModelErrorKind::Authentication
+        }
         ErrorKind::RateLimited => ModelErrorKind::RateLimited,
         ErrorKind::ServerError | ErrorKind::Overloaded => ModelErrorKind::Unavailable,
-        ErrorKind::Timeout => ModelErrorKind::Timeout,
+        ErrorKind::Timeout | ErrorKind::ApiTimeout => ModelErrorKind::Timeout,
         ErrorKind::Transport => ModelErrorKind::Transport,
         ErrorKind::Stream | ErrorKind::Decode | ErrorKind::StructuredOutput => {
             ModelErrorKind::InvalidResponse

@@ -16,11 +16,13 @@ async fn every_error_status_becomes_its_typed_error_with_request_id() {
     let cases = [
         (400, "invalid_request_error", ErrorKind::InvalidRequest),
         (401, "authentication_error", ErrorKind::Authentication),
+        (402, "billing_error", ErrorKind::Billing),
         (403, "permission_error", ErrorKind::Permission),
         (404, "not_found_error", ErrorKind::NotFound),
         (413, "request_too_large", ErrorKind::RequestTooLarge),
         (429, "rate_limit_error", ErrorKind::RateLimited),
         (500, "api_error", ErrorKind::ServerError),
+        (504, "timeout_error", ErrorKind::ApiTimeout),
         (529, "overloaded_error", ErrorKind::Overloaded),
         (400, "a_future_error", ErrorKind::OtherApi),
     ];
@@ -55,7 +57,7 @@ async fn every_error_status_becomes_its_typed_error_with_request_id() {
 #[tokio::test]
 async fn other_4xx_are_not_retried() {
     let server = StandIn::start().await;
-    for status in [400, 401, 403, 404, 413, 422] {
+    for status in [400, 401, 402, 403, 404, 413, 422] {
         server.push(Reply::error(status, "x", "no"));
         server.push(Reply::message(&text_message("must not be reached")));
         let err = within(client(&server).messages().create(&request()))
@@ -67,7 +69,7 @@ async fn other_4xx_are_not_retried() {
             .await
             .unwrap();
     }
-    assert_eq!(server.requests().len(), 12);
+    assert_eq!(server.requests().len(), 14);
 }
 
 #[tokio::test(start_paused = true)]

@@ -308,7 +308,9 @@ async fn claude_model_errors_map_to_neutral_kinds() {
             ModelErrorKind::Authentication,
             false,
         ),
+        (402, "billing_error", ModelErrorKind::Authentication, false),
         (429, "rate_limit_error", ModelErrorKind::RateLimited, true),
+        (504, "timeout_error", ModelErrorKind::Timeout, true),
         (529, "overloaded_error", ModelErrorKind::Unavailable, true),
     ] {
         server.push(Reply::error(status, kind, "nope"));
