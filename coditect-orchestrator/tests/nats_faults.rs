@@ -473,7 +473,9 @@ impl Inbox for Refusing {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_exhausts_its_deliveries_is_dead_lettered_and_removed() {
     let server = NatsServer::start().expect("start nats-server");
-    let durable = fast_durable().max_deliver(3);
+    let durable = fast_durable()
+        .max_deliver(3)
+        .dead_letter_max_age(Duration::from_secs(3 * 3600));
     let t = NatsOptions::new(server.url())
         .durable(durable)
         .connect()
@@ -497,6 +499,15 @@ async fn a_task_that_exhausts_its_deliveries_is_dead_lettered_and_removed() {
     })
     .await;
     assert!(reasons[0].contains("delivered 3 times"), "{reasons:?}");
+    let mut dead = js
+        .get_stream(NatsTransport::dead_letter_stream(&TenantId::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        dead.info().await.unwrap().config.max_age,
+        Duration::from_secs(3 * 3600),
+        "the dead letters are kept as long as the options say"
+    );
     let mut stream = js
         .get_stream(NatsTransport::task_stream(&TenantId::default()))
         .await

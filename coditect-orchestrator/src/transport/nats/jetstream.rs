@@ -129,7 +129,7 @@ impl Streams {
             storage: StorageType::File,
             num_replicas: d.replicas,
             duplicate_window: d.duplicate_window,
-            max_age: Duration::from_secs(14 * 24 * 3600),
+            max_age: d.dead_letter_max_age,
             ..Default::default()
         };
         shared

@@ -55,6 +55,10 @@ pub struct DurableOptions {
     /// leader being elected after a node loss, a reconnect) is tried again
     /// before the send fails. Retrying is safe: `Nats-Msg-Id` stores it once.
     pub publish_retry: Duration,
+    /// How long a dead-lettered task stays in the tenant's dead-letter stream
+    /// for inspection before the server drops it. Taken when the stream is
+    /// created; an existing stream keeps the age it was created with.
+    pub dead_letter_max_age: Duration,
 }
 
 impl Default for DurableOptions {
@@ -70,6 +74,7 @@ impl Default for DurableOptions {
             batch: 64,
             lease_ttl: Duration::from_secs(10),
             publish_retry: Duration::from_secs(10),
+            dead_letter_max_age: Duration::from_secs(14 * 24 * 3600),
         }
     }
 }
@@ -127,6 +132,12 @@ impl DurableOptions {
     #[must_use]
     pub fn publish_retry(mut self, d: Duration) -> Self {
         self.publish_retry = d;
+        self
+    }
+    /// Sets [`DurableOptions::dead_letter_max_age`].
+    #[must_use]
+    pub fn dead_letter_max_age(mut self, d: Duration) -> Self {
+        self.dead_letter_max_age = d;
         self
     }
     /// Sets [`DurableOptions::batch`].
