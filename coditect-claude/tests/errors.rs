@@ -386,3 +386,82 @@ fn a_missing_key_is_a_config_error() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stalls_hits_the_whole_request_timeout() {
+    let server = StandIn::start().await;
+    let body = serde_json::to_string(&coditect_claude::testing::message_json(&text_message(
+        "an answer cut short",
+    )))
+    .unwrap();
+    // The headers and half the body come at once; the rest never does. Only
+    // the whole-request timeout can end the wait.
+    server.push(
+        Reply::raw(200, "application/json", body.clone())
+            .truncate(body.len() / 2)
+            .then_hang(),
+    );
+    let client = builder(&server)
+        .retry(RetryPolicy::none())
+        .timeouts(Timeouts {
+            request: Duration::from_secs(40),
+            ..Timeouts::default()
+        })
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let err = within(client.messages().create(&request()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout(TimeoutKind::Request)),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    // Virtual time: the deadline is the one set, counted from the send.
+    assert_eq!(start.elapsed().as_secs(), 40);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_nobody_accepts_hits_the_connect_timeout() {
+    // A loopback listener with a backlog of one that never accepts: once its
+    // queue is full the kernel drops further SYNs, so a connect hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let _listener = socket.listen(1).unwrap();
+    let mut held = Vec::new();
+    let mut full = false;
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)) {
+            Ok(s) => held.push(s),
+            Err(_) => {
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "the listener's queue never filled");
+    // The client's own HTTP client (no `http_client`), where the connect
+    // timeout applies.
+    let client = coditect_claude::Client::builder()
+        .api_key(KEY)
+        .base_url(format!("http://{addr}"))
+        .retry(RetryPolicy::none())
+        .timeouts(Timeouts {
+            connect: Duration::from_secs(3),
+            ..Timeouts::default()
+        })
+        .build()
+        .unwrap();
+    let err = within(client.messages().create(&request()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout(TimeoutKind::Connect)),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(err.is_retryable());
+    drop(held);
+}
