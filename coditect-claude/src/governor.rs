@@ -4,8 +4,10 @@
 //! hit the wall together, then retry together. A [`RateGovernor`] sits in front of all
 //! of them. It learns the limits from the `anthropic-ratelimit-*` headers of every
 //! response (requests, input tokens, output tokens per minute), keeps a token bucket
-//! per limit refilled continuously as the API's are, and lets a request go only when
-//! its bucket has room — so requests are paced before the API has to refuse them.
+//! per limit refilled continuously as the API's are — at the pace the `*-reset`
+//! header gives (the time the bucket is full again), else at the limit per minute —
+//! and lets a request go only when its bucket has room, so requests are paced
+//! before the API has to refuse them.
 //! Waiting requests are served round-robin between tenants (one run cannot starve
 //! another), FIFO within a tenant, and at most `max_concurrent` are in flight.
 //! A 429 blocks everyone until its `retry-after`.
@@ -64,13 +66,20 @@ impl Default for GovernorConfig {
     }
 }
 
-/// A token bucket refilled continuously to `capacity` over one minute.
+/// A token bucket refilled continuously to `capacity`: at the pace the API's
+/// `reset` time implies when it sent one, else over one minute.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     capacity: f64,
     level: f64,
     updated: Instant,
+    /// Units per second learned from the last `reset` header.
+    rate: Option<f64>,
 }
+
+/// The furthest ahead a `reset` is believed: a per-minute bucket is full
+/// within a minute, so anything later is a skewed clock or a bad header.
+const RESET_HORIZON: Duration = Duration::from_secs(60);
 
 impl Bucket {
     fn new(capacity: u64, now: Instant) -> Self {
@@ -78,11 +87,12 @@ impl Bucket {
             capacity: capacity as f64,
             level: capacity as f64,
             updated: now,
+            rate: None,
         }
     }
 
     fn per_sec(&self) -> f64 {
-        self.capacity / 60.0
+        self.rate.unwrap_or(self.capacity / 60.0)
     }
 
     fn refill(&mut self, now: Instant) {
@@ -107,7 +117,8 @@ impl Bucket {
     }
 
     /// Learns a new limit and takes the API's view of what is left, minus requests
-    /// still in flight that the API may not have counted yet.
+    /// still in flight that the API may not have counted yet, and of how fast it
+    /// refills: `remaining` grows back to `limit` by `reset`.
     fn observe(&mut self, seen: &RateLimit, uncounted: f64, now: Instant) {
         self.refill(now);
         if let Some(limit) = seen.limit {
@@ -117,6 +128,19 @@ impl Bucket {
         if let Some(remaining) = seen.remaining {
             self.level = self.level.min(remaining as f64 - uncounted);
         }
+        let until = seen.reset_at().map(|at| {
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+        self.rate = match (seen.remaining, until) {
+            (Some(remaining), Some(until)) if !until.is_zero() && until <= RESET_HORIZON => {
+                let missing = self.capacity - remaining as f64;
+                let rate = missing / until.as_secs_f64();
+                // A full bucket tells nothing of the pace: keep the default.
+                (rate.is_finite() && rate > 0.0).then_some(rate)
+            }
+            _ => None,
+        };
     }
 }
 
@@ -458,6 +482,72 @@ mod tests {
             elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(4),
             "{elapsed:?}"
         );
+    }
+
+    fn reset_in(limit: u64, remaining: u64, secs: f64) -> RateLimits {
+        let at = std::time::SystemTime::now() + Duration::from_secs_f64(secs);
+        let at: chrono::DateTime<chrono::Utc> = at.into();
+        let mut l = limits(limit, remaining);
+        l.requests.reset = Some(at.to_rfc3339());
+        l
+    }
+
+    /// Virtual time until one more request may go after `observe(seen)`.
+    async fn wait_after(seen: &RateLimits) -> Duration {
+        let g = Arc::new(RateGovernor::default());
+        g.observe(seen);
+        let start = Instant::now();
+        drop(
+            tokio::time::timeout(Duration::from_secs(120), g.acquire("t", 0))
+                .await
+                .unwrap(),
+        );
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paces_refills_by_the_reset_header() {
+        // Empty, full again in 6 s: 60 requests over 6 s, one each 0.1 s —
+        // not one a second as a per-minute guess would have it.
+        let waited = wait_after(&reset_in(60, 0, 6.0)).await;
+        assert!(
+            waited >= Duration::from_millis(90) && waited < Duration::from_millis(200),
+            "{waited:?}"
+        );
+        // Empty, full in 60 s: one a second, the per-minute pace.
+        let waited = wait_after(&reset_in(60, 0, 60.0)).await;
+        assert!(
+            waited >= Duration::from_millis(990) && waited < Duration::from_millis(1100),
+            "{waited:?}"
+        );
+        // A reset past the horizon (a skewed clock) or unreadable is not
+        // believed: the per-minute pace.
+        let waited = wait_after(&reset_in(60, 0, 3600.0)).await;
+        assert!(waited >= Duration::from_millis(990), "{waited:?}");
+        let mut garbage = limits(60, 0);
+        garbage.requests.reset = Some("next tuesday".into());
+        let waited = wait_after(&garbage).await;
+        assert!(waited >= Duration::from_millis(990), "{waited:?}");
+    }
+
+    #[test]
+    fn reset_times_parse_with_offsets_and_fractions_and_garbage_is_none() {
+        let at = |s: &str| {
+            RateLimit {
+                reset: Some(s.into()),
+                ..RateLimit::default()
+            }
+            .reset_at()
+        };
+        let z = at("2026-12-03T10:00:00Z").unwrap();
+        assert_eq!(at("2026-12-03T11:00:00+01:00"), Some(z));
+        assert_eq!(
+            at("2026-12-03T10:00:00.5Z"),
+            Some(z + Duration::from_millis(500))
+        );
+        assert_eq!(at("2026-12-03 10:00"), None);
+        assert_eq!(at(""), None);
+        assert_eq!(at("1900-01-01T00:00:00Z"), None);
     }
 
     #[tokio::test(start_paused = true)]

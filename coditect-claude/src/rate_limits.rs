@@ -28,6 +28,14 @@ impl RateLimit {
         }
     }
 
+    /// When the limit is fully replenished, if `reset` is a valid RFC 3339
+    /// time (with any offset, fractional seconds allowed).
+    pub fn reset_at(&self) -> Option<std::time::SystemTime> {
+        let t = chrono::DateTime::parse_from_rfc3339(self.reset.as_deref()?).ok()?;
+        let nanos = u64::try_from(t.timestamp_nanos_opt()?).ok()?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_nanos(nanos))
+    }
+
     /// Whether the API sent anything for this limit.
     pub fn is_known(&self) -> bool {
         self.limit.is_some() || self.remaining.is_some()
