@@ -55,6 +55,7 @@ pub struct LiveCard {
 
 impl LiveCard {
     /// The directory key of this advert: `<kind>.<node>`.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // the bus keeps the directory
     pub(crate) fn key(&self) -> String {
         format!("{}.{}", self.card.kind, self.node)
     }
@@ -180,6 +181,7 @@ impl Directory {
     }
 
     /// Another runtime's advert arrived (new or rewritten).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // the bus keeps the directory
     pub(crate) fn upsert(&self, key: String, live: LiveCard, expires: Instant) {
         if let Ok(mut r) = self.remote.write() {
             r.insert(key, Remote { live, expires });
@@ -188,6 +190,7 @@ impl Directory {
     }
 
     /// Another runtime withdrew an advert.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // the bus keeps the directory
     pub(crate) fn remove(&self, key: &str) {
         if let Ok(mut r) = self.remote.write() {
             r.remove(key);
@@ -195,6 +198,7 @@ impl Directory {
     }
 
     /// Forgets adverts that ran out (reads skip them anyway).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // the bus keeps the directory
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
         if let Ok(mut r) = self.remote.write() {
