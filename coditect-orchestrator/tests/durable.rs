@@ -346,6 +346,7 @@ fn killed_and_resumed(
         outcome.output
     );
     assert_eq!(stored.state.status, RunStatus::Succeeded);
+    check_causal_order(&stored.events).unwrap();
 }
 
 /// Resumes from a snapshot taken after step b's first effect: the resumed
@@ -415,11 +416,12 @@ fn a_run_resumes_from_its_snapshot_or_without_a_readable_one() {
         assert!(outcome.output.as_str().unwrap().starts_with("c(\"b("));
         assert_eq!(stored.state.status, RunStatus::Succeeded);
         assert_eq!(stored.state.output, Some(outcome.output));
+        check_causal_order(&stored.events).unwrap();
     }
 }
 
 #[test]
-fn a_result_is_durable_before_its_dependents_are_dispatched() {
+fn a_result_and_its_dependents_dispatch_are_durable_before_the_dependent_is_sent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runs.db");
     let log = Log::default();
@@ -448,12 +450,19 @@ fn a_result_is_durable_before_its_dependents_are_dispatched() {
     });
     p2.kill();
     let dispatched = dispatched(&stored.events);
-    // a and b are not dispatched again; c's dispatch was not journaled
-    // before the kill (nothing depended on it), so it goes as attempt 1.
+    // a and b are not dispatched again. c's dispatch was in the journal
+    // before its message went out, so the resumed run knows attempt 1 may
+    // be running and sends attempt 2.
     assert_eq!(
         dispatched,
-        [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]
+        [
+            ("a".into(), 1),
+            ("b".into(), 1),
+            ("c".into(), 1),
+            ("c".into(), 2)
+        ]
     );
+    check_causal_order(&stored.events).unwrap();
 }
 
 #[test]

@@ -200,6 +200,9 @@ async fn a_step_finished_after_its_orchestrator_died_reaches_the_resumed_run() {
         .sum();
     assert_eq!(reported, 120, "the usage is in the journal once");
     assert_eq!(stored.state.output, Some(outcome.output.clone()));
+    // Both orchestrators' events, in causal order: the late result of the
+    // interrupted attempt ends the step, nothing of it comes after.
+    coditect_orchestrator::testing::check_causal_order(&stored.events).unwrap();
 
     // The attempt the resumed run sent, if a worker took it, was stopped.
     if timeout(Duration::from_millis(1), seen.later.notified())

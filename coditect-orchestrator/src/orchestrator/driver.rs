@@ -92,6 +92,9 @@ pub(crate) struct Driver {
     /// elsewhere (an attempt sent before the run was resumed): they do not
     /// hold the run up either.
     pub(crate) abandoned: Vec<(StepId, u32)>,
+    /// A durable run dispatched steps whose `StepDispatched` is not yet in
+    /// the journal: their messages wait (unpolled in `in_flight`) until it is.
+    pub(crate) dispatch_unjournaled: bool,
     pub(crate) revision: u32,
     /// The run's journal, for a run with a store.
     pub(crate) journal: Option<Box<Journal>>,
@@ -144,6 +147,7 @@ impl Driver {
             replans: 0,
             timers: 0,
             abandoned: Vec::new(),
+            dispatch_unjournaled: false,
             revision: 0,
             journal: None,
             resumed: None,
@@ -437,21 +441,25 @@ impl Driver {
             None => (None, None),
         };
         loop {
-            // A step's result is durable before anything that depends on it
-            // is dispatched.
-            if self.journal_dirty()
-                && self.schedule.has_ready()
-                && let Err(stop) = self.flush().await
-            {
-                drop(in_flight);
-                return self.fail(stop, Some(&mut signals)).await;
-            }
             while let Some(pos) = self.schedule.next_ready() {
                 let attempt = self.next_attempt(pos);
                 if let Err(stop) = self.dispatch(pos, attempt, &mut in_flight) {
                     drop(in_flight);
                     return self.fail(stop, Some(&mut signals)).await;
                 }
+            }
+            // A durable run's dispatches (these, and any made while handling
+            // the last wake-up, such as a retry) are in the journal before
+            // their messages go out — the requests in `in_flight` send
+            // nothing until polled below — so a resumed run knows every
+            // attempt that may be running. The results they depend on share
+            // the commit: a step's result is durable before anything that
+            // depends on it is sent.
+            if std::mem::take(&mut self.dispatch_unjournaled)
+                && let Err(stop) = self.flush().await
+            {
+                drop(in_flight);
+                return self.fail(stop, Some(&mut signals)).await;
             }
             // What is left in flight then is only timers with nothing to wait
             // for (reports of results already settled, questions of steps

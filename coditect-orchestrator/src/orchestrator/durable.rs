@@ -347,11 +347,6 @@ impl Driver {
             j.snapshot(&self.state);
         }
     }
-
-    /// Whether events wait to be made durable.
-    pub(crate) fn journal_dirty(&self) -> bool {
-        self.journal.as_ref().is_some_and(|j| j.dirty())
-    }
 }
 
 /// Checks an answer against its question's JSON Schema.

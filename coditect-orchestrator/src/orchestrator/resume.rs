@@ -159,7 +159,8 @@ impl Fork {
 impl Orchestrator {
     /// Keeps every run in `store`: its events in the store's journal (a
     /// step's result durable before any step that depends on it is
-    /// dispatched, an effect's before its handler goes on), its status in
+    /// dispatched, a dispatch before its message is sent, an effect's before
+    /// its handler goes on), its status in
     /// the run index, under a lease so that one orchestrator drives it at a
     /// time. Such runs can be [resumed](Self::resume) after a crash, in this
     /// process or another, can [ask](crate::AgentContext::ask) for input and

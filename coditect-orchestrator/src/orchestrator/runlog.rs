@@ -1,7 +1,9 @@
 //! A durable run's journal as its driver keeps it. Every event of a run with
 //! a store goes to the store's journal, in order, under the run's lease; a
 //! step's result is durable before any step that depends on it is
-//! dispatched, an effect's before the handler that made it goes on, a
+//! dispatched, a dispatch before its message is sent (so a resumed run knows
+//! every attempt that may still be running, and sends the next), an effect's
+//! before the handler that made it goes on, a
 //! question's before the run waits for its answer. A resumed run is the fold
 //! of its journal.
 
@@ -254,11 +256,6 @@ impl Journal {
             Some(r) if !r.is_empty() => Arc::new(r.clone()),
             _ => self.empty.clone(),
         }
-    }
-
-    /// Whether records wait to be appended.
-    pub(crate) fn dirty(&self) -> bool {
-        !self.pending.is_empty() || self.broken.is_some()
     }
 
     /// Appends what is queued, as one unit.

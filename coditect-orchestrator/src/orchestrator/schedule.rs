@@ -134,10 +134,6 @@ impl Schedule {
     }
 
     /// Whether nothing is in flight or due to retry.
-    pub(crate) fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
-    }
-
     pub(crate) fn idle(&self) -> bool {
         self.in_flight == 0
     }

@@ -180,6 +180,7 @@ impl Driver {
             to: route.to,
         });
         self.schedule.dispatched(pos, attempt);
+        self.dispatch_unjournaled |= self.journal.is_some();
         self.intake.open(message, id.clone());
         let run = self.run;
         let trace = *self

@@ -1,7 +1,7 @@
 //! A checker of the causal order of a run's events, written from the
 //! documented invariant alone (not from the code that produces the events).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::id::{MessageId, StepId};
 use crate::orchestrator::{RunEvent, RunEventRecord};
@@ -12,6 +12,8 @@ enum Phase {
     Dispatched,
     Started,
     Ended,
+    /// In flight when its orchestrator stopped; the run was resumed since.
+    Interrupted,
 }
 
 /// An event out of causal order: its sequence number and what is wrong.
@@ -26,22 +28,38 @@ pub struct OrderViolation {
 
 /// Checks a run's events against the order every run guarantees:
 /// sequence numbers 0, 1, 2… with no gap; for each step attempt,
-/// `StepDispatched` < `StepStarted` < every `StepProgress`, `UsageReported`,
+/// `StepDispatched` < `StepStarted` (by the message that dispatch sent) <
+/// every `StepProgress`, `UsageReported`,
 /// `Delegated` and `DelegationFinished` of it < its `StepSucceeded` or
-/// `StepFailed` (an attempt no agent took may fail without a start); nothing of a step between its result and its next dispatch;
-/// a delegation's end after its start; `RunFinished` once, last.
+/// `StepFailed` (an attempt no agent took may fail without a start); nothing
+/// of a step between its result and its next dispatch; a delegation's end
+/// after its start; `RunFinished` once, last.
+///
+/// A resumed run's journal holds more than one orchestrator's events. At a
+/// `RunResumed`, the attempts then in flight are interrupted: each such step
+/// is dispatched again with a higher attempt number, or the interrupted
+/// attempt's own result arrives late (it finished on a worker while no
+/// orchestrator listened) and ends the step; its progress may come in while it
+/// runs there. An interrupted attempt's result after the step ended is a
+/// violation, as is a re-dispatch that does not raise the attempt.
 ///
 /// # Errors
 /// The first [`OrderViolation`].
 pub fn check_causal_order(events: &[RunEventRecord]) -> Result<(), OrderViolation> {
     let mut phase: HashMap<StepId, Phase> = HashMap::new();
+    // The current attempt of each step, and the interrupted ones.
+    let mut attempt: HashMap<StepId, u32> = HashMap::new();
+    let mut interrupted: HashSet<(StepId, u32)> = HashSet::new();
+    // The message of each step's current attempt, and of interrupted ones.
+    let mut sent: HashMap<StepId, MessageId> = HashMap::new();
+    let mut interrupted_sent: HashSet<(StepId, MessageId)> = HashSet::new();
     let mut delegated: HashMap<MessageId, Option<StepId>> = HashMap::new();
     let mut finished = false;
     let fail = |seq: u64, problem: String| Err(OrderViolation { seq, problem });
     let in_step =
         |phase: &HashMap<StepId, Phase>, step: &Option<StepId>, seq: u64, what: &str| match step {
             Some(s) => match phase.get(s) {
-                Some(Phase::Started) => Ok(()),
+                Some(Phase::Started | Phase::Interrupted) => Ok(()),
                 other => Err(OrderViolation {
                     seq,
                     problem: format!("{what} of step {s} while it is {other:?}"),
@@ -58,17 +76,59 @@ pub fn check_causal_order(events: &[RunEventRecord]) -> Result<(), OrderViolatio
             return fail(seq, "an event after RunFinished".into());
         }
         match &r.event {
-            RunEvent::StepDispatched { step, .. } => {
-                if phase.get(step).is_some_and(|p| *p != Phase::Ended) {
-                    return fail(seq, format!("step {step} dispatched while in flight"));
+            RunEvent::StepDispatched {
+                step,
+                attempt: n,
+                message,
+                ..
+            } => {
+                match phase.get(step) {
+                    Some(Phase::Dispatched | Phase::Started) => {
+                        return fail(seq, format!("step {step} dispatched while in flight"));
+                    }
+                    Some(Phase::Interrupted) if attempt.get(step).is_some_and(|a| n <= a) => {
+                        return fail(
+                            seq,
+                            format!(
+                                "step {step} dispatched again after a resume as attempt {n}, not past the interrupted one"
+                            ),
+                        );
+                    }
+                    _ => {}
                 }
                 phase.insert(step.clone(), Phase::Dispatched);
+                attempt.insert(step.clone(), *n);
+                sent.insert(step.clone(), *message);
             }
-            RunEvent::StepStarted { step, .. } => {
-                if phase.get(step) != Some(&Phase::Dispatched) {
-                    return fail(seq, format!("step {step} started before it was dispatched"));
+            RunEvent::RunResumed { .. } => {
+                for (step, p) in &mut phase {
+                    if matches!(p, Phase::Dispatched | Phase::Started) {
+                        *p = Phase::Interrupted;
+                        if let Some(n) = attempt.get(step) {
+                            interrupted.insert((step.clone(), *n));
+                        }
+                        if let Some(m) = sent.get(step) {
+                            interrupted_sent.insert((step.clone(), *m));
+                        }
+                    }
                 }
-                phase.insert(step.clone(), Phase::Started);
+            }
+            RunEvent::StepStarted { step, message, .. } => {
+                let ended = phase.get(step) == Some(&Phase::Ended);
+                if !ended && interrupted_sent.contains(&(step.clone(), *message)) {
+                    // An interrupted attempt, still running elsewhere.
+                } else if sent.get(step) != Some(message) {
+                    return fail(
+                        seq,
+                        format!(
+                            "step {step} started by message {message}, which no dispatch of it sent"
+                        ),
+                    );
+                } else if phase.get(step) != Some(&Phase::Dispatched) {
+                    return fail(seq, format!("step {step} started before it was dispatched"));
+                } else {
+                    phase.insert(step.clone(), Phase::Started);
+                }
             }
             RunEvent::StepProgress { step, .. } => in_step(&phase, step, seq, "progress")?,
             RunEvent::UsageReported { step, .. } => in_step(&phase, step, seq, "usage")?,
@@ -80,8 +140,14 @@ pub fn check_causal_order(events: &[RunEventRecord]) -> Result<(), OrderViolatio
                 Some(step) => in_step(&phase, step, seq, "a delegation's end")?,
                 None => return fail(seq, format!("delegation {message} ended before it began")),
             },
-            RunEvent::StepSucceeded { step, .. } => {
-                if phase.get(step) != Some(&Phase::Started) {
+            RunEvent::StepSucceeded {
+                step, attempt: n, ..
+            } => {
+                let late = phase.get(step) != Some(&Phase::Ended)
+                    && interrupted.remove(&(step.clone(), *n));
+                let current =
+                    phase.get(step) == Some(&Phase::Started) && attempt.get(step) == Some(n);
+                if !late && !current {
                     return fail(
                         seq,
                         format!("step {step} succeeded while {:?}", phase.get(step)),
@@ -91,8 +157,12 @@ pub fn check_causal_order(events: &[RunEventRecord]) -> Result<(), OrderViolatio
             }
             // An attempt may fail before any agent took it (no agent, a
             // timeout in the queue): dispatched is enough.
-            RunEvent::StepFailed { step, .. } => {
-                if !matches!(phase.get(step), Some(Phase::Started | Phase::Dispatched)) {
+            RunEvent::StepFailed {
+                step, attempt: n, ..
+            } => {
+                let late = phase.get(step) != Some(&Phase::Ended)
+                    && interrupted.remove(&(step.clone(), *n));
+                if !late && !matches!(phase.get(step), Some(Phase::Started | Phase::Dispatched)) {
                     return fail(
                         seq,
                         format!(
@@ -111,4 +181,142 @@ pub fn check_causal_order(events: &[RunEventRecord]) -> Result<(), OrderViolatio
         return fail(events.len() as u64, "no RunFinished".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::{AgentId, RunId};
+    use crate::orchestrator::RunStatus;
+
+    fn step() -> StepId {
+        StepId::new("s").unwrap()
+    }
+
+    fn dispatched(attempt: u32, message: MessageId) -> RunEvent {
+        RunEvent::StepDispatched {
+            step: step(),
+            attempt,
+            message,
+            to: "k".into(),
+        }
+    }
+
+    fn started(message: MessageId) -> RunEvent {
+        RunEvent::StepStarted {
+            step: step(),
+            message,
+            agent: AgentId::new("k", "1").unwrap(),
+        }
+    }
+
+    fn succeeded(attempt: u32) -> RunEvent {
+        RunEvent::StepSucceeded {
+            step: step(),
+            attempt,
+            output: serde_json::Value::Null,
+        }
+    }
+
+    fn resumed() -> RunEvent {
+        RunEvent::RunResumed {
+            holder: "b".into(),
+            from_seq: 0,
+        }
+    }
+
+    fn check(events: Vec<RunEvent>) -> Result<(), OrderViolation> {
+        let run = RunId::new();
+        let mut records: Vec<RunEventRecord> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| RunEventRecord {
+                run,
+                seq: i as u64,
+                at_ms: 0,
+                event,
+            })
+            .collect();
+        records.push(RunEventRecord {
+            run,
+            seq: records.len() as u64,
+            at_ms: 0,
+            event: RunEvent::RunFinished {
+                status: RunStatus::Succeeded,
+                output: None,
+                error: None,
+            },
+        });
+        check_causal_order(&records)
+    }
+
+    #[test]
+    fn a_resumed_run_may_dispatch_an_interrupted_step_again_or_take_its_late_result() {
+        let (m1, m2) = (MessageId::new(), MessageId::new());
+        // Dispatched again, with the next attempt, and finished by it.
+        check(vec![
+            dispatched(1, m1),
+            started(m1),
+            resumed(),
+            dispatched(2, m2),
+            started(m2),
+            succeeded(2),
+        ])
+        .unwrap();
+        // The interrupted attempt's result arrives after the re-dispatch,
+        // its start and usage told again by the worker that ran it.
+        check(vec![
+            dispatched(1, m1),
+            resumed(),
+            dispatched(2, m2),
+            started(m1),
+            succeeded(1),
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn what_a_resume_does_not_excuse_is_still_a_violation() {
+        let (m1, m2) = (MessageId::new(), MessageId::new());
+        // No resume: a second dispatch of a step in flight.
+        assert!(check(vec![dispatched(1, m1), started(m1), dispatched(2, m2)]).is_err());
+        // A re-dispatch that does not raise the attempt.
+        let e = check(vec![
+            dispatched(1, m1),
+            started(m1),
+            resumed(),
+            dispatched(1, m2),
+        ]);
+        assert!(e.is_err_and(|v| v.seq == 3));
+        // The interrupted attempt's result after the step already ended.
+        let e = check(vec![
+            dispatched(1, m1),
+            started(m1),
+            resumed(),
+            dispatched(2, m2),
+            started(m2),
+            succeeded(2),
+            succeeded(1),
+        ]);
+        assert!(e.is_err_and(|v| v.seq == 6));
+        // A start by a message no dispatch sent (a dispatch missing from the
+        // journal).
+        let e = check(vec![dispatched(1, m1), resumed(), dispatched(1, m2)]);
+        assert!(e.is_err());
+        let e = check(vec![dispatched(1, m1), started(m2)]);
+        assert!(e.is_err_and(|v| v.seq == 1 && v.problem.contains("no dispatch")));
+        // A result of an attempt that was never dispatched nor interrupted.
+        let e = check(vec![dispatched(1, m1), started(m1), succeeded(3)]);
+        assert!(e.is_err_and(|v| v.seq == 2));
+        // Started after the late result ended the step.
+        let e = check(vec![
+            dispatched(1, m1),
+            started(m1),
+            resumed(),
+            dispatched(2, m2),
+            succeeded(1),
+            started(m2),
+        ]);
+        assert!(e.is_err_and(|v| v.seq == 5));
+    }
 }
