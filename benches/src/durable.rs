@@ -1,7 +1,9 @@
 //! Durable runs end to end: the orchestrator's 1,000-step wide plan of no-op
 //! agents with a run store, beside the same plan without one
-//! (`checkpoint_sqlite`, `checkpoint_postgres`), and a stored 10,000-step run
-//! read back and folded by `Orchestrator::replay` (`resume`).
+//! (`checkpoint_sqlite`, `checkpoint_postgres`); a 200-step chain, where each
+//! result must be durable before the next step goes (`checkpoint_chained`);
+//! and a stored 10,000-step run read back and folded by
+//! `Orchestrator::replay` (`resume`).
 //!
 //! With a store, every run event is journaled (JSON, versioned and
 //! checksummed) and a step's result is durable before any step depending on
@@ -23,10 +25,22 @@ use crate::orchestrate::Noop;
 use crate::report::{Mode, Report, median, round2};
 
 const STEPS: usize = 1_000;
+const CHAINED_STEPS: usize = 200;
 const RESUME_STEPS: usize = 10_000;
 
 fn wide(n: usize) -> Plan {
     Plan::new((0..n).map(|i| Step::new(format!("s{i}"), "noop", StepInput::literal(i))))
+}
+
+/// `n` steps, each taking the previous one's output.
+fn chain(n: usize) -> Plan {
+    Plan::new((0..n).map(|i| {
+        let input = match i {
+            0 => StepInput::literal(0),
+            _ => StepInput::output(format!("s{}", i - 1)),
+        };
+        Step::new(format!("s{i}"), "noop", input)
+    }))
 }
 
 async fn runtime() -> Runtime {
@@ -44,8 +58,18 @@ async fn runtime() -> Runtime {
 
 /// ns per step of the wide plan with `store`, and without one.
 async fn side_by_side(mode: Mode, store: Arc<dyn Store>) -> (f64, f64) {
+    side_by_side_plan(mode, store, wide(STEPS), STEPS).await
+}
+
+/// ns per step of `plan` (of `steps` steps) with `store`, and without one.
+async fn side_by_side_plan(
+    mode: Mode,
+    store: Arc<dyn Store>,
+    plan: Plan,
+    steps: usize,
+) -> (f64, f64) {
     let rt = runtime().await;
-    let plain = Orchestrator::new(rt.clone(), StaticPlanner::new(wide(STEPS)));
+    let plain = Orchestrator::new(rt.clone(), StaticPlanner::new(plan));
     let durable = plain.clone().store(store);
     durable.run(TaskSpec::new("warm")).await.expect("run");
     plain.run(TaskSpec::new("warm")).await.expect("run");
@@ -53,11 +77,11 @@ async fn side_by_side(mode: Mode, store: Arc<dyn Store>) -> (f64, f64) {
     for _ in 0..mode.rounds() {
         let start = Instant::now();
         let out = durable.run(TaskSpec::new("bench")).await.expect("run");
-        ours.push(start.elapsed().as_nanos() as f64 / STEPS as f64);
-        assert_eq!(out.steps.len(), STEPS);
+        ours.push(start.elapsed().as_nanos() as f64 / steps as f64);
+        assert_eq!(out.steps.len(), steps);
         let start = Instant::now();
         plain.run(TaskSpec::new("bench")).await.expect("run");
-        base.push(start.elapsed().as_nanos() as f64 / STEPS as f64);
+        base.push(start.elapsed().as_nanos() as f64 / steps as f64);
     }
     rt.shutdown(Duration::from_secs(5)).await;
     (median(&mut ours), median(&mut base))
@@ -97,6 +121,35 @@ pub async fn checkpoint_sqlite(mode: Mode) -> Report {
     .field("commits_per_step", round2(commits))
     .field("fsyncs_per_step", round2(commits))
     .field("target_overhead_ns_per_step_max", 50_000)
+}
+
+/// `checkpoint_chained`: a chain on SQLite (default durability): every
+/// step's result is committed, with the next step's dispatch, before that
+/// step is sent — one commit, one fsync, per step.
+pub async fn checkpoint_chained(mode: Mode) -> Report {
+    let dir = temp_dir();
+    let store = Arc::new(
+        SqliteStore::open(dir.join("chained.db"), StoreOptions::default())
+            .await
+            .expect("open"),
+    );
+    let before = store.stats();
+    let (ours, base) =
+        side_by_side_plan(mode, store.clone(), chain(CHAINED_STEPS), CHAINED_STEPS).await;
+    let after = store.stats();
+    let steps = (CHAINED_STEPS * (mode.rounds() + 1)) as f64;
+    let commits = (after.commits - before.commits) as f64 / steps;
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Report::new(
+        "checkpoint_chained",
+        "the same orchestrator and chain without a store",
+        ours,
+        base,
+    )
+    .field("steps", CHAINED_STEPS)
+    .field("overhead_ns_per_step", round2(ours - base))
+    .field("commits_per_step", round2(commits))
 }
 
 /// `checkpoint_postgres`: the wide plan on a PostgreSQL server started here.

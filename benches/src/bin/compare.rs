@@ -174,6 +174,11 @@ fn main() {
                 coditect_benches::durable::checkpoint_sqlite(mode),
             )));
         }
+        if wanted("checkpoint_chained") {
+            emit(spawn(Box::pin(
+                coditect_benches::durable::checkpoint_chained(mode),
+            )));
+        }
         #[cfg(feature = "postgres")]
         if wanted("checkpoint_postgres")
             && let Some(r) = rt.block_on(async {
