@@ -146,6 +146,29 @@ fn killed_again_and_again_every_effect_happens_exactly_once() {
     assert!(ok);
     assert_eq!(last.as_deref(), Some("finished Succeeded"));
     assert_eq!(lines_of(&with(&db, ".effects")).len(), steps);
+
+    // The journal every process wrote is one causally ordered story: each
+    // step interrupted by a kill goes again with the next attempt, nothing
+    // of a step after its result.
+    let journal = journal_of(&db, &run);
+    if let Err(v) = coditect_orchestrator::testing::check_causal_order(&journal) {
+        panic!("{v} after {kills} kills");
+    }
+}
+
+/// Every event of the run's journal.
+fn journal_of(db: &Path, run: &str) -> Vec<coditect_orchestrator::orchestrator::RunEventRecord> {
+    use coditect_orchestrator::store::{SqliteStore, Store, StoreOptions};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = SqliteStore::open(db, StoreOptions::default())
+            .await
+            .unwrap();
+        let records = store.read(run.parse().unwrap(), 0, 100_000).await.unwrap();
+        records.iter().map(|r| r.json().unwrap()).collect()
+    })
 }
 
 /// For each step, the attempt during which its effect was journaled.
