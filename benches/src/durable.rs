@@ -253,3 +253,167 @@ pub async fn resume(mode: Mode) -> Report {
     )
     .field("target_journal_bytes_per_step_max", 1024)
 }
+
+/// Never answers: the step that keeps a stored run unfinished.
+struct Hang;
+
+impl coditect_orchestrator::Agent for Hang {
+    type Input = serde_json::Value;
+    type Output = u64;
+    async fn handle(
+        &mut self,
+        _: serde_json::Value,
+        _ctx: &coditect_orchestrator::AgentContext,
+    ) -> Result<u64, coditect_orchestrator::AgentError> {
+        std::future::pending().await
+    }
+}
+
+/// `RESUME_STEPS` steps (a run's default limit): no-op ones and, after
+/// them, one that never ends.
+fn unfinished() -> Plan {
+    let mut steps: Vec<Step> = (0..RESUME_STEPS - 1)
+        .map(|i| Step::new(format!("s{i}"), "noop", StepInput::literal(i)))
+        .collect();
+    // After all of them: their results are committed (with its dispatch)
+    // before it goes, and a snapshot is taken then.
+    steps.push(
+        Step::new("last", "hang", StepInput::literal(0))
+            .after((0..RESUME_STEPS - 1).map(|i| format!("s{i}"))),
+    );
+    Plan::new(steps)
+}
+
+/// Runs `f` on a tokio runtime of its own, on its own thread, and then drops
+/// that runtime with whatever it still runs: as a process that dies, the
+/// tasks stop where they are, with no cleanup.
+fn in_a_process<T: Send + 'static>(
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let out = rt.block_on(f());
+        rt.shutdown_background();
+        out
+    })
+    .join()
+    .expect("the process thread panicked")
+}
+
+/// The record limit of `resume_snapshot`'s stores: a 10,000-step run's
+/// snapshot is larger than the default limit (1 MiB), which would refuse it.
+const LARGE_RECORDS: usize = 64 * 1024 * 1024;
+
+async fn orchestrator_for(path: &std::path::Path, snapshot_every: u64) -> Orchestrator {
+    let rt = runtime().await;
+    rt.kind("hang").register(|_| Hang).await.expect("register");
+    let store = Arc::new(
+        SqliteStore::open(
+            path,
+            StoreOptions::default().max_record_bytes(LARGE_RECORDS),
+        )
+        .await
+        .expect("open"),
+    );
+    Orchestrator::new(rt, StaticPlanner::new(unfinished()))
+        .store(store)
+        .lease_holder("bench")
+        .snapshot_every(snapshot_every)
+}
+
+/// A stored run whose 9,999 no-op steps succeeded and whose last step was
+/// in flight when its process died; with snapshots every `snapshot_every`
+/// events (0: none).
+/// Also the size of its latest snapshot.
+fn interrupted_run(
+    path: &std::path::Path,
+    snapshot_every: u64,
+) -> (coditect_orchestrator::RunId, usize) {
+    let path = path.to_owned();
+    in_a_process(move || {
+        Box::pin(async move {
+            let orch = orchestrator_for(&path, snapshot_every).await;
+            let handle = orch.start(TaskSpec::new("stored"));
+            let run = handle.id();
+            let store = SqliteStore::open(
+                &path,
+                StoreOptions::default().max_record_bytes(LARGE_RECORDS),
+            )
+            .await
+            .expect("open");
+            let mut bytes = 0;
+            // Three events per no-op step, and the run's own: wait until
+            // they are durable, and the snapshots too (bounded: 60 s).
+            let events = 3 * (RESUME_STEPS as u64 - 1);
+            let began = Instant::now();
+            loop {
+                // Not there until the driver has created it.
+                let head = store.head(run).await.unwrap_or(0);
+                let mut seen = None;
+                if head >= events {
+                    let snap = store.latest_snapshot(run).await.expect("snapshot");
+                    seen = snap.as_ref().map(|s| s.seq);
+                    bytes = snap.as_ref().map_or(0, |s| s.payload.len());
+                    if snapshot_every == 0 || snap.is_some_and(|s| s.seq + snapshot_every > events)
+                    {
+                        break;
+                    }
+                }
+                assert!(
+                    began.elapsed() < Duration::from_secs(60),
+                    "the stored run did not get there: head {head}, snapshot at {seen:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            std::mem::forget(handle);
+            (run, bytes)
+        })
+    })
+}
+
+/// `resume_snapshot`: `Orchestrator::resume` of a 10,000-step run whose
+/// orchestrator died with one step in flight — the lease taken, the latest
+/// snapshot (every 10,000 events, the default) read and decoded, the events
+/// after it folded — beside resuming the same run journaled without
+/// snapshots (the whole journal folded).
+pub async fn resume_snapshot(mode: Mode) -> Report {
+    let dir = temp_dir();
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    let mut snapshot_bytes = 0;
+    for round in 0..mode.rounds() {
+        for (every, into) in [(10_000u64, &mut ours), (0, &mut base)] {
+            let path = dir.join(format!("resume-{round}-{every}.db"));
+            let (run, bytes) = interrupted_run(&path, every);
+            snapshot_bytes = snapshot_bytes.max(bytes);
+            let took = in_a_process(move || {
+                Box::pin(async move {
+                    let orch = orchestrator_for(&path, every).await;
+                    let start = Instant::now();
+                    let handle = orch.resume(run).await.expect("resume");
+                    let took = start.elapsed();
+                    std::mem::forget(handle);
+                    took
+                })
+            });
+            into.push(took.as_nanos() as f64);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ours, base) = (median(&mut ours), median(&mut base));
+    Report::new(
+        "resume_snapshot",
+        "resuming the same run journaled without snapshots",
+        ours,
+        base,
+    )
+    .field("steps", RESUME_STEPS)
+    .field("snapshot_every", 10_000)
+    .field("snapshot_bytes", snapshot_bytes)
+    .field("resume_ms", round2(ours / 1e6))
+    .field("resume_without_snapshots_ms", round2(base / 1e6))
+    .field("target_load_ms_max", 100)
+}

@@ -192,6 +192,11 @@ fn main() {
         if wanted("resume") {
             emit(spawn(Box::pin(coditect_benches::durable::resume(mode))));
         }
+        if wanted("resume_snapshot") {
+            emit(spawn(Box::pin(coditect_benches::durable::resume_snapshot(
+                mode,
+            ))));
+        }
     }
     if wanted("sse_parse") {
         emit(coditect_benches::sse::run(mode));
