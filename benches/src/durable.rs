@@ -345,22 +345,21 @@ fn interrupted_run(
             )
             .await
             .expect("open");
-            let mut bytes = 0;
             // Three events per no-op step, and the run's own: wait until
             // they are durable, and the snapshots too (bounded: 60 s).
             let events = 3 * (RESUME_STEPS as u64 - 1);
             let began = Instant::now();
-            loop {
+            let bytes = loop {
                 // Not there until the driver has created it.
                 let head = store.head(run).await.unwrap_or(0);
                 let mut seen = None;
                 if head >= events {
                     let snap = store.latest_snapshot(run).await.expect("snapshot");
                     seen = snap.as_ref().map(|s| s.seq);
-                    bytes = snap.as_ref().map_or(0, |s| s.payload.len());
+                    let bytes = snap.as_ref().map_or(0, |s| s.payload.len());
                     if snapshot_every == 0 || snap.is_some_and(|s| s.seq + snapshot_every > events)
                     {
-                        break;
+                        break bytes;
                     }
                 }
                 assert!(
@@ -368,7 +367,7 @@ fn interrupted_run(
                     "the stored run did not get there: head {head}, snapshot at {seen:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            };
             std::mem::forget(handle);
             (run, bytes)
         })
