@@ -93,23 +93,30 @@ fn temp_dir() -> std::path::PathBuf {
     dir
 }
 
-/// `checkpoint_sqlite`: the wide plan on SQLite (default durability: each
-/// append committed with `synchronous=FULL`).
-pub async fn checkpoint_sqlite(mode: Mode) -> Report {
+/// `plan` (of `steps` steps) on a fresh SQLite file with default durability,
+/// beside the same plan without a store: ns per step each, and the store's
+/// commits per durable step (warm-up and measured runs).
+async fn on_sqlite(mode: Mode, file: &str, plan: Plan, steps: usize) -> (f64, f64, f64) {
     let dir = temp_dir();
     let store = Arc::new(
-        SqliteStore::open(dir.join("checkpoint.db"), StoreOptions::default())
+        SqliteStore::open(dir.join(file), StoreOptions::default())
             .await
             .expect("open"),
     );
     let before = store.stats();
-    let (ours, base) = side_by_side(mode, store.clone()).await;
+    let (ours, base) = side_by_side_plan(mode, store.clone(), plan, steps).await;
     let after = store.stats();
-    // Warm-up and measured durable runs.
-    let steps = (STEPS * (mode.rounds() + 1)) as f64;
-    let commits = (after.commits - before.commits) as f64 / steps;
+    let durable_steps = (steps * (mode.rounds() + 1)) as f64;
+    let commits = (after.commits - before.commits) as f64 / durable_steps;
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+    (ours, base, commits)
+}
+
+/// `checkpoint_sqlite`: the wide plan on SQLite (default durability: each
+/// append committed with `synchronous=FULL`).
+pub async fn checkpoint_sqlite(mode: Mode) -> Report {
+    let (ours, base, commits) = on_sqlite(mode, "checkpoint.db", wide(STEPS), STEPS).await;
     Report::new(
         "checkpoint_sqlite",
         "the same orchestrator and plan without a store",
@@ -127,20 +134,8 @@ pub async fn checkpoint_sqlite(mode: Mode) -> Report {
 /// step's result is committed, with the next step's dispatch, before that
 /// step is sent — one commit, one fsync, per step.
 pub async fn checkpoint_chained(mode: Mode) -> Report {
-    let dir = temp_dir();
-    let store = Arc::new(
-        SqliteStore::open(dir.join("chained.db"), StoreOptions::default())
-            .await
-            .expect("open"),
-    );
-    let before = store.stats();
-    let (ours, base) =
-        side_by_side_plan(mode, store.clone(), chain(CHAINED_STEPS), CHAINED_STEPS).await;
-    let after = store.stats();
-    let steps = (CHAINED_STEPS * (mode.rounds() + 1)) as f64;
-    let commits = (after.commits - before.commits) as f64 / steps;
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
+    let (ours, base, commits) =
+        on_sqlite(mode, "chained.db", chain(CHAINED_STEPS), CHAINED_STEPS).await;
     Report::new(
         "checkpoint_chained",
         "the same orchestrator and chain without a store",

@@ -173,41 +173,29 @@ fn journal_of(db: &Path, run: &str) -> Vec<coditect_orchestrator::orchestrator::
 
 /// For each step, the attempt during which its effect was journaled.
 fn recorded_in(db: &Path, run: &str) -> BTreeMap<String, u32> {
-    use coditect_orchestrator::orchestrator::{RunEvent, RunEventRecord};
-    use coditect_orchestrator::store::{SqliteStore, Store, StoreOptions};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let store = SqliteStore::open(db, StoreOptions::default())
-            .await
-            .unwrap();
-        let run = run.parse().unwrap();
-        let records = store.read(run, 0, 100_000).await.unwrap();
-        let mut attempt: BTreeMap<String, u32> = BTreeMap::new();
-        let mut recorded = BTreeMap::new();
-        for r in records {
-            let e: RunEventRecord = r.json().unwrap();
-            match e.event {
-                RunEvent::StepDispatched {
-                    step, attempt: a, ..
-                } => {
-                    attempt.insert(step.to_string(), a);
-                }
-                RunEvent::EffectRecorded {
-                    step: Some(step), ..
-                } => {
-                    let s = step.to_string();
-                    assert!(
-                        recorded.insert(s.clone(), attempt[&s]).is_none(),
-                        "{s} recorded twice"
-                    );
-                }
-                _ => {}
+    use coditect_orchestrator::orchestrator::RunEvent;
+    let mut attempt: BTreeMap<String, u32> = BTreeMap::new();
+    let mut recorded = BTreeMap::new();
+    for e in journal_of(db, run) {
+        match e.event {
+            RunEvent::StepDispatched {
+                step, attempt: a, ..
+            } => {
+                attempt.insert(step.to_string(), a);
             }
+            RunEvent::EffectRecorded {
+                step: Some(step), ..
+            } => {
+                let s = step.to_string();
+                assert!(
+                    recorded.insert(s.clone(), attempt[&s]).is_none(),
+                    "{s} recorded twice"
+                );
+            }
+            _ => {}
         }
-        recorded
-    })
+    }
+    recorded
 }
 
 fn with(path: &Path, suffix: &str) -> std::path::PathBuf {

@@ -1,7 +1,7 @@
 //! A checker of the causal order of a run's events, written from the
 //! documented invariant alone (not from the code that produces the events).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::id::{MessageId, StepId};
 use crate::orchestrator::{RunEvent, RunEventRecord};
@@ -46,27 +46,42 @@ pub struct OrderViolation {
 /// # Errors
 /// The first [`OrderViolation`].
 pub fn check_causal_order(events: &[RunEventRecord]) -> Result<(), OrderViolation> {
-    let mut phase: HashMap<StepId, Phase> = HashMap::new();
-    // The current attempt of each step, and the interrupted ones.
-    let mut attempt: HashMap<StepId, u32> = HashMap::new();
-    let mut interrupted: HashSet<(StepId, u32)> = HashSet::new();
-    // The message of each step's current attempt, and of interrupted ones.
-    let mut sent: HashMap<StepId, MessageId> = HashMap::new();
-    let mut interrupted_sent: HashSet<(StepId, MessageId)> = HashSet::new();
+    // Each step's current attempt, and the attempts a resume interrupted.
+    let mut steps: HashMap<StepId, Current> = HashMap::new();
+    let mut interrupted: HashMap<StepId, Vec<(u32, MessageId)>> = HashMap::new();
     let mut delegated: HashMap<MessageId, Option<StepId>> = HashMap::new();
     let mut finished = false;
     let fail = |seq: u64, problem: String| Err(OrderViolation { seq, problem });
-    let in_step =
-        |phase: &HashMap<StepId, Phase>, step: &Option<StepId>, seq: u64, what: &str| match step {
-            Some(s) => match phase.get(s) {
-                Some(Phase::Started | Phase::Interrupted) => Ok(()),
-                other => Err(OrderViolation {
-                    seq,
-                    problem: format!("{what} of step {s} while it is {other:?}"),
-                }),
-            },
-            None => Ok(()),
+    let phase = |steps: &HashMap<StepId, Current>, step: &StepId| steps.get(step).map(|c| c.phase);
+    let in_step = |steps: &HashMap<StepId, Current>,
+                   step: &Option<StepId>,
+                   seq: u64,
+                   what: &str| match step {
+        Some(s) => match phase(steps, s) {
+            Some(Phase::Started | Phase::Interrupted) => Ok(()),
+            other => Err(OrderViolation {
+                seq,
+                problem: format!("{what} of step {s} while it is {other:?}"),
+            }),
+        },
+        None => Ok(()),
+    };
+    // Whether `n` is an interrupted attempt of a step not ended yet; it is
+    // forgotten, as it can end the step once.
+    let late = |steps: &HashMap<StepId, Current>,
+                interrupted: &mut HashMap<StepId, Vec<(u32, MessageId)>>,
+                step: &StepId,
+                n: u32| {
+        if phase(steps, step) == Some(Phase::Ended) {
+            return false;
+        }
+        let Some(list) = interrupted.get_mut(step) else {
+            return false;
         };
+        let before = list.len();
+        list.retain(|(a, _)| *a != n);
+        list.len() < before
+    };
     for (i, r) in events.iter().enumerate() {
         let seq = r.seq;
         if seq != i as u64 {
@@ -82,11 +97,11 @@ pub fn check_causal_order(events: &[RunEventRecord]) -> Result<(), OrderViolatio
                 message,
                 ..
             } => {
-                match phase.get(step) {
-                    Some(Phase::Dispatched | Phase::Started) => {
+                match steps.get(step) {
+                    Some(c) if matches!(c.phase, Phase::Dispatched | Phase::Started) => {
                         return fail(seq, format!("step {step} dispatched while in flight"));
                     }
-                    Some(Phase::Interrupted) if attempt.get(step).is_some_and(|a| n <= a) => {
+                    Some(c) if c.phase == Phase::Interrupted && *n <= c.attempt => {
                         return fail(
                             seq,
                             format!(
@@ -96,82 +111,99 @@ pub fn check_causal_order(events: &[RunEventRecord]) -> Result<(), OrderViolatio
                     }
                     _ => {}
                 }
-                phase.insert(step.clone(), Phase::Dispatched);
-                attempt.insert(step.clone(), *n);
-                sent.insert(step.clone(), *message);
+                steps.insert(
+                    step.clone(),
+                    Current {
+                        phase: Phase::Dispatched,
+                        attempt: *n,
+                        message: *message,
+                    },
+                );
             }
             RunEvent::RunResumed { .. } => {
-                for (step, p) in &mut phase {
-                    if matches!(p, Phase::Dispatched | Phase::Started) {
-                        *p = Phase::Interrupted;
-                        if let Some(n) = attempt.get(step) {
-                            interrupted.insert((step.clone(), *n));
-                        }
-                        if let Some(m) = sent.get(step) {
-                            interrupted_sent.insert((step.clone(), *m));
-                        }
+                for (step, c) in &mut steps {
+                    if matches!(c.phase, Phase::Dispatched | Phase::Started) {
+                        c.phase = Phase::Interrupted;
+                        interrupted
+                            .entry(step.clone())
+                            .or_default()
+                            .push((c.attempt, c.message));
                     }
                 }
             }
             RunEvent::StepStarted { step, message, .. } => {
-                let ended = phase.get(step) == Some(&Phase::Ended);
-                if !ended && interrupted_sent.contains(&(step.clone(), *message)) {
+                let running_elsewhere = phase(&steps, step) != Some(Phase::Ended)
+                    && interrupted
+                        .get(step)
+                        .is_some_and(|l| l.iter().any(|(_, m)| m == message));
+                match steps.get_mut(step) {
                     // An interrupted attempt, still running elsewhere.
-                } else if sent.get(step) != Some(message) {
-                    return fail(
-                        seq,
-                        format!(
-                            "step {step} started by message {message}, which no dispatch of it sent"
-                        ),
-                    );
-                } else if phase.get(step) != Some(&Phase::Dispatched) {
-                    return fail(seq, format!("step {step} started before it was dispatched"));
-                } else {
-                    phase.insert(step.clone(), Phase::Started);
+                    _ if running_elsewhere => {}
+                    Some(c) if c.message == *message => {
+                        if c.phase != Phase::Dispatched {
+                            return fail(
+                                seq,
+                                format!("step {step} started before it was dispatched"),
+                            );
+                        }
+                        c.phase = Phase::Started;
+                    }
+                    _ => {
+                        return fail(
+                            seq,
+                            format!(
+                                "step {step} started by message {message}, which no dispatch of it sent"
+                            ),
+                        );
+                    }
                 }
             }
-            RunEvent::StepProgress { step, .. } => in_step(&phase, step, seq, "progress")?,
-            RunEvent::UsageReported { step, .. } => in_step(&phase, step, seq, "usage")?,
+            RunEvent::StepProgress { step, .. } => in_step(&steps, step, seq, "progress")?,
+            RunEvent::UsageReported { step, .. } => in_step(&steps, step, seq, "usage")?,
             RunEvent::Delegated { step, message, .. } => {
-                in_step(&phase, step, seq, "a delegation")?;
+                in_step(&steps, step, seq, "a delegation")?;
                 delegated.insert(*message, step.clone());
             }
             RunEvent::DelegationFinished { message, .. } => match delegated.get(message) {
-                Some(step) => in_step(&phase, step, seq, "a delegation's end")?,
+                Some(step) => in_step(&steps, step, seq, "a delegation's end")?,
                 None => return fail(seq, format!("delegation {message} ended before it began")),
             },
             RunEvent::StepSucceeded {
                 step, attempt: n, ..
             } => {
-                let late = phase.get(step) != Some(&Phase::Ended)
-                    && interrupted.remove(&(step.clone(), *n));
-                let current =
-                    phase.get(step) == Some(&Phase::Started) && attempt.get(step) == Some(n);
+                let late = late(&steps, &mut interrupted, step, *n);
+                let current = steps
+                    .get(step)
+                    .is_some_and(|c| c.phase == Phase::Started && c.attempt == *n);
                 if !late && !current {
                     return fail(
                         seq,
-                        format!("step {step} succeeded while {:?}", phase.get(step)),
+                        format!("step {step} succeeded while {:?}", phase(&steps, step)),
                     );
                 }
-                phase.insert(step.clone(), Phase::Ended);
+                end(&mut steps, step);
             }
             // An attempt may fail before any agent took it (no agent, a
             // timeout in the queue): dispatched is enough.
             RunEvent::StepFailed {
                 step, attempt: n, ..
             } => {
-                let late = phase.get(step) != Some(&Phase::Ended)
-                    && interrupted.remove(&(step.clone(), *n));
-                if !late && !matches!(phase.get(step), Some(Phase::Started | Phase::Dispatched)) {
+                let late = late(&steps, &mut interrupted, step, *n);
+                if !late
+                    && !matches!(
+                        phase(&steps, step),
+                        Some(Phase::Started | Phase::Dispatched)
+                    )
+                {
                     return fail(
                         seq,
                         format!(
                             "result of step {step} while it is {:?} (not started)",
-                            phase.get(step)
+                            phase(&steps, step)
                         ),
                     );
                 }
-                phase.insert(step.clone(), Phase::Ended);
+                end(&mut steps, step);
             }
             RunEvent::RunFinished { .. } => finished = true,
             _ => {}
@@ -181,6 +213,21 @@ pub fn check_causal_order(events: &[RunEventRecord]) -> Result<(), OrderViolatio
         return fail(events.len() as u64, "no RunFinished".into());
     }
     Ok(())
+}
+
+/// A step's latest attempt as the events tell it.
+#[derive(Clone, Copy, Debug)]
+struct Current {
+    phase: Phase,
+    attempt: u32,
+    message: MessageId,
+}
+
+/// The step has its result (a step always has an attempt by then).
+fn end(steps: &mut HashMap<StepId, Current>, step: &StepId) {
+    if let Some(c) = steps.get_mut(step) {
+        c.phase = Phase::Ended;
+    }
 }
 
 #[cfg(test)]
