@@ -1,6 +1,9 @@
 //! A remote handler stops at its caller's deadline even when the caller is
 //! gone: the worker's own deadline table fires the handler's token, with no
-//! cancel from the caller (whose connection is closed by then).
+//! cancel from the caller (whose connection is closed by then) — whether the
+//! handler runs in the id's drain task (its first message) or in the
+//! delivering task (an idle id), where the deadline entry is made only once
+//! the handler waits.
 #![cfg(all(feature = "nats", feature = "test-utils"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,16 +22,20 @@ const T: Duration = Duration::from_secs(20);
 /// Long enough for the caller's connection to be closed before it passes.
 const DEADLINE: Duration = Duration::from_secs(3);
 
-/// Says it started, then waits for its token (or 30 s) and says which came.
+/// Says it started, then (asked to wait) waits for its token (or 30 s) and
+/// says which came.
 struct Slow {
     started: mpsc::UnboundedSender<Option<Duration>>,
     stopped: mpsc::UnboundedSender<bool>,
 }
 
 impl Agent for Slow {
-    type Input = ();
+    type Input = bool;
     type Output = ();
-    async fn handle(&mut self, _: (), ctx: &AgentContext) -> Result<(), AgentError> {
+    async fn handle(&mut self, wait: bool, ctx: &AgentContext) -> Result<(), AgentError> {
+        if !wait {
+            return Ok(());
+        }
         let _ = self.started.send(ctx.deadline().map(|d| d.remaining()));
         let cancelled = tokio::select! {
             () = ctx.cancelled() => true,
@@ -41,6 +48,16 @@ impl Agent for Slow {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_handler_stops_at_the_deadline_of_a_caller_that_is_gone() {
+    stops_at_the_deadline(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_of_an_idle_id_stops_at_the_deadline_of_a_caller_that_is_gone() {
+    stops_at_the_deadline(true).await;
+}
+
+/// `warm`: the id has handled a message before, so it is idle and live.
+async fn stops_at_the_deadline(warm: bool) {
     let server = NatsServer::start().expect("start nats-server");
     let worker = Runtime::builder(NatsOptions::new(server.url()).connect().await.unwrap())
         .build()
@@ -62,11 +79,20 @@ async fn a_remote_handler_stops_at_the_deadline_of_a_caller_that_is_gone() {
         .build()
         .await
         .unwrap();
+    if warm {
+        timeout(
+            T,
+            caller.request::<()>(&AgentId::new("slow", "s").unwrap(), false),
+        )
+        .await
+        .expect("no answer in time")
+        .expect("the first request failed");
+    }
     let asked = tokio::spawn(async move {
         let r = caller
             .request_with::<()>(
                 AgentId::new("slow", "s").unwrap(),
-                (),
+                true,
                 RequestOptions::timeout(DEADLINE),
             )
             .await;

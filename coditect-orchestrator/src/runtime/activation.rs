@@ -166,7 +166,7 @@ pub(crate) type Rest<'a> = Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>
 
 /// Answers a message and acks it. What can be done at once is done here;
 /// the rest is returned boxed, so that the future of every message stays small.
-fn finish<'a>(
+pub(crate) fn finish<'a>(
     rt: &'a RuntimeInner,
     env: &Envelope,
     acker: Acker,

@@ -1,5 +1,6 @@
 //! Direct calls: a request from this process to an idle agent of this process
-//! runs the handler in the caller's task.
+//! runs the handler in the caller's task; and a message from another process
+//! to an idle agent runs it in the task that delivered it (see [`deliver`]).
 //!
 //! The usual path of a request queues the message in the agent's mailbox,
 //! wakes the agent's drain task, and has that task wake the caller again with
@@ -111,6 +112,13 @@ impl Parts {
     /// What must wait (a signal the transport could not take at once) is
     /// returned, boxed.
     fn end(self, done: Done) -> (Answer, Option<Rest>) {
+        let (answer, rest, _) = self.end_keeping(done);
+        (answer, rest)
+    }
+
+    /// [`end`](Self::end), handing back the message's envelope too (what a
+    /// reply is addressed from).
+    fn end_keeping(self, done: Done) -> (Answer, Option<Rest>, Box<Envelope>) {
         let Done { result, agent, ctx } = done;
         let node = &ctx.node;
         if let Some(key) = self.deadline {
@@ -121,7 +129,8 @@ impl Parts {
             host.release(&self.act, agent, self.cancel.clone());
         }
         node.concurrency.release();
-        ((result, tally), rest)
+        let AgentContext { env, .. } = ctx;
+        ((result, tally), rest, env)
     }
 
     /// Ends a call whose handler was dropped unfinished: the agent value goes
@@ -368,4 +377,110 @@ async fn wait(
         rest.await;
     }
     (result.map_err(|f| RequestError::from_failure(f, to)), tally)
+}
+
+/// Handles a message that a transport brought from another process in the
+/// delivering task (a subscription's pump) when its agent is idle, as a
+/// direct call does for a request from this process: no mailbox, no wake-up
+/// of a drain task. The handler's first poll runs here; most handlers answer
+/// in it, and the reply and the ack go out before the next message is taken.
+/// A handler that waits goes on in a task of its own, under its deadline
+/// (the entry made then), so the pump is free again at once. Everything else
+/// is as on the mailbox path: one message at a time per id (a message that
+/// arrives meanwhile queues and is handed to the drain task when this one
+/// ends), the concurrency bound, cancellation, the reply and the ack after
+/// the result, a durable step's result held for a resumed run.
+///
+/// Hands the delivery back when the target is not an idle, live agent of
+/// this kind (or the kind has direct calls off).
+pub(crate) async fn deliver(
+    host: &KindHost,
+    rt: &Arc<crate::runtime::RuntimeInner>,
+    delivery: crate::transport::Delivery,
+) -> Result<(), crate::transport::Delivery> {
+    let crate::transport::Delivery {
+        mut envelope,
+        acker,
+    } = delivery;
+    let give_back = |envelope, acker| crate::transport::Delivery { envelope, acker };
+    let node = &rt.node;
+    let claim = match &envelope.payload {
+        Payload::Message(_) => host.claim(node, &envelope),
+        _ => None,
+    };
+    let Some(claim) = claim else {
+        return Err(give_back(envelope, acker));
+    };
+    // The kind's own handle, as the activation's owner (found by name: the
+    // one registered must be this very host).
+    let owner = rt
+        .kind_host(&host.kind)
+        .filter(|h| std::ptr::eq(Arc::as_ptr(h), host));
+    let Some(owner) = owner else {
+        host.release(&claim.act, Some(claim.agent), claim.cancel);
+        node.concurrency.release();
+        return Err(give_back(envelope, acker));
+    };
+    let body = match std::mem::replace(&mut envelope.payload, Payload::Cancel(envelope.id)) {
+        Payload::Message(body) => body,
+        // Not reachable: only a message is claimed.
+        other => {
+            envelope.payload = other;
+            host.release(&claim.act, Some(claim.agent), claim.cancel);
+            node.concurrency.release();
+            return Err(give_back(envelope, acker));
+        }
+    };
+    let owner: Arc<dyn LocalInbox> = owner;
+    let (mut flight, started) = start(node, owner, claim, envelope, body);
+    if let Some(rest) = started {
+        rest.await;
+    }
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(match flight.call.as_mut() {
+            Some(call) => call.as_mut().poll(cx),
+            None => Poll::Pending,
+        })
+    })
+    .await;
+    let (Some(call), Some(mut parts)) = (flight.call.take(), flight.parts.take()) else {
+        return Ok(());
+    };
+    match first {
+        Poll::Ready(done) => answer(rt, parts, done, acker).await,
+        Poll::Pending => {
+            let rt = rt.clone();
+            tokio::spawn(async move {
+                if let Some(due) = parts.due {
+                    parts.deadline = Some(
+                        rt.node
+                            .deadlines
+                            .insert(due.instant(), Expiry::Cancel(parts.cancel.clone())),
+                    );
+                }
+                // The call winds the handler down itself when its cell is
+                // cancelled (deadline, a `Cancel` message, shutdown).
+                let done = call.await;
+                answer(&rt, parts, done, acker).await;
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Ends an inline delivery: the activation given back, then the reply (or
+/// the failure) sent and the message acked, as the drain task would.
+async fn answer(
+    rt: &crate::runtime::RuntimeInner,
+    parts: Parts,
+    done: Done,
+    acker: crate::transport::Acker,
+) {
+    let ((result, tally), rest, envelope) = parts.end_keeping(done);
+    if let Some(rest) = rest {
+        rest.await;
+    }
+    if let Some(rest) = crate::runtime::activation::finish(rt, &envelope, acker, result, tally) {
+        rest.await;
+    }
 }

@@ -394,7 +394,20 @@ impl LocalInbox for KindHost {
 #[async_trait]
 impl Inbox for KindHost {
     async fn deliver(&self, delivery: Delivery) -> Result<(), Box<Refused>> {
-        // The fast path first: most deliveries find room at once.
+        // A message from another process to an idle agent is handled in this
+        // task, the transport's pump (see `runtime::direct::deliver`). In
+        // process, requests take direct calls already, and a send or a
+        // publication does not run its handlers in the sender's task.
+        let delivery = match self.rt.upgrade() {
+            Some(rt) if self.direct && rt.node.memory.is_none() => {
+                match crate::runtime::direct::deliver(self, &rt, delivery).await {
+                    Ok(()) => return Ok(()),
+                    Err(d) => d,
+                }
+            }
+            _ => delivery,
+        };
+        // Then the mailbox: most deliveries find room at once.
         let delivery = match LocalInbox::try_deliver(self, delivery) {
             Ok(()) => return Ok(()),
             Err(TryDeliver::Refused(r)) => return Err(r),
@@ -662,8 +675,16 @@ impl<'r> KindBuilder<'r> {
     /// its turn), the concurrency bound, deadlines, cancellation with its grace
     /// period, panics contained. What changes is the thread: concurrent
     /// requests issued by one task run their handlers in that task.
+    ///
+    /// Over a transport between processes (NATS), the same holds for a
+    /// message from another process to an idle id: its handler's first poll
+    /// runs in the task that delivered it (the subscription's pump), which
+    /// sends the reply and the ack before it takes the next message, and a
+    /// handler that waits goes on in a task of its own.
+    ///
     /// Turn it off for kinds whose handlers compute for long stretches
-    /// between awaits, so that such requests spread over the worker threads.
+    /// between awaits, so that such requests spread over the worker threads
+    /// (and, between processes, do not hold up the messages behind them).
     pub fn direct_calls(mut self, direct: bool) -> Self {
         self.direct = direct;
         self
