@@ -299,20 +299,13 @@ fn in_a_process<T: Send + 'static>(
     .expect("the process thread panicked")
 }
 
-/// The record limit of `resume_snapshot`'s stores: a 10,000-step run's
-/// snapshot is larger than the default limit (1 MiB), which would refuse it.
-const LARGE_RECORDS: usize = 64 * 1024 * 1024;
-
 async fn orchestrator_for(path: &std::path::Path, snapshot_every: u64) -> Orchestrator {
     let rt = runtime().await;
     rt.kind("hang").register(|_| Hang).await.expect("register");
     let store = Arc::new(
-        SqliteStore::open(
-            path,
-            StoreOptions::default().max_record_bytes(LARGE_RECORDS),
-        )
-        .await
-        .expect("open"),
+        SqliteStore::open(path, StoreOptions::default())
+            .await
+            .expect("open"),
     );
     Orchestrator::new(rt, StaticPlanner::new(unfinished()))
         .store(store)
@@ -334,12 +327,9 @@ fn interrupted_run(
             let orch = orchestrator_for(&path, snapshot_every).await;
             let handle = orch.start(TaskSpec::new("stored"));
             let run = handle.id();
-            let store = SqliteStore::open(
-                &path,
-                StoreOptions::default().max_record_bytes(LARGE_RECORDS),
-            )
-            .await
-            .expect("open");
+            let store = SqliteStore::open(&path, StoreOptions::default())
+                .await
+                .expect("open");
             // Three events per no-op step, and the run's own: wait until
             // they are durable, and the snapshots too (bounded: 60 s).
             let events = 3 * (RESUME_STEPS as u64 - 1);

@@ -1028,3 +1028,65 @@ mod crash_points {
         }
     }
 }
+
+/// Answers with a 400 KB string: a few of them make a run whose snapshot is
+/// larger than the largest record a store takes by default (1 MiB).
+struct Big;
+
+impl Agent for Big {
+    type Input = serde_json::Value;
+    type Output = String;
+    async fn handle(
+        &mut self,
+        _: serde_json::Value,
+        ctx: &AgentContext,
+    ) -> Result<String, AgentError> {
+        let step = ctx.step().map(|s| s.to_string()).unwrap_or_default();
+        Ok(format!("{step}:{}", "x".repeat(400 * 1024)))
+    }
+}
+
+/// Snapshots have a limit of their own: a run whose state is larger than
+/// one record may be still gets its snapshot stored with default options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_a_record_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir.path().join("runs.db")).await;
+    let runtime = Runtime::builder(InMemoryTransport::new())
+        .build()
+        .await
+        .unwrap();
+    runtime.kind("big").register(|_| Big).await.unwrap();
+    // A chain, so that snapshots are taken while outputs pile up; the run's
+    // result is e's output alone, so no record is over the limit.
+    let plan = Plan::new([
+        Step::new("a", "big", StepInput::Goal),
+        Step::new("b", "big", StepInput::output("a")),
+        Step::new("c", "big", StepInput::output("b")),
+        Step::new("d", "big", StepInput::output("c")),
+        Step::new("e", "big", StepInput::output("d")),
+    ])
+    .output("e");
+    let orch = Orchestrator::new(runtime, StaticPlanner::new(plan))
+        .store(store.clone())
+        .snapshot_every(4);
+    let handle = orch.start(TaskSpec::new("go"));
+    let run = handle.id();
+    handle.outcome().await.unwrap();
+    // The snapshot is written in the background (bounded: 500 looks, 10 ms
+    // apart).
+    let mut largest = 0;
+    for _ in 0..500 {
+        if let Some(snap) = store.latest_snapshot(run).await.unwrap() {
+            largest = largest.max(snap.payload.len());
+            if largest > coditect_orchestrator::store::DEFAULT_MAX_RECORD_BYTES {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        largest > coditect_orchestrator::store::DEFAULT_MAX_RECORD_BYTES,
+        "no snapshot over the record limit was stored (largest: {largest} bytes)"
+    );
+}

@@ -376,10 +376,14 @@ pub async fn future_version_is_a_typed_error(h: &dyn Harness) {
 }
 
 /// Past the record limit: a typed error, and nothing of the append is
-/// written.
+/// written. Snapshots have a limit of their own, above the records' one.
 pub async fn oversized_record_writes_nothing(h: &dyn Harness) {
     let store = h
-        .open_with(StoreOptions::default().max_record_bytes(1000))
+        .open_with(
+            StoreOptions::default()
+                .max_record_bytes(1000)
+                .max_snapshot_bytes(2000),
+        )
         .await;
     let run = new_run(&*store, &random_tenant()).await;
     let ok = NewRecord::new("event", vec![b'x'; 1000]);
@@ -399,7 +403,7 @@ pub async fn oversized_record_writes_nothing(h: &dyn Harness) {
     assert_eq!(t("head", store.head(run)).await.unwrap(), 0);
     let e = t(
         "put_snapshot",
-        store.put_snapshot(run, &Snapshot::new(0, vec![0u8; 1001])),
+        store.put_snapshot(run, &Snapshot::new(0, vec![0u8; 2001])),
     )
     .await
     .unwrap_err();
@@ -410,6 +414,18 @@ pub async fn oversized_record_writes_nothing(h: &dyn Harness) {
             .unwrap()
             .is_none()
     );
+    // Larger than a record may be, within the snapshots' own limit.
+    t(
+        "put_snapshot",
+        store.put_snapshot(run, &Snapshot::new(0, vec![7u8; 1500])),
+    )
+    .await
+    .unwrap();
+    let kept = t("latest_snapshot", store.latest_snapshot(run))
+        .await
+        .unwrap()
+        .expect("the snapshot within its limit was not kept");
+    assert_eq!(kept.payload.len(), 1500);
     for kind in ["", "has space", &"k".repeat(65)] {
         let e = t(
             "append",

@@ -247,7 +247,7 @@ impl Store for MemoryStore {
     }
 
     async fn put_snapshot(&self, run: RunId, snapshot: &Snapshot) -> Result<(), StoreError> {
-        check_snapshot(run, snapshot, self.inner.options.max_record_bytes)?;
+        check_snapshot(run, snapshot, self.inner.options.max_snapshot_bytes)?;
         let frame = Bytes::from(encode_snapshot(snapshot));
         let mut runs = self.lock();
         let e = entry(&mut runs, run)?;

@@ -111,6 +111,12 @@ pub use sqlite::{SqliteStats, SqliteStore};
 /// The largest record a store accepts unless told otherwise: 1 MiB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
 
+/// The default limit on a snapshot's payload (64 MiB). A run's snapshot
+/// holds the state of all its steps (about 400 bytes a no-op step, more with
+/// large outputs), so it is allowed far more room than one record. The
+/// JetStream store's limit is the server's `max_payload` in any case.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+
 /// The most runs one page of [`Store::list_runs`] holds.
 pub const MAX_PAGE: usize = 1000;
 
@@ -324,8 +330,12 @@ pub enum Durability {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct StoreOptions {
-    /// The largest record payload (and snapshot) accepted, in bytes.
+    /// The largest record payload accepted, in bytes.
     pub max_record_bytes: usize,
+    /// The largest snapshot payload accepted, in bytes. A snapshot over it
+    /// is refused with [`StoreError::TooLarge`] (the run goes on; its resume
+    /// folds the journal from an older snapshot or from the start).
+    pub max_snapshot_bytes: usize,
     /// When appends are durable.
     pub durability: Durability,
 }
@@ -334,6 +344,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             durability: Durability::default(),
         }
     }
@@ -343,6 +354,12 @@ impl StoreOptions {
     /// Sets the largest record payload, in bytes (at most `u32::MAX / 2`).
     pub fn max_record_bytes(mut self, bytes: usize) -> Self {
         self.max_record_bytes = bytes.min(u32::MAX as usize / 2);
+        self
+    }
+
+    /// Sets the largest snapshot payload, in bytes (at most `u32::MAX / 2`).
+    pub fn max_snapshot_bytes(mut self, bytes: usize) -> Self {
+        self.max_snapshot_bytes = bytes.min(u32::MAX as usize / 2);
         self
     }
 

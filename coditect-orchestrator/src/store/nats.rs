@@ -871,7 +871,7 @@ impl Store for JetStreamStore {
     }
 
     async fn put_snapshot(&self, run: RunId, snapshot: &Snapshot) -> Result<(), StoreError> {
-        check_snapshot(run, snapshot, self.inner.options.max_record_bytes)?;
+        check_snapshot(run, snapshot, self.inner.options.max_snapshot_bytes)?;
         let frame = Bytes::from(super::record::encode_snapshot(snapshot));
         if frame.len() > self.max_message() {
             return Err(StoreError::TooLarge {

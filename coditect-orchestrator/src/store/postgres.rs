@@ -459,7 +459,7 @@ impl Store for PostgresStore {
     }
 
     async fn put_snapshot(&self, run: RunId, snapshot: &Snapshot) -> Result<(), StoreError> {
-        check_snapshot(run, snapshot, self.inner.options.max_record_bytes)?;
+        check_snapshot(run, snapshot, self.inner.options.max_snapshot_bytes)?;
         let frame = encode_snapshot(snapshot);
         let seq = i64_of(snapshot.seq)?;
         let r = self

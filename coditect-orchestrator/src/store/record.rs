@@ -167,14 +167,14 @@ pub(crate) fn check_append(
 pub(crate) fn check_snapshot(
     run: RunId,
     snapshot: &Snapshot,
-    max_record_bytes: usize,
+    max_snapshot_bytes: usize,
 ) -> Result<(), StoreError> {
-    if snapshot.payload.len() > max_record_bytes {
+    if snapshot.payload.len() > max_snapshot_bytes {
         return Err(StoreError::TooLarge {
             run,
             what: "snapshot",
             size: snapshot.payload.len(),
-            limit: max_record_bytes,
+            limit: max_snapshot_bytes,
         });
     }
     Ok(())

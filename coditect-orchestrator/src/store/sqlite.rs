@@ -736,7 +736,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_snapshot(&self, run: RunId, snapshot: &Snapshot) -> Result<(), StoreError> {
-        check_snapshot(run, snapshot, self.inner.options.max_record_bytes)?;
+        check_snapshot(run, snapshot, self.inner.options.max_snapshot_bytes)?;
         let frame = encode_snapshot(snapshot);
         let seq = i64::try_from(snapshot.seq)
             .map_err(|e| StoreError::Invalid(format!("snapshot seq: {e}")))?;
