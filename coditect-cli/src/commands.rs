@@ -250,7 +250,9 @@ async fn follow(store: Arc<dyn Store>, run: &str, every_ms: u64) -> Result<(), E
     let mut records = store.follow(run, 0, Duration::from_millis(every_ms.max(10)));
     while let Some(r) = records.next().await {
         let r = r?;
-        if r.kind != "event" {
+        // "finished": a succeeded run's end whose (large) result the journal
+        // leaves out of the record; what is printed here does not show it.
+        if r.kind != "event" && r.kind != "finished" {
             continue;
         }
         let e = serde_json::from_slice::<RunEventRecord>(&r.payload)

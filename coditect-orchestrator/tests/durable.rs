@@ -1090,3 +1090,76 @@ async fn a_snapshot_larger_than_a_record_is_stored() {
         "no snapshot over the record limit was stored (largest: {largest} bytes)"
     );
 }
+
+/// Answers with 70 KB naming its step.
+struct Wide;
+
+impl Agent for Wide {
+    type Input = serde_json::Value;
+    type Output = String;
+    async fn handle(
+        &mut self,
+        _: serde_json::Value,
+        ctx: &AgentContext,
+    ) -> Result<String, AgentError> {
+        let step = ctx.step().map(|s| s.to_string()).unwrap_or_default();
+        Ok(format!("{step}:{}", "y".repeat(70 * 1024)))
+    }
+}
+
+/// A run whose result is larger than a journal record may be — here the
+/// outputs of 20 parallel steps, 1.4 MB, against the default limit of
+/// 1 MiB — finishes, and reads back with its result (folded from the
+/// steps' records) whatever the plan's shape: many sinks, one sink, a named
+/// output step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_larger_than_a_record_is_journaled_and_read_back() {
+    let ids: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    let wide = Plan::new(
+        ids.iter()
+            .map(|s| Step::new(s.as_str(), "wide", StepInput::Goal)),
+    );
+    let mut chain = Plan::new(ids.iter().enumerate().map(|(i, s)| match i {
+        0 => Step::new(s.as_str(), "wide", StepInput::Goal),
+        _ => Step::new(s.as_str(), "wide", StepInput::Goal).after([ids[i - 1].as_str()]),
+    }));
+    let named = chain.clone().output("s3");
+    chain.output = None;
+    for (shape, plan) in [("wide", wide), ("chain", chain), ("named", named)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite(&dir.path().join("runs.db")).await;
+        let runtime = Runtime::builder(InMemoryTransport::new())
+            .build()
+            .await
+            .unwrap();
+        runtime.kind("wide").register(|_| Wide).await.unwrap();
+        let orch = Orchestrator::new(runtime, StaticPlanner::new(plan)).store(store.clone());
+        let handle = orch.start(TaskSpec::new("go"));
+        let run = handle.id();
+        let outcome = handle
+            .outcome()
+            .await
+            .unwrap_or_else(|e| panic!("{shape}: the run failed: {}", e.message));
+        let stored = orch.replay(run).await.unwrap();
+        let last = stored.events.last().unwrap();
+        match &last.event {
+            RunEvent::RunFinished { output, .. } => assert!(
+                output.as_ref() == Some(&outcome.output),
+                "{shape}: the journal's result differs from the run's"
+            ),
+            other => panic!("{shape}: the journal ends with {other:?}"),
+        }
+        assert!(
+            stored.state.output.as_ref() == Some(&outcome.output),
+            "{shape}"
+        );
+        check_causal_order(&stored.events).unwrap();
+        let head = store.head(run).await.unwrap();
+        let end = store.read(run, head - 1, 1).await.unwrap();
+        assert!(
+            end[0].payload.len() < 64 * 1024,
+            "{shape}: the end record holds the result again ({} bytes)",
+            end[0].payload.len()
+        );
+    }
+}

@@ -9,8 +9,8 @@ use crate::id::{AgentId, MessageId, RunId, StepId};
 use crate::journal::{EffectKey, JournalReply, JournalRequest};
 use crate::orchestrator::driver::{Completion, Driver, InFlight, Stop};
 use crate::orchestrator::event::{RunEvent, RunEventRecord};
-use crate::orchestrator::runlog::{Control, EVENT, Open};
-use crate::orchestrator::state::RunState;
+use crate::orchestrator::runlog::{Control, EVENT, FINISHED, Open};
+use crate::orchestrator::state::{RunState, RunStatus};
 use crate::orchestrator::task::RunErrorKind;
 use crate::orchestrator::{DurableError, DurableErrorKind};
 use crate::report::Tally;
@@ -427,7 +427,7 @@ pub(crate) async fn load_from(
             .map_err(DurableError::store)?;
         let n = page.len();
         for record in page {
-            if record.kind != EVENT {
+            if record.kind != EVENT && record.kind != FINISHED {
                 return Err(DurableError::new(
                     DurableErrorKind::Corrupt,
                     format!(
@@ -436,7 +436,7 @@ pub(crate) async fn load_from(
                     ),
                 ));
             }
-            let event: RunEventRecord = record.json().map_err(|e| {
+            let mut event: RunEventRecord = record.json().map_err(|e| {
                 DurableError::new(
                     DurableErrorKind::Corrupt,
                     format!(
@@ -453,6 +453,28 @@ pub(crate) async fn load_from(
                         record.seq, event.seq, event.run
                     ),
                 ));
+            }
+            if record.kind == FINISHED {
+                // The result was left out of the record: fold it back from
+                // the steps' outputs, as the run computed it.
+                let result = match &mut event.event {
+                    RunEvent::RunFinished {
+                        status: RunStatus::Succeeded,
+                        output: output @ None,
+                        ..
+                    } => state.result_of_plan().map(|r| *output = Some(r)),
+                    _ => None,
+                };
+                if result.is_none() {
+                    return Err(DurableError::new(
+                        DurableErrorKind::Corrupt,
+                        format!(
+                            "run {run}: journal record {} is a run's end without its result, \
+                             but not of a succeeded run with a plan",
+                            record.seq
+                        ),
+                    ));
+                }
             }
             state.apply(&event);
             events.push(event);

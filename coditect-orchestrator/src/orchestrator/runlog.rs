@@ -28,6 +28,17 @@ use crate::transport::{DeliveryStream, Route};
 /// The journal kind of a run event record.
 pub(crate) const EVENT: &str = "event";
 
+/// The journal kind of a successful run's end whose result is left out of
+/// the record: a large result is the outputs of steps the journal holds
+/// already, so it is folded back from them when the journal is read
+/// instead of being written twice (and refused by the store's record
+/// limit, failing a run whose work is all done). Its payload is the
+/// `RunFinished` event record with `output: null`.
+pub(crate) const FINISHED: &str = "finished";
+
+/// The largest encoded `RunFinished` record that keeps its result inline.
+pub(crate) const INLINE_RESULT_MAX: usize = 64 * 1024;
+
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What reaches a durable run's driver from outside its loop.
@@ -204,7 +215,33 @@ impl Journal {
 
     /// Queues one event record for the journal.
     pub(crate) fn push(&mut self, record: &RunEventRecord) {
-        match NewRecord::json(EVENT, record) {
+        let encoded = NewRecord::json(EVENT, record);
+        if let (
+            Ok(r),
+            RunEvent::RunFinished {
+                status: RunStatus::Succeeded,
+                output: Some(_),
+                error,
+            },
+        ) = (&encoded, &record.event)
+            && r.payload().len() > INLINE_RESULT_MAX
+        {
+            let slim = RunEventRecord {
+                run: record.run,
+                seq: record.seq,
+                at_ms: record.at_ms,
+                event: RunEvent::RunFinished {
+                    status: RunStatus::Succeeded,
+                    output: None,
+                    error: error.clone(),
+                },
+            };
+            if let Ok(r) = NewRecord::json(FINISHED, &slim) {
+                self.pending.push(r);
+                return;
+            }
+        }
+        match encoded {
             Ok(r) => self.pending.push(r),
             Err(e) => {
                 self.broken.get_or_insert_with(|| {

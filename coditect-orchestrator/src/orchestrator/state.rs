@@ -258,6 +258,42 @@ impl RunState {
         self.plans.last()
     }
 
+    /// The run's result as its current plan defines it, from the outputs
+    /// folded so far: the named output step's, or (none named) the one
+    /// step nothing depends on, or an object of the outputs of every step
+    /// nothing depends on. What a journal whose end record leaves the
+    /// result out is read back with (the driver computes the same from its
+    /// schedule).
+    pub(crate) fn result_of_plan(&self) -> Option<serde_json::Value> {
+        let plan = self.plan()?;
+        let output_of = |id: &StepId| {
+            self.steps
+                .get(id)
+                .and_then(|s| s.output.clone())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        if let Some(out) = &plan.output {
+            return Some(output_of(out));
+        }
+        let depended: std::collections::HashSet<StepId, foldhash::fast::RandomState> =
+            plan.steps.iter().flat_map(|s| s.dependencies()).collect();
+        let sinks: Vec<&StepId> = plan
+            .steps
+            .iter()
+            .map(|s| &s.id)
+            .filter(|id| !depended.contains(*id))
+            .collect();
+        Some(match sinks[..] {
+            [one] => output_of(one),
+            _ => serde_json::Value::Object(
+                sinks
+                    .into_iter()
+                    .map(|id| (id.as_str().to_owned(), output_of(id)))
+                    .collect(),
+            ),
+        })
+    }
+
     /// Applies one event. Applying a step's success twice records it once.
     pub fn apply(&mut self, record: &RunEventRecord) {
         self.events += 1;
