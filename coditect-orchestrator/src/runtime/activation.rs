@@ -136,7 +136,7 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
                     if host.idle_timeout.is_some() {
                         st.last_active = Instant::now();
                     }
-                    if st.dead || rt.node.draining.load(std::sync::atomic::Ordering::Acquire) {
+                    if st.dead || rt.node.life.is_draining() {
                         st.task = false;
                         return;
                     }

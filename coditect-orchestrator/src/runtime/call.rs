@@ -35,16 +35,13 @@ pub(crate) struct Node {
     pub(crate) driver_wait: Duration,
     /// The cards of the kinds registered on this node.
     pub(crate) directory: crate::runtime::directory::Directory,
-    /// Set when the runtime has shut down: no reply route, no deadline watcher.
-    pub(crate) closed: std::sync::atomic::AtomicBool,
+    /// Where the runtime is in its life: running, draining (no new
+    /// messages), stopped (grace period over), closed. Read on every message.
+    pub(crate) life: crate::runtime::lifecycle::Lifecycle,
     /// The bound on handlers running at once.
     pub(crate) concurrency: crate::runtime::limit::Limit,
     /// Drain tasks and direct calls: what a shutdown waits for.
     pub(crate) tracker: tokio_util::task::TaskTracker,
-    /// Set when the shutdown grace period ends (read on every message).
-    pub(crate) stopped: std::sync::atomic::AtomicBool,
-    /// Set when a shutdown begins: no new messages are taken.
-    pub(crate) draining: std::sync::atomic::AtomicBool,
     /// How long a cancelled handler may run on to end cleanly.
     pub(crate) cancel_grace: Duration,
 }
@@ -127,7 +124,7 @@ fn send_cancel(node: &Arc<Node>, to: &Destination, id: crate::id::MessageId) {
 impl Node {
     /// Whether the shutdown grace period has ended.
     pub(crate) fn is_stopped(&self) -> bool {
-        self.stopped.load(std::sync::atomic::Ordering::Acquire)
+        self.life.is_stopped()
     }
 
     /// Sends through the in-process fast path when it can, the transport's
@@ -268,7 +265,7 @@ impl Node {
         {
             return (Err(RequestError::CallCycle(chain.with(target))), None);
         }
-        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if self.life.is_closed() {
             return (Err(RequestError::ShuttingDown), None);
         }
         let timeout = options.timeout.unwrap_or(self.default_timeout);

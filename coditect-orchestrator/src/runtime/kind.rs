@@ -358,7 +358,7 @@ impl KindHost {
             .rt
             .upgrade()
             .ok_or_else(|| Failure::new(FailureKind::ShuttingDown, "runtime dropped"))?;
-        if rt.node.draining.load(Ordering::Acquire) {
+        if rt.node.life.is_draining() {
             return Err(Failure::new(
                 FailureKind::ShuttingDown,
                 "the runtime is shutting down",
@@ -461,7 +461,7 @@ impl KindHost {
         if !self.direct || !std::ptr::eq(self.node.as_ptr(), Arc::as_ptr(node)) {
             return None;
         }
-        if node.draining.load(Ordering::Acquire) || node.is_stopped() {
+        if node.life.is_draining() {
             return None;
         }
         let act = match self.route(env) {

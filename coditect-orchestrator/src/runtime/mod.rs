@@ -61,14 +61,16 @@ pub(crate) mod directory;
 #[cfg(feature = "nats")]
 pub(crate) mod fleet;
 pub(crate) mod kind;
+pub(crate) mod lifecycle;
 pub(crate) mod limit;
 pub(crate) mod replies;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::runtime::lifecycle::{Lifecycle, Stage};
 use crate::runtime::limit::Limit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -211,11 +213,9 @@ impl RuntimeBuilder {
             default_timeout: self.default_timeout,
             driver_wait: self.driver_wait,
             directory: Directory::default(),
-            closed: AtomicBool::new(false),
+            life: Lifecycle::default(),
             concurrency: Limit::new(self.max_concurrency),
             tracker: TaskTracker::new(),
-            stopped: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
             cancel_grace: self.config.cancel_grace,
         });
         let reply_sub = node
@@ -277,7 +277,7 @@ impl Drop for RuntimeInner {
 impl RuntimeInner {
     /// Fires the shutdown: handlers are cancelled, watchers end.
     fn stop(&self) {
-        self.node.stopped.store(true, Ordering::SeqCst);
+        self.node.life.advance(Stage::Stopped);
         self.shutdown.cancel();
     }
 
@@ -307,7 +307,7 @@ impl RuntimeInner {
     }
 
     async fn add_kind(&self, host: Arc<KindHost>, routes: Vec<Route>) -> Result<(), RegisterError> {
-        if self.node.draining.load(Ordering::Acquire) {
+        if self.node.life.is_draining() {
             return Err(RegisterError::ShuttingDown);
         }
         {
@@ -658,7 +658,7 @@ impl Runtime {
     /// every agent.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let inner = &self.inner;
-        inner.node.draining.store(true, Ordering::Release);
+        inner.node.life.advance(Stage::Draining);
         #[cfg(feature = "nats")]
         if let Some(f) = inner.fleet.lock().ok().and_then(|mut f| f.take()) {
             let hosts: Vec<Arc<KindHost>> = inner
@@ -703,7 +703,7 @@ impl Runtime {
         for h in &hosts {
             deactivated += h.sweep(None).await;
         }
-        inner.node.closed.store(true, Ordering::Release);
+        inner.node.life.advance(Stage::Closed);
         if let Ok(mut r) = inner.reply_subscription.lock() {
             r.take();
         }
