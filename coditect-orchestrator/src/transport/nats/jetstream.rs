@@ -108,7 +108,7 @@ impl Streams {
         let d = &shared.options.durable;
         let tasks = stream::Config {
             name: task_stream(tenant),
-            subjects: vec![format!("{}.{tenant}.task.>", wire::PREFIX)],
+            subjects: vec![wire::tasks_subject(tenant)],
             retention: RetentionPolicy::WorkQueue,
             discard: DiscardPolicy::New,
             max_messages: d.max_tasks,
@@ -124,7 +124,7 @@ impl Streams {
             .map_err(|e| js_err("cannot set up the task stream", e))?;
         let dead = stream::Config {
             name: dead_stream(tenant),
-            subjects: vec![format!("{}.{tenant}.dead.>", wire::PREFIX)],
+            subjects: vec![wire::dead_letters_subject(tenant)],
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
             num_replicas: d.replicas,

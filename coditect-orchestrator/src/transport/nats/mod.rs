@@ -582,7 +582,7 @@ impl NatsTransport {
         subject: String,
         queue: Option<String>,
         inbox: Arc<dyn Inbox>,
-        reply_node: bool,
+        carries: Carries,
         token: CancellationToken,
     ) -> Result<(), TransportError> {
         let client = &self.shared.client;
@@ -596,9 +596,18 @@ impl NatsTransport {
         self.round_trip().await;
         self.wait_for_refusal(&subject).await?;
         let shared = self.shared.clone();
-        tokio::spawn(pump_core(shared, sub, inbox, reply_node, token));
+        tokio::spawn(pump_core(shared, sub, inbox, carries, token));
         Ok(())
     }
+}
+
+/// What a core subscription carries: the node's replies (where the server's
+/// no-responders status fails a request at once, and a reply ends its
+/// request's recall), or messages for agents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carries {
+    Replies,
+    Messages,
 }
 
 /// Moves core NATS messages of one subscription into an inbox, in order.
@@ -606,7 +615,7 @@ async fn pump_core(
     shared: Arc<Shared>,
     mut sub: async_nats::Subscriber,
     inbox: Arc<dyn Inbox>,
-    reply_node: bool,
+    carries: Carries,
     token: CancellationToken,
 ) {
     loop {
@@ -617,7 +626,8 @@ async fn pump_core(
             m = sub.next() => match m { Some(m) => m, None => break },
         };
         let tenant = wire::subject_tenant(&msg.subject).map(str::to_owned);
-        if reply_node && msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        if carries == Carries::Replies && msg.status == Some(async_nats::StatusCode::NO_RESPONDERS)
+        {
             // The request went to a subject nobody listens on: fail it now.
             if let Some(env) = no_responder_reply(&msg.subject, tenant.as_deref()) {
                 shared.answered(env.id);
@@ -636,7 +646,9 @@ async fn pump_core(
         ) {
             Ok(env) => {
                 shared.counters.received.fetch_add(1, Ordering::Relaxed);
-                if reply_node && let Some(id) = env.correlation {
+                if carries == Carries::Replies
+                    && let Some(id) = env.correlation
+                {
                     shared.answered(id);
                 }
                 if let Err(refused) = deliver(&*inbox, Delivery::new(env)).await {
@@ -754,6 +766,188 @@ async fn refuse(shared: &Arc<Shared>, refused: Box<crate::transport::Refused>) {
     }
 }
 
+/// An envelope encoded for NATS, with the subject it goes to.
+struct Wire {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
+/// The subject an envelope is published to: its destination's (a durable
+/// message to an id goes through the id's partition), every worker of the
+/// kind for a cancel, the request's own reply subject for a reply.
+fn subject_of(envelope: &Envelope, durable: bool) -> String {
+    let subject = match (&envelope.to, durable) {
+        (Destination::Agent(id), true) => wire::partition_subject(
+            &envelope.tenant,
+            id.kind(),
+            jetstream::partition_of(id.key().as_str()),
+        ),
+        (to, _) => wire::subject(&envelope.tenant, to, durable),
+    };
+    match (&envelope.payload, &envelope.to) {
+        // Whichever worker took the message may be handling it: tell all.
+        (Payload::Cancel(_), Destination::Kind(k)) => wire::cancel_subject(&envelope.tenant, k),
+        (Payload::Cancel(_), Destination::Agent(id)) => {
+            wire::cancel_subject(&envelope.tenant, id.kind())
+        }
+        (_, Destination::Reply(_)) => {
+            let id = envelope.correlation.unwrap_or(envelope.id);
+            format!("{subject}.{id}")
+        }
+        _ => subject,
+    }
+}
+
+/// Sends a message to a kind or an id through the tenant's work-queue
+/// stream, stored once its publish is acknowledged — or, when this process
+/// holds the id's partition, hands it over here.
+async fn send_durable(
+    shared: &Arc<Shared>,
+    envelope: Envelope,
+    wire: Wire,
+) -> Result<(), SendError> {
+    let Wire {
+        subject,
+        mut headers,
+        payload,
+    } = wire;
+    if let Destination::Agent(id) = &envelope.to
+        && let Some(inbox) = shared.streams.local(
+            &envelope.tenant,
+            id.kind(),
+            jetstream::partition_of(id.key().as_str()),
+        )
+    {
+        // This process holds the id's partition: hand the message over
+        // here. Going through the partition's queue would put it behind
+        // the message being handled now — which may be the very handler
+        // waiting on it (an id asking another id of its partition).
+        return deliver(&*inbox, Delivery::new(envelope))
+            .await
+            .map_err(|r| SendError::refused(*r));
+    }
+    let kind = match &envelope.to {
+        Destination::Kind(k) => k.clone(),
+        Destination::Agent(id) => id.kind().clone(),
+        _ => {
+            let msg = "only messages to a kind or an id are durable";
+            return Err(SendError::new(SendErrorKind::Other, envelope, msg));
+        }
+    };
+    match shared
+        .streams
+        .has_consumer(shared, &envelope.tenant, &kind)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            let msg = format!("no worker hosts kind {kind}");
+            return Err(SendError::new(SendErrorKind::NoRoute, envelope, msg));
+        }
+        Err(e) => {
+            // The probe is only there to fail fast when nobody hosts the
+            // kind; if the server cannot answer it now (a stream leader
+            // being elected), the stream still takes the task.
+            tracing::debug!(error = %e, %kind, "consumer lookup failed; publishing anyway");
+        }
+    }
+    headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+    let asks = envelope.reply_to.is_some();
+    if asks {
+        shared.awaits(envelope.id, &envelope.tenant);
+    }
+    let result = publish_task(shared, subject, headers, payload).await;
+    if asks && result.is_err() {
+        shared.answered(envelope.id);
+    }
+    match result {
+        Ok(()) => {
+            shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            let kind = if stream_full(&e) {
+                SendErrorKind::Refused
+            } else {
+                SendErrorKind::Other
+            };
+            Err(SendError::new(
+                kind,
+                envelope,
+                format!("task not stored: {e}"),
+            ))
+        }
+    }
+}
+
+/// Publishes over core NATS: a request with the subject its "no responders"
+/// status comes back on, a reply kept a while for recalls, anything else as
+/// it is.
+async fn publish_core(
+    shared: &Arc<Shared>,
+    envelope: Envelope,
+    wire: Wire,
+) -> Result<(), SendError> {
+    let Wire {
+        subject,
+        headers,
+        payload,
+    } = wire;
+    let published = match (&envelope.reply_to, &envelope.to) {
+        (Some(node), Destination::Agent(_) | Destination::Kind(_) | Destination::Topic(_))
+            if matches!(envelope.payload, Payload::Message(_)) =>
+        {
+            // The NATS reply subject only ever carries the server's
+            // no-responders status; real replies are envelopes. (A request
+            // to a topic nobody follows fails at once too.)
+            let reply = format!(
+                "{}.{}",
+                wire::subject(&envelope.tenant, &Destination::Reply(node.clone()), false),
+                envelope.id
+            );
+            shared.awaits(envelope.id, &envelope.tenant);
+            shared
+                .client
+                .publish_with_reply_and_headers(subject, reply, headers, payload)
+                .await
+        }
+        (_, Destination::Reply(_)) => {
+            // Kept a while, to be sent again should it be lost.
+            if let (Some(id), Ok(mut recent)) = (envelope.correlation, shared.recent.lock()) {
+                recent.keep(id, &subject, &headers, &payload);
+            }
+            shared
+                .client
+                .publish_with_headers(subject, headers, payload)
+                .await
+        }
+        _ => {
+            if let Payload::Cancel(id) = &envelope.payload {
+                // The caller gave up on it.
+                shared.answered(*id);
+            }
+            shared
+                .client
+                .publish_with_headers(subject, headers, payload)
+                .await
+        }
+    };
+    match published {
+        Ok(()) => {
+            shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            let kind = match e.kind() {
+                async_nats::client::PublishErrorKind::MaxPayloadExceeded => SendErrorKind::TooLarge,
+                _ => SendErrorKind::Closed,
+            };
+            Err(SendError::new(kind, envelope, e.to_string()))
+        }
+    }
+}
+
 #[async_trait]
 impl Transport for NatsTransport {
     async fn send(&self, envelope: Envelope) -> Result<(), SendError> {
@@ -768,26 +962,7 @@ impl Transport for NatsTransport {
         let durable = shared.options.kind_delivery == KindDelivery::Durable
             && matches!(envelope.payload, Payload::Message(_))
             && matches!(envelope.to, Destination::Kind(_) | Destination::Agent(_));
-        let mut subject = match (&envelope.to, durable) {
-            (Destination::Agent(id), true) => wire::partition_subject(
-                &envelope.tenant,
-                id.kind(),
-                jetstream::partition_of(id.key().as_str()),
-            ),
-            (to, _) => wire::subject(&envelope.tenant, to, durable),
-        };
-        if let (Payload::Cancel(_), Destination::Kind(k)) = (&envelope.payload, &envelope.to) {
-            // Whichever worker took the message may be handling it: tell all.
-            subject = wire::cancel_subject(&envelope.tenant, k);
-        } else if let (Payload::Cancel(_), Destination::Agent(id)) =
-            (&envelope.payload, &envelope.to)
-        {
-            subject = wire::cancel_subject(&envelope.tenant, id.kind());
-        }
-        if let Destination::Reply(_) = &envelope.to {
-            let id = envelope.correlation.unwrap_or(envelope.id);
-            subject = format!("{subject}.{id}");
-        }
+        let subject = subject_of(&envelope, durable);
         if shared.is_denied(&subject) {
             let msg = format!("the server refused publishing to {subject} for these credentials");
             return Err(SendError::new(
@@ -796,7 +971,7 @@ impl Transport for NatsTransport {
                 msg,
             ));
         }
-        let (mut headers, payload) = match wire::encode(&envelope) {
+        let (headers, payload) = match wire::encode(&envelope) {
             Ok(x) => x,
             Err(e) => {
                 return Err(SendError::new(
@@ -814,130 +989,15 @@ impl Transport for NatsTransport {
             );
             return Err(SendError::new(SendErrorKind::TooLarge, envelope, msg));
         }
-        if durable
-            && let Destination::Agent(id) = &envelope.to
-            && let Some(inbox) = shared.streams.local(
-                &envelope.tenant,
-                id.kind(),
-                jetstream::partition_of(id.key().as_str()),
-            )
-        {
-            // This process holds the id's partition: hand the message over
-            // here. Going through the partition's queue would put it behind
-            // the message being handled now — which may be the very handler
-            // waiting on it (an id asking another id of its partition).
-            return deliver(&*inbox, Delivery::new(envelope))
-                .await
-                .map_err(|r| SendError::refused(*r));
-        }
-        if durable {
-            let kind = match &envelope.to {
-                Destination::Kind(k) => k.clone(),
-                Destination::Agent(id) => id.kind().clone(),
-                _ => {
-                    let msg = "only messages to a kind or an id are durable";
-                    return Err(SendError::new(SendErrorKind::Other, envelope, msg));
-                }
-            };
-            let kind = &kind;
-            match shared
-                .streams
-                .has_consumer(shared, &envelope.tenant, kind)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    let msg = format!("no worker hosts kind {kind}");
-                    return Err(SendError::new(SendErrorKind::NoRoute, envelope, msg));
-                }
-                Err(e) => {
-                    // The probe is only there to fail fast when nobody hosts
-                    // the kind; if the server cannot answer it now (a stream
-                    // leader being elected), the stream still takes the task.
-                    tracing::debug!(error = %e, %kind, "consumer lookup failed; publishing anyway");
-                }
-            }
-            headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
-            let asks = envelope.reply_to.is_some();
-            if asks {
-                shared.awaits(envelope.id, &envelope.tenant);
-            }
-            let result = publish_task(shared, subject, headers, payload).await;
-            if asks && result.is_err() {
-                shared.answered(envelope.id);
-            }
-            return match result {
-                Ok(()) => {
-                    shared.counters.sent.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }
-                Err(e) => {
-                    let kind = if stream_full(&e) {
-                        SendErrorKind::Refused
-                    } else {
-                        SendErrorKind::Other
-                    };
-                    Err(SendError::new(
-                        kind,
-                        envelope,
-                        format!("task not stored: {e}"),
-                    ))
-                }
-            };
-        }
-        let published = match (&envelope.reply_to, &envelope.to) {
-            (Some(node), Destination::Agent(_) | Destination::Kind(_) | Destination::Topic(_))
-                if matches!(envelope.payload, Payload::Message(_)) =>
-            {
-                // The NATS reply subject only ever carries the server's
-                // no-responders status; real replies are envelopes. (A
-                // request to a topic nobody follows fails at once too.)
-                let reply = format!(
-                    "{}.{}",
-                    wire::subject(&envelope.tenant, &Destination::Reply(node.clone()), false),
-                    envelope.id
-                );
-                shared.awaits(envelope.id, &envelope.tenant);
-                shared
-                    .client
-                    .publish_with_reply_and_headers(subject, reply, headers, payload)
-                    .await
-            }
-            (_, Destination::Reply(_)) => {
-                // Kept a while, to be sent again should it be lost.
-                if let (Some(id), Ok(mut recent)) = (envelope.correlation, shared.recent.lock()) {
-                    recent.keep(id, &subject, &headers, &payload);
-                }
-                shared
-                    .client
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-            }
-            _ => {
-                if let Payload::Cancel(id) = &envelope.payload {
-                    // The caller gave up on it.
-                    shared.answered(*id);
-                }
-                shared
-                    .client
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-            }
+        let wire = Wire {
+            subject,
+            headers,
+            payload,
         };
-        match published {
-            Ok(()) => {
-                shared.counters.sent.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                let kind = match e.kind() {
-                    async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                        SendErrorKind::TooLarge
-                    }
-                    _ => SendErrorKind::Closed,
-                };
-                Err(SendError::new(kind, envelope, e.to_string()))
-            }
+        if durable {
+            send_durable(shared, envelope, wire).await
+        } else {
+            publish_core(shared, envelope, wire).await
         }
     }
 
@@ -985,18 +1045,18 @@ impl Transport for NatsTransport {
                         "{}.>",
                         wire::subject(tenant, &Destination::Reply(node.clone()), false)
                     );
-                    self.subscribe_core(subject, None, inbox, true, token.clone())
+                    self.subscribe_core(subject, None, inbox, Carries::Replies, token.clone())
                         .await
                 }
                 RouteTarget::Topic(t) => {
                     let subject = wire::subject(tenant, &Destination::Topic(t.clone()), false);
-                    self.subscribe_core(subject, None, inbox, false, token.clone())
+                    self.subscribe_core(subject, None, inbox, Carries::Messages, token.clone())
                         .await
                 }
                 RouteTarget::Agent(id) => {
                     let subject = wire::subject(tenant, &Destination::Agent(id.clone()), false);
                     let q = Some(id.kind().to_string());
-                    self.subscribe_core(subject, q, inbox, false, token.clone())
+                    self.subscribe_core(subject, q, inbox, Carries::Messages, token.clone())
                         .await
                 }
                 RouteTarget::Kind(kind) => {
@@ -1007,17 +1067,23 @@ impl Transport for NatsTransport {
                         kind_subject,
                         q.clone(),
                         inbox.clone(),
-                        false,
+                        Carries::Messages,
                         token.clone(),
                     )
                     .await?;
-                    let ids = format!("{}.{}.agent.{kind}.*", wire::PREFIX, tenant);
-                    self.subscribe_core(ids, q, inbox.clone(), false, token.clone())
+                    let ids = wire::ids_subject(tenant, kind);
+                    self.subscribe_core(ids, q, inbox.clone(), Carries::Messages, token.clone())
                         .await?;
                     // No queue group: a cancel reaches every worker of the kind.
                     let cancels = wire::cancel_subject(tenant, kind);
-                    self.subscribe_core(cancels, None, inbox.clone(), false, token.clone())
-                        .await?;
+                    self.subscribe_core(
+                        cancels,
+                        None,
+                        inbox.clone(),
+                        Carries::Messages,
+                        token.clone(),
+                    )
+                    .await?;
                     if self.shared.options.kind_delivery == KindDelivery::Durable {
                         jetstream::attach_kind(&self.shared, tenant, kind, inbox, token.clone())
                             .await?;

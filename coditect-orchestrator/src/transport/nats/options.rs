@@ -406,7 +406,7 @@ impl NatsOptions {
             o = o.name(name);
         }
         if let Some(t) = &self.tenant {
-            o = o.custom_inbox_prefix(format!("{}.{t}.inbox", super::wire::PREFIX));
+            o = o.custom_inbox_prefix(super::wire::inbox_prefix(t));
         }
         let max = self.reconnect_max_delay;
         if let Some(n) = self.subscription_capacity {

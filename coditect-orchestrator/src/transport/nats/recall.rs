@@ -39,7 +39,7 @@ const AWAIT_PRUNE_AT: usize = 65_536;
 
 /// The recall subject of a tenant.
 pub(crate) fn subject(tenant: &TenantId) -> String {
-    format!("{}.{tenant}.recall", wire::PREFIX)
+    wire::recall_subject(tenant)
 }
 
 /// A recall request: the ids of requests whose replies are wanted again.

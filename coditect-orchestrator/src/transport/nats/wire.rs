@@ -128,6 +128,32 @@ pub(crate) fn dead_subject(tenant: &TenantId, kind: Option<&str>) -> String {
     format!("{PREFIX}.{tenant}.dead.{}", kind.unwrap_or("_"))
 }
 
+/// The subjects of every id of a kind (what the kind's workers subscribe to).
+pub(crate) fn ids_subject(tenant: &TenantId, kind: &AgentKind) -> String {
+    format!("{PREFIX}.{tenant}.agent.{kind}.*")
+}
+
+/// The subjects of a tenant's work-queue stream (every task).
+pub(crate) fn tasks_subject(tenant: &TenantId) -> String {
+    format!("{PREFIX}.{tenant}.task.>")
+}
+
+/// The subjects of a tenant's dead-letter stream.
+pub(crate) fn dead_letters_subject(tenant: &TenantId) -> String {
+    format!("{PREFIX}.{tenant}.dead.>")
+}
+
+/// The subject reply recalls of a tenant go to.
+pub(crate) fn recall_subject(tenant: &TenantId) -> String {
+    format!("{PREFIX}.{tenant}.recall")
+}
+
+/// The prefix of a tenant's NATS request inboxes (inside the tenant's
+/// subjects, so a tenant's credentials cover them).
+pub(crate) fn inbox_prefix(tenant: &TenantId) -> String {
+    format!("{PREFIX}.{tenant}.inbox")
+}
+
 /// The tenant token of a coditect subject, if it is one.
 pub(crate) fn subject_tenant(subject: &str) -> Option<&str> {
     let mut parts = subject.split('.');
