@@ -65,7 +65,7 @@ impl AgentContext {
     ///
     /// Delegated work makes it when its handler begins; a step's own message
     /// only when there is something after it (see [`crate::report`]).
-    pub(crate) fn report_start(&self) -> crate::runtime::activation::Rest<'static> {
+    pub(crate) fn report_start(&self) -> Option<crate::runtime::activation::Rest<'static>> {
         if self.env.ctx.run.is_none() || !self.tally.claim_start() {
             return None;
         }

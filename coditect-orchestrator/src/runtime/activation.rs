@@ -160,9 +160,10 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
     }
 }
 
-/// What is left to wait for once a message is answered, if anything (a reply
-/// the transport could not take at once, an ack over the network).
-pub(crate) type Rest<'a> = Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>;
+/// What is left to wait for of some work done at once as far as it could
+/// be (a reply or signal the transport could not take at once, an ack over
+/// the network): boxed, so the futures that carry one stay small.
+pub(crate) type Rest<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Answers a message and acks it. What can be done at once is done here;
 /// the rest is returned boxed, so that the future of every message stays small.
@@ -172,7 +173,7 @@ pub(crate) fn finish<'a>(
     acker: Acker,
     result: Result<Body, Failure>,
     tally: Option<Box<Tally>>,
-) -> Rest<'a> {
+) -> Option<Rest<'a>> {
     if let Err(f) = &result
         && env.reply_to.is_none()
     {
@@ -308,7 +309,7 @@ async fn bad_reply(rt: &RuntimeInner, e: crate::transport::SendError) {
 /// (best effort: the reply's tally says how many reports there were, so a
 /// lost one is noticed). Sent at once when the transport can; otherwise the
 /// returned future finishes the send.
-fn signal(node: &Node, env: &Envelope, run: RunId, signal: Signal) -> Rest<'static> {
+fn signal(node: &Node, env: &Envelope, run: RunId, signal: Signal) -> Option<Rest<'static>> {
     let mut out = Envelope::new(
         env.tenant.clone(),
         Destination::Topic(Topic::for_run(run)),
@@ -336,7 +337,11 @@ fn signal(node: &Node, env: &Envelope, run: RunId, signal: Signal) -> Rest<'stat
 
 /// The "started" signal of a message of a run (its report number 0): which
 /// agent took it.
-pub(crate) fn signal_started(node: &Node, env: &Envelope, agent: &AgentId) -> Rest<'static> {
+pub(crate) fn signal_started(
+    node: &Node,
+    env: &Envelope,
+    agent: &AgentId,
+) -> Option<Rest<'static>> {
     let run = env.ctx.run?;
     let started = Signal {
         message: env.id,
@@ -361,7 +366,7 @@ pub(crate) fn close_tally(
     agent: &AgentId,
     tally: &crate::report::TallyCell,
     result: &Result<Body, Failure>,
-) -> (Option<Box<Tally>>, Rest<'static>) {
+) -> (Option<Box<Tally>>, Option<Rest<'static>>) {
     let Some(run) = env.ctx.run else {
         return (None, None);
     };

@@ -63,7 +63,7 @@ type Answer = (Result<Body, Failure>, Option<Box<Tally>>);
 type Reply = (Result<Body, RequestError>, Option<Box<Tally>>);
 
 /// A send still to finish, owning what it needs.
-type Rest = Pin<Box<dyn Future<Output = ()> + Send>>;
+type Rest = crate::runtime::activation::Rest<'static>;
 
 /// The handler of a direct call, owning everything it borrows.
 async fn run(
@@ -149,12 +149,12 @@ impl Parts {
 
 /// A direct call in progress. Dropped before the handler finished (the caller
 /// gave up), it hands the handler to a task of its own to wind down.
-struct InFlight {
+struct DirectCall {
     call: Option<Call>,
     parts: Option<Parts>,
 }
 
-impl Drop for InFlight {
+impl Drop for DirectCall {
     fn drop(&mut self) {
         let (Some(call), Some(parts)) = (self.call.take(), self.parts.take()) else {
             return;
@@ -253,7 +253,7 @@ async fn call(
     .await;
     match first {
         Poll::Ready(done) => {
-            let ((result, tally), rest) = finish(&mut flight, done);
+            let ((result, tally), rest) = end_call(&mut flight, done);
             if let Some(rest) = rest {
                 rest.await;
             }
@@ -272,7 +272,7 @@ fn start(
     claim: Claim,
     env: Box<Envelope>,
     body: Body,
-) -> (InFlight, Option<Rest>) {
+) -> (DirectCall, Option<Rest>) {
     let Claim {
         act,
         agent,
@@ -305,7 +305,7 @@ fn start(
         Box::pin(run(agent, ctx, body, observed).instrument(span))
     };
     (
-        InFlight {
+        DirectCall {
             call: Some(call),
             parts: Some(parts),
         },
@@ -314,7 +314,7 @@ fn start(
 }
 
 /// Ends a call whose handler finished.
-fn finish(flight: &mut InFlight, done: Done) -> (Answer, Option<Rest>) {
+fn end_call(flight: &mut DirectCall, done: Done) -> (Answer, Option<Rest>) {
     flight.call = None;
     match flight.parts.take() {
         Some(parts) => parts.end(done),
@@ -326,7 +326,7 @@ fn finish(flight: &mut InFlight, done: Done) -> (Answer, Option<Rest>) {
 /// caller's cancellation and the runtime's shutdown.
 async fn wait(
     node: &Arc<Node>,
-    mut flight: InFlight,
+    mut flight: DirectCall,
     timeout: Duration,
     cancel: Option<&CancellationToken>,
     to: &Destination,
@@ -372,7 +372,7 @@ async fn wait(
         };
         return (Err(err), None);
     };
-    let ((result, tally), rest) = finish(&mut flight, done);
+    let ((result, tally), rest) = end_call(&mut flight, done);
     if let Some(rest) = rest {
         rest.await;
     }
