@@ -243,11 +243,18 @@ impl AgentContext {
     /// depth limit, carries the run's remaining budget, is cancelled with this
     /// handler, and appears in the run's trace under this message.
     ///
+    /// The agent is found by capability in the tenant's directory of cards;
+    /// a capability no card offers is taken as a kind's name (the common
+    /// case of kinds named for what they do).
+    ///
     /// # Errors
-    /// [`RequestError::NoSuchAgent`] if no registered agent offers the
-    /// capability; a [`FailureKind::Policy`](crate::FailureKind::Policy)
-    /// failure if the depth limit is reached; otherwise as
-    /// [`request`](Self::request).
+    /// An error whose [`kind`](RequestError::kind) is
+    /// [`NoSuchAgent`](crate::FailureKind::NoSuchAgent) if no agent offers
+    /// the capability and no kind has that name
+    /// ([`RequestError::NoSuchAgent`] with the kind tried, or a failure of
+    /// that kind when the capability is not a valid kind name); a
+    /// [`FailureKind::Policy`](crate::FailureKind::Policy) failure if the
+    /// depth limit is reached; otherwise as [`request`](Self::request).
     pub async fn delegate<R: Message>(
         &self,
         capability: &str,

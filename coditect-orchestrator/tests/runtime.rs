@@ -869,3 +869,58 @@ async fn the_runtime_bounds_handlers_running_at_once() {
         timeout(T, c).await.unwrap().unwrap().unwrap();
     }
 }
+
+/// Doubles a number.
+struct Doubler;
+
+impl Agent for Doubler {
+    type Input = u32;
+    type Output = u32;
+    async fn handle(&mut self, n: u32, _ctx: &AgentContext) -> Result<u32, AgentError> {
+        Ok(n * 2)
+    }
+}
+
+/// Delegates to the capability it is given and answers with the error's
+/// kind, or "ok".
+struct Delegator;
+
+impl Agent for Delegator {
+    type Input = String;
+    type Output = String;
+    async fn handle(
+        &mut self,
+        capability: String,
+        ctx: &AgentContext,
+    ) -> Result<String, AgentError> {
+        Ok(match ctx.delegate::<u32>(&capability, 1u32).await {
+            Ok(_) => "ok".into(),
+            Err(e) => format!("{:?}", e.kind()),
+        })
+    }
+}
+
+/// A capability no card offers is tried as a kind's name; offered by no
+/// kind either (a valid name or not), the error's kind says no such agent.
+#[tokio::test]
+async fn delegating_to_a_capability_nobody_offers_is_no_such_agent() {
+    let rt = runtime().await;
+    rt.register("delegator", |_| Delegator).await.unwrap();
+    rt.kind("doubler")
+        .capability("double")
+        .register(|_| Doubler)
+        .await
+        .unwrap();
+    for (capability, expected) in [
+        ("double", "ok"),
+        ("doubler", "ok"),
+        ("nobody", "NoSuchAgent"),
+        ("not a kind!", "NoSuchAgent"),
+    ] {
+        let got: String = timeout(T, rt.request(&id("delegator", "d"), capability.to_string()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, expected, "delegating to {capability:?}");
+    }
+}
