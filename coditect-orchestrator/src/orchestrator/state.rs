@@ -770,4 +770,62 @@ mod tests {
         assert_eq!(back.steps["alpha"].status, StepStatus::Running);
         assert_eq!(back.trace.len(), 1);
     }
+
+    proptest::proptest! {
+        /// The result a journal's end record leaves out is folded back as the
+        /// driver computed it: from its schedule's sinks, for random acyclic
+        /// plans with listed and referenced dependencies and with or without
+        /// a named output step.
+        #[test]
+        fn the_result_folded_from_the_state_is_the_drivers(
+            n in 1usize..12,
+            edges in proptest::collection::vec((0usize..12, 0usize..12, proptest::bool::ANY), 0..30),
+            named in proptest::option::of(0usize..12),
+        ) {
+            let id = |i: usize| format!("s{i}");
+            // Step i depends only on steps before it: acyclic.
+            let steps = (0..n).map(|i| {
+                let mut listed = Vec::new();
+                let mut referenced = Vec::new();
+                for &(a, b, by_input) in &edges {
+                    if a == i && b < i {
+                        if by_input { referenced.push(b) } else { listed.push(b) }
+                    }
+                }
+                let input = match referenced.as_slice() {
+                    [] => StepInput::Goal,
+                    refs => StepInput::Object(
+                        refs.iter().map(|&b| (id(b), StepInput::output(id(b)))).collect(),
+                    ),
+                };
+                Step::new(id(i), "x", input).after(listed.into_iter().map(id))
+            });
+            let mut plan = Plan::new(steps);
+            if let Some(o) = named.filter(|&o| o < n) {
+                plan = plan.output(id(o));
+            }
+            let graph = plan.check_graph().unwrap();
+            let mut schedule = crate::orchestrator::schedule::Schedule::default();
+            schedule.adopt(0, graph, &[], |_| false);
+            let output_of = |i: usize| serde_json::json!({ "from": id(i) });
+            let expected = match (&plan.output, schedule.sinks()) {
+                (Some(o), _) => output_of(o.as_str()[1..].parse().unwrap()),
+                (None, [one]) => output_of(*one),
+                (None, sinks) => serde_json::Value::Object(
+                    sinks.iter().map(|&p| (id(p), output_of(p))).collect(),
+                ),
+            };
+            let mut st = RunState::new(RunId::new());
+            st.apply(&rec(0, RunEvent::PlanMade { revision: 0, plan: plan.clone() }));
+            for i in 0..n {
+                let step = StepId::new(id(i)).unwrap();
+                let message = MessageId::new();
+                st.apply(&rec(1, RunEvent::StepDispatched {
+                    step: step.clone(), attempt: 1, message, to: "x".into(),
+                }));
+                st.apply(&rec(2, RunEvent::StepSucceeded { step, attempt: 1, output: output_of(i) }));
+            }
+            proptest::prop_assert_eq!(st.result_of_plan(), Some(expected));
+        }
+    }
 }
