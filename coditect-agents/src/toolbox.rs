@@ -96,6 +96,9 @@ impl ToolOutcome {
 #[derive(Clone)]
 pub struct Toolbox {
     tools: BTreeMap<String, Arc<dyn DynTool>>,
+    /// Each tool's definition, read once when the tool is added (a typed
+    /// tool's schema is generated then, not on every model turn).
+    definitions: BTreeMap<String, ToolDefinition>,
     timeout: Duration,
     max_calls_per_turn: usize,
     /// Tools whose every call a person approves first.
@@ -136,6 +139,7 @@ impl Toolbox {
     pub fn new() -> Self {
         Self {
             tools: BTreeMap::new(),
+            definitions: BTreeMap::new(),
             timeout: Duration::from_secs(30),
             max_calls_per_turn: 16,
             approvals: std::collections::BTreeSet::new(),
@@ -165,8 +169,12 @@ impl Toolbox {
     }
 
     /// Adds a shared tool. A tool with the same name replaces the earlier one.
+    /// Its definition is read now, once: what the model is offered for it on
+    /// every turn.
     pub fn add(&mut self, tool: Arc<dyn DynTool>) {
-        self.tools.insert(tool.definition().name, tool);
+        let definition = tool.definition();
+        self.tools.insert(definition.name.clone(), tool);
+        self.definitions.insert(definition.name.clone(), definition);
     }
 
     /// The longest one call may run (default 30 s); a call past it is a
@@ -185,9 +193,10 @@ impl Toolbox {
         self
     }
 
-    /// The tools' definitions, sorted by name, for a model request.
+    /// The tools' definitions, sorted by name, for a model request (as they
+    /// were when each tool was added).
     pub fn definitions(&self) -> Vec<ToolDefinition> {
-        self.tools.values().map(|t| t.definition()).collect()
+        self.definitions.values().cloned().collect()
     }
 
     /// The tools' names, sorted.

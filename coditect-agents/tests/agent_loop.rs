@@ -390,3 +390,47 @@ fn a_resumed_agent_does_not_pay_again_for_its_turns_and_a_tool_waits_for_approva
         "a rejected call never runs"
     );
 }
+
+/// Adds two numbers and counts how often its description (so its
+/// definition, schema included) is asked for.
+struct Described(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Tool for Described {
+    type Args = support::AddArgs;
+    type Output = i64;
+    fn name(&self) -> String {
+        "add".into()
+    }
+    fn description(&self) -> String {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        "Adds two numbers.".into()
+    }
+    async fn call(&self, a: support::AddArgs, _: ToolContext<'_>) -> Result<i64, ToolError> {
+        Ok(a.a + a.b)
+    }
+}
+
+/// A tool's definition (its schema generated from its argument type) is
+/// read once, when it joins the toolbox, not on every model turn; every
+/// turn still offers it.
+#[tokio::test]
+async fn a_tools_definition_is_built_once_and_offered_every_turn() {
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let model = ScriptedModel::new()
+        .then(ScriptedReply::tool_call("add", json!({"a": 1, "b": 2})))
+        .then(ScriptedReply::tool_call("add", json!({"a": 3, "b": 4})))
+        .then(ScriptedReply::text("3 and 7"));
+    let agent = LlmAgent::builder(model.clone())
+        .toolbox(Toolbox::new().with(Described(asked.clone())))
+        .build();
+    let answer = within(agent.run(json!("go"), None)).await.unwrap();
+    assert_eq!(answer.iterations, 3);
+    let requests = model.requests();
+    assert_eq!(requests.len(), 3);
+    for r in &requests {
+        assert_eq!(r.tools.len(), 1);
+        assert_eq!(r.tools[0].description, "Adds two numbers.");
+        assert!(r.tools[0].input_schema["properties"]["a"].is_object());
+    }
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
