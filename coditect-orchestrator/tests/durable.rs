@@ -1029,11 +1029,12 @@ mod crash_points {
     }
 }
 
-/// Answers with a 400 KB string: a few of them make a run whose snapshot is
-/// larger than the largest record a store takes by default (1 MiB).
-struct Big;
+/// Answers with its step's name and that many bytes: a few large outputs
+/// make a run whose snapshot, or whose result, is larger than the largest
+/// record a store takes by default (1 MiB).
+struct Padded(usize);
 
-impl Agent for Big {
+impl Agent for Padded {
     type Input = serde_json::Value;
     type Output = String;
     async fn handle(
@@ -1042,7 +1043,7 @@ impl Agent for Big {
         ctx: &AgentContext,
     ) -> Result<String, AgentError> {
         let step = ctx.step().map(|s| s.to_string()).unwrap_or_default();
-        Ok(format!("{step}:{}", "x".repeat(400 * 1024)))
+        Ok(format!("{step}:{}", "x".repeat(self.0)))
     }
 }
 
@@ -1056,7 +1057,11 @@ async fn a_snapshot_larger_than_a_record_is_stored() {
         .build()
         .await
         .unwrap();
-    runtime.kind("big").register(|_| Big).await.unwrap();
+    runtime
+        .kind("big")
+        .register(|_| Padded(400 * 1024))
+        .await
+        .unwrap();
     // A chain, so that snapshots are taken while outputs pile up; the run's
     // result is e's output alone, so no record is over the limit.
     let plan = Plan::new([
@@ -1091,22 +1096,6 @@ async fn a_snapshot_larger_than_a_record_is_stored() {
     );
 }
 
-/// Answers with 70 KB naming its step.
-struct Wide;
-
-impl Agent for Wide {
-    type Input = serde_json::Value;
-    type Output = String;
-    async fn handle(
-        &mut self,
-        _: serde_json::Value,
-        ctx: &AgentContext,
-    ) -> Result<String, AgentError> {
-        let step = ctx.step().map(|s| s.to_string()).unwrap_or_default();
-        Ok(format!("{step}:{}", "y".repeat(70 * 1024)))
-    }
-}
-
 /// A run whose result is larger than a journal record may be — here the
 /// outputs of 20 parallel steps, 1.4 MB, against the default limit of
 /// 1 MiB — finishes, and reads back with its result (folded from the
@@ -1132,7 +1121,11 @@ async fn a_result_larger_than_a_record_is_journaled_and_read_back() {
             .build()
             .await
             .unwrap();
-        runtime.kind("wide").register(|_| Wide).await.unwrap();
+        runtime
+            .kind("wide")
+            .register(|_| Padded(70 * 1024))
+            .await
+            .unwrap();
         let orch = Orchestrator::new(runtime, StaticPlanner::new(plan)).store(store.clone());
         let handle = orch.start(TaskSpec::new("go"));
         let run = handle.id();

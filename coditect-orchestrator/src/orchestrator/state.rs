@@ -259,22 +259,12 @@ impl RunState {
     }
 
     /// The run's result as its current plan defines it, from the outputs
-    /// folded so far: the named output step's, or (none named) the one
-    /// step nothing depends on, or an object of the outputs of every step
-    /// nothing depends on. What a journal whose end record leaves the
-    /// result out is read back with (the driver computes the same from its
-    /// schedule).
+    /// folded so far, with the plan's sinks (the steps nothing depends on)
+    /// worked out from its steps: what a journal whose end record leaves
+    /// the result out is read back with. The driver gives
+    /// [`result_with_sinks`](Self::result_with_sinks) its schedule's sinks.
     pub(crate) fn result_of_plan(&self) -> Option<serde_json::Value> {
         let plan = self.plan()?;
-        let output_of = |id: &StepId| {
-            self.steps
-                .get(id)
-                .and_then(|s| s.output.clone())
-                .unwrap_or(serde_json::Value::Null)
-        };
-        if let Some(out) = &plan.output {
-            return Some(output_of(out));
-        }
         let depended: std::collections::HashSet<StepId, foldhash::fast::RandomState> =
             plan.steps.iter().flat_map(|s| s.dependencies()).collect();
         let sinks: Vec<&StepId> = plan
@@ -283,15 +273,34 @@ impl RunState {
             .map(|s| &s.id)
             .filter(|id| !depended.contains(*id))
             .collect();
-        Some(match sinks[..] {
-            [one] => output_of(one),
-            _ => serde_json::Value::Object(
-                sinks
-                    .into_iter()
-                    .map(|id| (id.as_str().to_owned(), output_of(id)))
-                    .collect(),
-            ),
-        })
+        Some(self.result_with_sinks(plan, &sinks))
+    }
+
+    /// The run's result given its plan's sinks, in plan order: the named
+    /// output step's output, or (none named) the one sink's, or an object of
+    /// the sinks' outputs.
+    pub(crate) fn result_with_sinks(&self, plan: &Plan, sinks: &[&StepId]) -> serde_json::Value {
+        let output_of = |id: &StepId| {
+            self.steps
+                .get(id)
+                .and_then(|s| s.output.clone())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        if let Some(out) = &plan.output {
+            return output_of(out);
+        }
+        if let [one] = sinks {
+            return output_of(one);
+        }
+        // Gathered at their exact size first: the map sorts its input in a
+        // Vec, which would otherwise grow by doubling.
+        let mut entries = Vec::with_capacity(sinks.len());
+        entries.extend(
+            sinks
+                .iter()
+                .map(|id| (id.as_str().to_owned(), output_of(id))),
+        );
+        serde_json::Value::Object(entries.into_iter().collect())
     }
 
     /// Applies one event. Applying a step's success twice records it once.

@@ -222,25 +222,13 @@ impl Driver {
         let Some(plan) = self.state.plan() else {
             return serde_json::Value::Null;
         };
-        let output_of = |id: &StepId| {
-            self.state
-                .steps
-                .get(id)
-                .and_then(|s| s.output.clone())
-                .unwrap_or(serde_json::Value::Null)
-        };
-        if let Some(out) = &plan.output {
-            return output_of(out);
-        }
-        let sinks = self.schedule.sinks();
-        let mut steps = sinks.iter().filter_map(|&p| plan.steps.get(p));
-        if let [_] = sinks {
-            return steps.next().map(|s| output_of(&s.id)).unwrap_or_default();
-        }
-        // Gathered at their exact size first: the map sorts its input in a
-        // Vec, which would otherwise grow by doubling.
-        let mut entries = Vec::with_capacity(sinks.len());
-        entries.extend(steps.map(|s| (s.id.as_str().to_owned(), output_of(&s.id))));
-        serde_json::Value::Object(entries.into_iter().collect())
+        let sinks: Vec<&StepId> = self
+            .schedule
+            .sinks()
+            .iter()
+            .filter_map(|&p| plan.steps.get(p))
+            .map(|s| &s.id)
+            .collect();
+        self.state.result_with_sinks(plan, &sinks)
     }
 }

@@ -239,18 +239,7 @@ async fn call(
     // future of a request holds little besides the call: requests in flight
     // by the thousand (a wide plan) each keep one.
     let (mut flight, started) = start(node, inbox, claim, env, body);
-    if let Some(rest) = started {
-        rest.await;
-    }
-    // The first poll, inline: most handlers finish here and never need a
-    // deadline entry.
-    let first = std::future::poll_fn(|cx| {
-        Poll::Ready(match flight.call.as_mut() {
-            Some(call) => call.as_mut().poll(cx),
-            None => Poll::Pending,
-        })
-    })
-    .await;
+    let first = first_poll(&mut flight, started).await;
     match first {
         Poll::Ready(done) => {
             let ((result, tally), rest) = end_call(&mut flight, done);
@@ -311,6 +300,22 @@ fn start(
         },
         started,
     )
+}
+
+/// Sends the call's "started" report if it had to wait, then polls the
+/// handler once, inline: most handlers finish here and never need a
+/// deadline entry.
+async fn first_poll(flight: &mut DirectCall, started: Option<Rest>) -> Poll<Done> {
+    if let Some(rest) = started {
+        rest.await;
+    }
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match flight.call.as_mut() {
+            Some(call) => call.as_mut().poll(cx),
+            None => Poll::Pending,
+        })
+    })
+    .await
 }
 
 /// Ends a call whose handler finished.
@@ -403,46 +408,37 @@ pub(crate) async fn deliver(
         acker,
     } = delivery;
     let give_back = |envelope, acker| crate::transport::Delivery { envelope, acker };
-    let node = &rt.node;
-    let claim = match &envelope.payload {
-        Payload::Message(_) => host.claim(node, &envelope),
-        _ => None,
-    };
-    let Some(claim) = claim else {
-        return Err(give_back(envelope, acker));
-    };
-    // The kind's own handle, as the activation's owner (found by name: the
-    // one registered must be this very host).
-    let owner = rt
-        .kind_host(&host.kind)
-        .filter(|h| std::ptr::eq(Arc::as_ptr(h), host));
-    let Some(owner) = owner else {
-        host.release(&claim.act, Some(claim.agent), claim.cancel);
-        node.concurrency.release();
-        return Err(give_back(envelope, acker));
-    };
+    // Only a message is handled in place; its body is put back if not.
     let body = match std::mem::replace(&mut envelope.payload, Payload::Cancel(envelope.id)) {
         Payload::Message(body) => body,
-        // Not reachable: only a message is claimed.
         other => {
             envelope.payload = other;
-            host.release(&claim.act, Some(claim.agent), claim.cancel);
-            node.concurrency.release();
             return Err(give_back(envelope, acker));
         }
     };
+    let node = &rt.node;
+    // The activation's owner is the kind's own handle (found by name: the
+    // one registered must be this very host).
+    let claimed = host.claim(node, &envelope).and_then(|claim| {
+        match rt
+            .kind_host(&host.kind)
+            .filter(|h| std::ptr::eq(Arc::as_ptr(h), host))
+        {
+            Some(owner) => Some((claim, owner)),
+            None => {
+                host.release(&claim.act, Some(claim.agent), claim.cancel);
+                node.concurrency.release();
+                None
+            }
+        }
+    });
+    let Some((claim, owner)) = claimed else {
+        envelope.payload = Payload::Message(body);
+        return Err(give_back(envelope, acker));
+    };
     let owner: Arc<dyn LocalInbox> = owner;
     let (mut flight, started) = start(node, owner, claim, envelope, body);
-    if let Some(rest) = started {
-        rest.await;
-    }
-    let first = std::future::poll_fn(|cx| {
-        Poll::Ready(match flight.call.as_mut() {
-            Some(call) => call.as_mut().poll(cx),
-            None => Poll::Pending,
-        })
-    })
-    .await;
+    let first = first_poll(&mut flight, started).await;
     let (Some(call), Some(mut parts)) = (flight.call.take(), flight.parts.take()) else {
         return Ok(());
     };
