@@ -32,6 +32,7 @@ use crate::runtime::call::Node;
 use crate::runtime::cancel::{HandlerCancel, UntilCancelled};
 use crate::runtime::deadlines::Expiry;
 use crate::runtime::kind::KindHost;
+use crate::runtime::wake::DrainWake;
 use crate::transport::{Acker, Delivery};
 
 pub(crate) struct Activation {
@@ -42,7 +43,7 @@ pub(crate) struct Activation {
     pub(crate) load: AtomicUsize,
     pub(crate) state: Mutex<State>,
     /// Wakes the drain task when a message is queued or the id is closing.
-    pub(crate) wake: Notify,
+    pub(crate) wake: DrainWake,
 }
 
 pub(crate) struct State {
@@ -76,7 +77,7 @@ impl Activation {
                 spare: None,
                 last_active: Instant::now(),
             }),
-            wake: Notify::new(),
+            wake: DrainWake::default(),
         }
     }
 
@@ -419,24 +420,29 @@ async fn handle_one(
         acker,
     } = delivery;
     let id = &act.id;
-    let refused = match std::mem::replace(&mut envelope.payload, Payload::Cancel(envelope.id)) {
-        Payload::Message(body) if !rt.is_stopped() => Ok(body),
-        Payload::Message(_) => Err(Failure::new(
-            FailureKind::ShuttingDown,
-            "the runtime is shutting down",
-        )),
-        other => {
-            tracing::warn!(message = %envelope.id, "unexpected payload in a mailbox: {other:?}");
-            Err(Failure::new(FailureKind::BadInput, "not a message"))
-        }
-    };
-    let body = match refused {
-        Ok(body) => body,
-        Err(f) => {
-            if let Some(rest) = finish(rt, &envelope, acker, Err(f.at(id)), None) {
-                rest.await;
+    // Scoped, so that the refusal is not kept in the future's state across
+    // the handler's awaits (the state of every message is one allocation,
+    // kept small enough for the allocator's per-thread cache).
+    let body = {
+        let refused = match std::mem::replace(&mut envelope.payload, Payload::Cancel(envelope.id)) {
+            Payload::Message(body) if !rt.is_stopped() => Ok(body),
+            Payload::Message(_) => Err(Failure::new(
+                FailureKind::ShuttingDown,
+                "the runtime is shutting down",
+            )),
+            other => {
+                tracing::warn!(message = %envelope.id, "unexpected payload in a mailbox: {other:?}");
+                Err(Failure::new(FailureKind::BadInput, "not a message"))
             }
-            return agent;
+        };
+        match refused {
+            Ok(body) => body,
+            Err(f) => {
+                if let Some(rest) = finish(rt, &envelope, acker, Err(f.at(id)), None) {
+                    rest.await;
+                }
+                return agent;
+            }
         }
     };
     let mut agent = match agent {
@@ -460,7 +466,6 @@ async fn handle_one(
         cancel.cancel();
     }
     let observed = crate::observe::spans::invoke_agent(id, &envelope);
-    let span = observed.span.clone();
     let ctx = AgentContext::new(rt.node.clone(), id.clone(), envelope, cancel.clone());
     if !ctx.defers_start()
         && let Some(rest) = ctx.report_start()
@@ -480,14 +485,14 @@ async fn handle_one(
         let handler = AssertUnwindSafe(agent.handle_dyn(body, &ctx)).catch_unwind();
         let mut handler = std::pin::pin!(handler);
         match until_done(handler.as_mut(), &ctx)
-            .instrument(span.clone())
+            .instrument(observed.span.clone())
             .await
         {
             Some(outcome) => settle(&rt.node, outcome, &ctx),
             // Rare, so boxed: the future of every message stays small.
             None => {
                 Box::pin(wind_down(&rt.node, handler, &ctx))
-                    .instrument(span)
+                    .instrument(observed.span.clone())
                     .await
             }
         }

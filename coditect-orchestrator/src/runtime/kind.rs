@@ -179,7 +179,7 @@ impl KindHost {
             }
             st.dead = true;
             map.remove(key);
-            act.wake.notify_one();
+            act.wake.notify();
             st.agent.take()
         };
         if let Some(mut agent) = agent {
@@ -194,7 +194,7 @@ impl KindHost {
         for shard in self.shards.iter() {
             let Ok(map) = shard.lock() else { continue };
             for act in map.values() {
-                act.wake.notify_one();
+                act.wake.notify();
             }
         }
     }
@@ -345,7 +345,7 @@ impl KindHost {
                 spawn
             };
             if !spawn {
-                act.wake.notify_one();
+                act.wake.notify();
             } else if let Some(host) = rt.kind_host(&self.kind) {
                 rt.node.tracker.spawn(drain(act, host, rt.clone()));
             }
@@ -529,7 +529,7 @@ impl KindHost {
             spawn
         };
         if !spawn {
-            act.wake.notify_one();
+            act.wake.notify();
         } else if let Some(rt) = self.rt.upgrade()
             && let Some(host) = rt.kind_host(&self.kind)
         {

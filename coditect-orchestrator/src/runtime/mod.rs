@@ -64,6 +64,7 @@ pub(crate) mod kind;
 pub(crate) mod lifecycle;
 pub(crate) mod limit;
 pub(crate) mod replies;
+pub(crate) mod wake;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
