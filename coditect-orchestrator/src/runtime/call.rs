@@ -185,17 +185,12 @@ impl Node {
     }
 
     pub(crate) fn envelope(&self, origin: &Origin, to: Destination, body: Body) -> Envelope {
-        self.envelope_with_id(crate::id::MessageId::new(), origin, to, body)
-    }
-
-    fn envelope_with_id(
-        &self,
-        id: crate::id::MessageId,
-        origin: &Origin,
-        to: Destination,
-        body: Body,
-    ) -> Envelope {
-        let mut env = Envelope::with_id(id, self.tenant.clone(), to, Payload::Message(body));
+        let mut env = Envelope::with_id(
+            crate::id::MessageId::new(),
+            self.tenant.clone(),
+            to,
+            Payload::Message(body),
+        );
         env.from = origin.from.clone();
         env.ctx = origin.ctx.clone();
         env
@@ -276,13 +271,29 @@ impl Node {
         let id = options
             .id
             .unwrap_or_else(|| crate::id::MessageId::at(now.into_std()));
-        let mut env = Box::new(self.envelope_with_id(id, origin, to.clone(), body));
-        env.ctx.deadline = Some(deadline);
-        env.reply_to = Some(self.id.clone());
-        env.ctx.chain = chain;
-        if options.delegation {
-            env.ctx.depth = origin.ctx.depth.saturating_add(1);
-        }
+        let ctx = CallContext {
+            deadline: Some(deadline),
+            chain,
+            depth: if options.delegation {
+                origin.ctx.depth.saturating_add(1)
+            } else {
+                origin.ctx.depth
+            },
+            ..origin.ctx.clone()
+        };
+        // Made in place, field by field: an envelope is 448 bytes, and one
+        // built whole and then boxed was copied twice.
+        let env = Box::new(Envelope {
+            id,
+            tenant: self.tenant.clone(),
+            from: origin.from.clone(),
+            to: to.clone(),
+            correlation: None,
+            reply_to: Some(self.id.clone()),
+            ctx,
+            tally: None,
+            payload: Payload::Message(body),
+        });
         // An idle agent of this very node answers in this task.
         let (env, inbox) =
             match crate::runtime::direct::try_call(self, env, timeout, cancel, &to).await {
