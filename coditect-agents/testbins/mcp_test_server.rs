@@ -203,11 +203,14 @@ impl Agent for Wait {
     type Input = WaitArgs;
     type Output = String;
     async fn handle(&mut self, a: WaitArgs, ctx: &AgentContext) -> Result<String, AgentError> {
+        // On stderr, which the test prints if the cancellation goes missing.
+        eprintln!("mcp-test-server: wait {} started", ctx.message_id());
         let _ = ctx
             .emit(json!({"type": "waiting", "seconds": a.seconds}))
             .await;
         tokio::select! {
             () = ctx.cancelled() => {
+                eprintln!("mcp-test-server: wait {} cancelled", ctx.message_id());
                 CANCELLED_WAITS.send_modify(|n| *n += 1);
                 Err(AgentError::permanent("cancelled"))
             }

@@ -24,7 +24,9 @@ fn script() -> PathBuf {
 
 /// Runs the Python client with `args` (bounded by a timeout) and returns
 /// what it saw.
-async fn drive(python: PathBuf, args: Vec<String>) -> Value {
+/// Runs the Python client; gives back what it saw and what it (and the
+/// server it started, over stdio) wrote to stderr, for failure messages.
+async fn drive(python: PathBuf, args: Vec<String>) -> (Value, String) {
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(python)
@@ -43,11 +45,12 @@ async fn drive(python: PathBuf, args: Vec<String>) -> Value {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    let seen = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    (seen, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// What both transports must show.
-fn check(seen: &Value) {
+fn check(seen: &Value, stderr: &str) {
     assert_eq!(
         seen["tools"],
         serde_json::json!(["shout", "wait", "cancelled_waits", "run_task"])
@@ -87,7 +90,10 @@ fn check(seen: &Value) {
     // session kept working.
     assert_eq!(seen["cancelled"], true);
     assert!(seen.get("wait_finished").is_none());
-    assert_eq!(seen["server_cancelled"], 1);
+    assert_eq!(
+        seen["server_cancelled"], 1,
+        "the cancelled call did not reach the server's handler; the client's stderr:\n{stderr}"
+    );
     assert_eq!(seen["after_cancel"], "AGAIN");
 }
 
@@ -96,12 +102,12 @@ async fn python_sdk_drives_the_server_over_stdio() {
     let Some(python) = peers::python() else {
         return;
     };
-    let seen = drive(
+    let (seen, stderr) = drive(
         python,
         vec!["stdio".into(), SERVER.into(), "orchestrator".into()],
     )
     .await;
-    check(&seen);
+    check(&seen, &stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,8 +137,8 @@ async fn python_sdk_drives_the_server_over_http_and_a_bad_token_is_refused() {
     .unwrap()
     .unwrap();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    let seen = drive(python, vec!["http".into(), url, token.into()]).await;
-    check(&seen);
+    let (seen, stderr) = drive(python, vec!["http".into(), url, token.into()]).await;
+    check(&seen, &stderr);
     assert_eq!(seen["bad_token_status"], 401);
     assert_eq!(seen["bad_token_refused"], true);
     assert_eq!(seen["no_token_status"], 401);
