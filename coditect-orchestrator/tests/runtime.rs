@@ -94,6 +94,21 @@ impl Agent for Gate {
     }
 }
 
+/// Says which message it took, then waits for a permit before answering it.
+struct Turnstile {
+    entered: mpsc::UnboundedSender<u32>,
+    permits: Arc<Semaphore>,
+}
+impl Agent for Turnstile {
+    type Input = u32;
+    type Output = u32;
+    async fn handle(&mut self, n: u32, _ctx: &AgentContext) -> Result<u32, AgentError> {
+        let _ = self.entered.send(n);
+        self.permits.acquire().await.unwrap().forget();
+        Ok(n)
+    }
+}
+
 /// Hands out its cancellation token, then waits until cancelled.
 struct Sleeper(mpsc::UnboundedSender<CancellationToken>);
 impl Agent for Sleeper {
@@ -328,6 +343,47 @@ async fn a_caller_that_gives_up_cancels_the_handler() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_request_given_up_while_queued_is_never_handled() {
+    let rt = runtime().await;
+    let (tx, mut entered) = mpsc::unbounded_channel();
+    let permits = Arc::new(Semaphore::new(0));
+    let p = permits.clone();
+    rt.register("turnstile", move |_| Turnstile {
+        entered: tx.clone(),
+        permits: p.clone(),
+    })
+    .await
+    .unwrap();
+    let target = id("turnstile", "t");
+    // 1 is being handled, held at the gate…
+    let rt1 = rt.clone();
+    let t1 = target.clone();
+    let first = tokio::spawn(async move { rt1.request::<u32>(t1, 1u32).await });
+    assert_eq!(timeout(T, entered.recv()).await.unwrap(), Some(1));
+    // …2 queues behind it, and its caller gives up on it.
+    let mut second = Box::pin(rt.request::<u32>(target.clone(), 2u32));
+    assert!(futures::poll!(second.as_mut()).is_pending());
+    drop(second);
+    // The drop sends the cancel from a task of its own, which this
+    // current-thread runtime runs before this task resumes.
+    tokio::task::yield_now().await;
+    permits.add_permits(1);
+    assert_eq!(timeout(T, first).await.unwrap().unwrap().unwrap(), 1);
+    // The next message handled is 3: 2 left the mailbox unhandled.
+    let rt3 = rt.clone();
+    let t3 = target.clone();
+    let third = tokio::spawn(async move { rt3.request::<u32>(t3, 3u32).await });
+    assert_eq!(timeout(T, entered.recv()).await.unwrap(), Some(3));
+    permits.add_permits(1);
+    assert_eq!(timeout(T, third).await.unwrap().unwrap().unwrap(), 3);
+    assert!(
+        entered.try_recv().is_err(),
+        "the withdrawn message was handled"
+    );
+    assert_eq!(rt.pending_requests(), 0);
 }
 
 #[tokio::test]

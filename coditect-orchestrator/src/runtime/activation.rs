@@ -85,19 +85,30 @@ impl Activation {
         self.load.load(Ordering::Relaxed)
     }
 
-    /// Cancels the message being handled if it is `target`.
-    pub(crate) fn cancel_if_current(&self, target: &MessageId) -> bool {
-        let Ok(state) = self.state.lock() else {
-            return false;
+    /// Withdraws message `target` if it is here: the one being handled has
+    /// its cancellation signal fired; one still queued is taken out of the
+    /// mailbox, never to be handled (its sender gave up on it).
+    pub(crate) fn withdraw(&self, target: &MessageId) -> Option<Withdrawn> {
+        let Ok(mut state) = self.state.lock() else {
+            return None;
         };
-        match &state.current {
-            Some((id, cancel)) if id == target => {
-                cancel.cancel();
-                true
-            }
-            _ => false,
+        if let Some((id, cancel)) = &state.current
+            && id == target
+        {
+            cancel.cancel();
+            return Some(Withdrawn::Running);
         }
+        let at = state.queue.iter().position(|d| d.envelope.id == *target)?;
+        state.queue.remove(at).map(Withdrawn::Queued)
     }
+}
+
+/// What [`Activation::withdraw`] found of a cancelled message.
+pub(crate) enum Withdrawn {
+    /// It was being handled: its handler's cancellation signal fired.
+    Running,
+    /// It was still in the mailbox: here it is, taken out.
+    Queued(Delivery),
 }
 
 /// Handles the queued messages of one activation, parking while there are

@@ -255,13 +255,13 @@ impl KindHost {
             match &env.to {
                 Destination::Agent(id) => {
                     if let Some(a) = self.get(id.key()) {
-                        a.cancel_if_current(target);
+                        self.withdraw(&a, target);
                     }
                 }
                 _ => {
                     for k in self.pool.iter() {
                         if let Some(a) = self.get(k)
-                            && a.cancel_if_current(target)
+                            && self.withdraw(&a, target)
                         {
                             break;
                         }
@@ -271,6 +271,35 @@ impl KindHost {
             return Ok(Target::Done);
         }
         self.route(env)
+    }
+
+    /// Withdraws a cancelled message from `act` (see
+    /// [`Activation::withdraw`]); whether it was there. One taken out of the
+    /// mailbox is acknowledged (its sender gave up on it, so no transport
+    /// should deliver it again) and not answered.
+    fn withdraw(&self, act: &Activation, target: &crate::id::MessageId) -> bool {
+        let delivery = match act.withdraw(target) {
+            None => return false,
+            Some(crate::runtime::activation::Withdrawn::Running) => return true,
+            Some(crate::runtime::activation::Withdrawn::Queued(d)) => d,
+        };
+        act.load.fetch_sub(1, Ordering::Relaxed);
+        let left = self.load.fetch_sub(1, Ordering::Relaxed);
+        crate::observe::metrics::mailbox_depth(&self.kind, left.saturating_sub(1));
+        act.room.notify_one();
+        tracing::debug!(message = %target, agent = %act.id, "a queued message was cancelled before it was handled; withdrawn");
+        let Delivery { acker, .. } = delivery;
+        if !acker.is_noop()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let target = *target;
+            handle.spawn(async move {
+                if let Err(e) = acker.ack().await {
+                    tracing::debug!(error = %e, message = %target, "ack of a withdrawn message failed");
+                }
+            });
+        }
+        true
     }
 
     /// Where a message (not a cancel) for this kind goes.
