@@ -7,6 +7,11 @@
 //! in flight (mailboxes and a concurrency limit), applies deadlines and
 //! cancellation, replies, and drains gracefully on shutdown.
 //!
+//! A request whose caller gives up (drops it, its token fires, its deadline
+//! passes, its run is cancelled) is withdrawn: a handler working on it has
+//! its cancellation signal fired; a message of it still in the mailbox is
+//! taken out and never handled.
+//!
 //! # Direct calls
 //!
 //! A request from this process to an idle agent of this runtime — activated,
