@@ -346,6 +346,40 @@ async fn a_caller_that_gives_up_cancels_the_handler() {
 }
 
 #[tokio::test]
+async fn a_request_given_up_before_any_reply_leaves_nothing_waiting() {
+    // The request goes out through the transport to a route that takes
+    // messages and never answers: only the requester itself can take its
+    // entry out of the table of pending replies.
+    let transport = InMemoryTransport::new();
+    let requester = Runtime::builder(transport.clone()).build().await.unwrap();
+    let silent = id("silent", "s");
+    let mut inbox = transport
+        .subscribe(Route::agent(requester.tenant().clone(), silent.clone()), 8)
+        .await
+        .unwrap();
+    let rt = requester.clone();
+    let to = silent.clone();
+    let call = tokio::spawn(async move { rt.request::<()>(to, ()).await });
+    let d = timeout(T, inbox.next()).await.unwrap().unwrap();
+    assert_eq!(d.envelope.to, Destination::Agent(silent));
+    assert_eq!(requester.pending_requests(), 1);
+    call.abort();
+    let _ = call.await;
+    assert_eq!(
+        requester.pending_requests(),
+        0,
+        "the given-up request stayed in the table of pending replies"
+    );
+    // Its callee is told it was given up.
+    let cancel = timeout(T, inbox.next()).await.unwrap().unwrap();
+    assert!(
+        matches!(cancel.envelope.payload, coditect_orchestrator::Payload::Cancel(m) if m == d.envelope.id),
+        "{:?}",
+        cancel.envelope.payload
+    );
+}
+
+#[tokio::test]
 async fn a_request_given_up_while_queued_is_never_handled() {
     let rt = runtime().await;
     let (tx, mut entered) = mpsc::unbounded_channel();
