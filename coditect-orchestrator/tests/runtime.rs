@@ -420,6 +420,64 @@ async fn a_request_given_up_while_queued_is_never_handled() {
     assert_eq!(rt.pending_requests(), 0);
 }
 
+/// Counts what it was sent; now and then waits a turn, so that the drain
+/// task parks and is woken in every order.
+#[derive(Default)]
+struct Tally(u64);
+
+impl Agent for Tally {
+    type Input = u64;
+    type Output = u64;
+    async fn handle(&mut self, n: u64, _ctx: &AgentContext) -> Result<u64, AgentError> {
+        self.0 += 1;
+        if n.is_multiple_of(3) {
+            tokio::task::yield_now().await;
+        }
+        Ok(self.0)
+    }
+}
+
+/// Registers `tally` with direct calls off: every message goes through the
+/// id's mailbox and drain task.
+async fn register_mailbox_tally(rt: &Runtime) {
+    rt.kind("tally")
+        .direct_calls(false)
+        .register(|_| Tally::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_queued_from_many_threads_each_wake_the_parked_agent() {
+    // Every message goes through the id's mailbox (no direct calls), from
+    // four tasks on two threads: the drain task parks between messages and
+    // each message must wake it. A lost wake-up leaves a request unanswered.
+    let rt = runtime().await;
+    register_mailbox_tally(&rt).await;
+    const SENDERS: u64 = 4;
+    const EACH: u64 = 2_000;
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let rt = rt.clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let _: u64 = rt.request(id("tally", "t"), s * EACH + i).await.unwrap();
+                if i.is_multiple_of(7) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    for s in senders {
+        timeout(T, s)
+            .await
+            .expect("a request was never answered: its message did not wake the agent")
+            .unwrap();
+    }
+    let seen: u64 = rt.request(id("tally", "t"), 1).await.unwrap();
+    assert_eq!(seen, SENDERS * EACH + 1);
+}
+
 #[tokio::test]
 async fn a_panicking_handler_fails_its_request_and_the_runtime_goes_on() {
     let rt = runtime().await;
@@ -695,6 +753,26 @@ async fn shutdown_drains_work_in_flight() {
     for (i, c) in calls.into_iter().enumerate() {
         assert_eq!(c.await.unwrap().unwrap(), i as u32);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_the_drain_tasks_of_idle_agents() {
+    // Answered through their mailboxes, so each id's drain task is parked
+    // when the shutdown begins: the shutdown must wake it to end.
+    let rt = runtime().await;
+    register_mailbox_tally(&rt).await;
+    for key in ["a", "b", "c"] {
+        let n: u64 = rt.request(id("tally", key), 1).await.unwrap();
+        assert_eq!(n, 1);
+    }
+    let report = timeout(T, rt.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(
+        report.drained,
+        "a parked drain task kept the runtime from draining: {report:?}"
+    );
+    assert_eq!(report.deactivated, 3, "{report:?}");
 }
 
 #[tokio::test(start_paused = true)]

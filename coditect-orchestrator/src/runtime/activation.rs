@@ -13,6 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 
 use futures::FutureExt;
 use futures::future::Either;
@@ -32,7 +33,6 @@ use crate::runtime::call::Node;
 use crate::runtime::cancel::{HandlerCancel, UntilCancelled};
 use crate::runtime::deadlines::Expiry;
 use crate::runtime::kind::KindHost;
-use crate::runtime::wake::DrainWake;
 use crate::transport::{Acker, Delivery};
 
 pub(crate) struct Activation {
@@ -42,8 +42,6 @@ pub(crate) struct Activation {
     /// Queued plus running messages: what load balancing compares.
     pub(crate) load: AtomicUsize,
     pub(crate) state: Mutex<State>,
-    /// Wakes the drain task when a message is queued or the id is closing.
-    pub(crate) wake: DrainWake,
 }
 
 pub(crate) struct State {
@@ -59,6 +57,20 @@ pub(crate) struct State {
     /// A cancellation cell kept for the next direct call.
     pub(crate) spare: Option<Arc<HandlerCancel>>,
     pub(crate) last_active: Instant,
+    /// The drain task's waker while it is parked (nothing to handle). Whoever
+    /// gives it something to do — a message queued, a direct call ended, the
+    /// id closing, the runtime draining — takes it under this lock and wakes
+    /// it; the task looks at the state again under the same lock before it
+    /// parks, so no wake-up is lost and none is needed while it works.
+    waker: Option<Waker>,
+}
+
+impl State {
+    /// Takes the parked drain task's waker, to wake it once the lock is let
+    /// go: there is something for it to look at.
+    pub(crate) fn unpark(&mut self) -> Option<Waker> {
+        self.waker.take()
+    }
 }
 
 impl Activation {
@@ -76,13 +88,29 @@ impl Activation {
                 current: None,
                 spare: None,
                 last_active: Instant::now(),
+                waker: None,
             }),
-            wake: DrainWake::default(),
         }
     }
 
     pub(crate) fn load(&self) -> usize {
         self.load.load(Ordering::Relaxed)
+    }
+
+    /// Counts a message in (queued, or claimed by a direct call). The count
+    /// only changes under the state lock — `_held` is its guard's state — so
+    /// a load and a store do, not an atomic read-modify-write; load balancing
+    /// only reads it.
+    pub(crate) fn count_in(&self, _held: &mut State) {
+        let n = self.load.load(Ordering::Relaxed);
+        self.load.store(n + 1, Ordering::Relaxed);
+    }
+
+    /// Counts a message out (handled, or withdrawn); see
+    /// [`count_in`](Self::count_in).
+    pub(crate) fn count_out(&self, _held: &mut State) {
+        let n = self.load.load(Ordering::Relaxed);
+        self.load.store(n.saturating_sub(1), Ordering::Relaxed);
     }
 
     /// Withdraws message `target` if it is here: the one being handled has
@@ -99,7 +127,9 @@ impl Activation {
             return Some(Withdrawn::Running);
         }
         let at = state.queue.iter().position(|d| d.envelope.id == *target)?;
-        state.queue.remove(at).map(Withdrawn::Queued)
+        let delivery = state.queue.remove(at)?;
+        self.count_out(&mut state);
+        Some(Withdrawn::Queued(delivery))
     }
 }
 
@@ -120,14 +150,15 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
     // lock that takes the next message.
     let mut returned: Option<Option<Box<dyn DynAgent>>> = None;
     loop {
-        let next = {
+        let next = std::future::poll_fn(|cx| {
             let Ok(mut st) = act.state.lock() else {
-                return;
+                return Poll::Ready(None);
             };
             if let Some(agent) = returned.take() {
                 st.agent = agent;
                 st.current = None;
                 st.busy = false;
+                act.count_out(&mut st);
             }
             // A direct call holds the activation: its release wakes us.
             let next = if st.busy { None } else { st.queue.pop_front() };
@@ -137,7 +168,8 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
                     st.busy = true;
                     st.current = Some((d.envelope.id, cancel.clone()));
                     let agent = st.agent.take();
-                    Some((d, agent, st.queue.len() + 1 >= host.mailbox))
+                    let was_full = st.queue.len() + 1 >= host.mailbox;
+                    Poll::Ready(Some((d, agent, was_full)))
                 }
                 None => {
                     // A small buffer (a delivery is three words) stays for the
@@ -150,22 +182,27 @@ pub(crate) async fn drain(act: Arc<Activation>, host: Arc<KindHost>, rt: Arc<Run
                     }
                     if st.dead || rt.node.life.is_draining() {
                         st.task = false;
-                        return;
+                        return Poll::Ready(None);
                     }
-                    None
+                    // Parked: the same task's waker is kept from the last
+                    // time, not cloned again.
+                    match &mut st.waker {
+                        Some(w) => w.clone_from(cx.waker()),
+                        none => *none = Some(cx.waker().clone()),
+                    }
+                    Poll::Pending
                 }
             }
-        };
+        })
+        .await;
         let Some((delivery, agent, was_full)) = next else {
-            act.wake.notified().await;
-            continue;
+            return;
         };
         if was_full {
             act.room.notify_one();
         }
         // Boxed, so the parked task stays small.
         let agent = Box::pin(handle_one(&act, &host, &rt, delivery, agent, &cancel)).await;
-        act.load.fetch_sub(1, Ordering::Relaxed);
         let left = host.load.fetch_sub(1, Ordering::Relaxed);
         crate::observe::metrics::mailbox_depth(&host.kind, left.saturating_sub(1));
         returned = Some(agent);

@@ -37,7 +37,7 @@ pub(crate) struct Node {
     pub(crate) directory: crate::runtime::directory::Directory,
     /// Where the runtime is in its life: running, draining (no new
     /// messages), stopped (grace period over), closed. Read on every message.
-    pub(crate) life: crate::runtime::lifecycle::Lifecycle,
+    pub(crate) life: Arc<crate::runtime::lifecycle::Lifecycle>,
     /// The bound on handlers running at once.
     pub(crate) concurrency: crate::runtime::limit::Limit,
     /// Drain tasks and direct calls: what a shutdown waits for.

@@ -41,6 +41,8 @@ pub(crate) struct KindHost {
     direct: bool,
     pub(crate) load: AtomicUsize,
     rt: Weak<RuntimeInner>,
+    /// The runtime's stage, read on every delivery without upgrading `rt`.
+    life: Arc<crate::runtime::lifecycle::Lifecycle>,
     /// The node of that runtime: a direct call checks it is its own.
     node: Weak<crate::runtime::call::Node>,
     hasher: foldhash::fast::RandomState,
@@ -179,7 +181,9 @@ impl KindHost {
             }
             st.dead = true;
             map.remove(key);
-            act.wake.notify();
+            if let Some(w) = st.unpark() {
+                w.wake();
+            }
             st.agent.take()
         };
         if let Some(mut agent) = agent {
@@ -194,7 +198,10 @@ impl KindHost {
         for shard in self.shards.iter() {
             let Ok(map) = shard.lock() else { continue };
             for act in map.values() {
-                act.wake.notify();
+                let parked = act.state.lock().ok().and_then(|mut st| st.unpark());
+                if let Some(w) = parked {
+                    w.wake();
+                }
             }
         }
     }
@@ -244,9 +251,32 @@ enum Target {
     Cycle(Failure),
 }
 
+/// What an activation with queued messages needs from whoever queued them.
+enum Kick {
+    /// A drain task to be started.
+    Spawn,
+    /// Its drain task woken, if it is parked (one at work takes the message
+    /// when it looks next).
+    Wake(Option<std::task::Waker>),
+}
+
+impl Kick {
+    /// Decided under the activation's lock, acted on after it.
+    fn after_queueing(st: &mut crate::runtime::activation::State) -> Self {
+        if st.task {
+            Kick::Wake(st.unpark())
+        } else {
+            st.task = true;
+            Kick::Spawn
+        }
+    }
+}
+
 enum Enqueued {
     Done,
     Full(Delivery, Arc<Activation>),
+    /// The runtime is gone: nothing will handle it.
+    Gone(Delivery),
 }
 
 impl KindHost {
@@ -283,7 +313,6 @@ impl KindHost {
             Some(crate::runtime::activation::Withdrawn::Running) => return true,
             Some(crate::runtime::activation::Withdrawn::Queued(d)) => d,
         };
-        act.load.fetch_sub(1, Ordering::Relaxed);
         let left = self.load.fetch_sub(1, Ordering::Relaxed);
         crate::observe::metrics::mailbox_depth(&self.kind, left.saturating_sub(1));
         act.room.notify_one();
@@ -343,17 +372,17 @@ impl KindHost {
     /// task; hands it back if the mailbox is full.
     fn enqueue(
         &self,
-        rt: &Arc<RuntimeInner>,
         key: &AgentKey,
         mut hint: Option<Arc<Activation>>,
         delivery: Delivery,
     ) -> Enqueued {
+        let id = delivery.envelope.id;
         loop {
             let act = match hint.take() {
                 Some(act) => act,
                 None => self.get_or_create(key),
             };
-            let spawn = {
+            let kick = {
                 let mut st = match act.state.lock() {
                     Ok(s) => s,
                     Err(p) => p.into_inner(),
@@ -366,19 +395,64 @@ impl KindHost {
                     return Enqueued::Full(delivery, act);
                 }
                 st.queue.push_back(delivery);
-                act.load.fetch_add(1, Ordering::Relaxed);
+                act.count_in(&mut st);
                 let before = self.load.fetch_add(1, Ordering::Relaxed);
                 crate::observe::metrics::mailbox_depth(&self.kind, before + 1);
-                let spawn = !st.task;
-                st.task = true;
-                spawn
+                Kick::after_queueing(&mut st)
             };
-            if !spawn {
-                act.wake.notify();
-            } else if let Some(host) = rt.kind_host(&self.kind) {
-                rt.node.tracker.spawn(drain(act, host, rt.clone()));
+            match kick {
+                Kick::Wake(parked) => {
+                    if let Some(w) = parked {
+                        w.wake();
+                    }
+                }
+                Kick::Spawn => {
+                    // Only a new drain task needs the runtime itself (a
+                    // running one holds it): upgraded here, not per message.
+                    match self.rt.upgrade() {
+                        Some(rt) => {
+                            if let Some(host) = rt.kind_host(&self.kind) {
+                                rt.node.tracker.spawn(drain(act, host, rt.clone()));
+                            }
+                        }
+                        None => return self.unqueue(&act, id),
+                    }
+                }
             }
             return Enqueued::Done;
+        }
+    }
+
+    /// Takes a message just queued back out, when its runtime is gone and
+    /// no drain task can be started for it.
+    fn unqueue(&self, act: &Activation, id: crate::id::MessageId) -> Enqueued {
+        let delivery = act.state.lock().ok().and_then(|mut st| {
+            st.task = false;
+            let at = st.queue.iter().position(|d| d.envelope.id == id)?;
+            let delivery = st.queue.remove(at)?;
+            act.count_out(&mut st);
+            Some(delivery)
+        });
+        match delivery {
+            Some(delivery) => {
+                self.load.fetch_sub(1, Ordering::Relaxed);
+                Enqueued::Gone(delivery)
+            }
+            None => Enqueued::Done,
+        }
+    }
+
+    /// Refuses a delivery when the runtime is dropped or draining.
+    fn refusal(&self) -> Option<Failure> {
+        if self.life.is_draining() {
+            Some(Failure::new(
+                FailureKind::ShuttingDown,
+                "the runtime is shutting down",
+            ))
+        } else if self.rt.strong_count() == 0 {
+            Some(Failure::new(FailureKind::ShuttingDown, "runtime dropped"))
+        } else {
+            None
         }
     }
 
@@ -400,16 +474,20 @@ impl KindHost {
 impl LocalInbox for KindHost {
     fn try_deliver(&self, delivery: Delivery) -> Result<(), TryDeliver> {
         let _span = deliver_span(&self.kind, &delivery.envelope).entered();
-        let rt = match self.runtime() {
-            Ok(rt) => rt,
-            Err(reason) => return Err(TryDeliver::Refused(Box::new(Refused { delivery, reason }))),
+        if let Some(reason) = self.refusal() {
+            return Err(TryDeliver::Refused(Box::new(Refused { delivery, reason })));
+        }
+        let gone = |delivery| {
+            let reason = Failure::new(FailureKind::ShuttingDown, "runtime dropped");
+            TryDeliver::Refused(Box::new(Refused { delivery, reason }))
         };
         match self.target(&delivery.envelope) {
             Ok(Target::Done) => Ok(()),
             Ok(Target::Cycle(_)) => Err(TryDeliver::Wait(delivery)),
-            Ok(Target::Key(key, act)) => match self.enqueue(&rt, &key, act, delivery) {
+            Ok(Target::Key(key, act)) => match self.enqueue(&key, act, delivery) {
                 Enqueued::Done => Ok(()),
                 Enqueued::Full(d, _) => Err(TryDeliver::Wait(d)),
+                Enqueued::Gone(d) => Err(gone(d)),
             },
             Err(reason) => Err(TryDeliver::Refused(Box::new(Refused { delivery, reason }))),
         }
@@ -510,13 +588,13 @@ impl KindHost {
             HandlerCancel::recycle(&mut cancel);
             st.busy = true;
             st.current = Some((env.id, cancel.clone()));
+            act.count_in(&mut st);
             Some((agent, cancel))
         });
         let Some((agent, cancel)) = taken else {
             node.concurrency.release();
             return None;
         };
-        act.load.fetch_add(1, Ordering::Relaxed);
         self.load.fetch_add(1, Ordering::Relaxed);
         Some(Claim { act, agent, cancel })
     }
@@ -536,13 +614,13 @@ impl KindHost {
         agent: Option<Box<dyn DynAgent>>,
         cancel: Arc<HandlerCancel>,
     ) {
-        act.load.fetch_sub(1, Ordering::Relaxed);
         self.load.fetch_sub(1, Ordering::Relaxed);
-        let spawn = {
+        let kick = {
             let mut st = match act.state.lock() {
                 Ok(s) => s,
                 Err(p) => p.into_inner(),
             };
+            act.count_out(&mut st);
             st.agent = agent;
             st.current = None;
             st.busy = false;
@@ -553,12 +631,12 @@ impl KindHost {
             if st.queue.is_empty() {
                 return;
             }
-            let spawn = !st.task;
-            st.task = true;
-            spawn
+            Kick::after_queueing(&mut st)
         };
-        if !spawn {
-            act.wake.notify();
+        if let Kick::Wake(parked) = kick {
+            if let Some(w) = parked {
+                w.wake();
+            }
         } else if let Some(rt) = self.rt.upgrade()
             && let Some(host) = rt.kind_host(&self.kind)
         {
@@ -586,8 +664,12 @@ impl KindHost {
         let (key, mut hint) = key;
         let mut delivery = delivery;
         loop {
-            match self.enqueue(&rt, &key, hint.take(), delivery) {
+            match self.enqueue(&key, hint.take(), delivery) {
                 Enqueued::Done => return Ok(()),
+                Enqueued::Gone(delivery) => {
+                    let reason = Failure::new(FailureKind::ShuttingDown, "runtime dropped");
+                    return Err(Box::new(Refused { delivery, reason }));
+                }
                 Enqueued::Full(d, act) => {
                     // Backpressure: wait for room, registering before the
                     // re-check so a slot freed in between is not missed.
@@ -780,6 +862,7 @@ impl<'r> KindBuilder<'r> {
             direct: self.direct,
             load: AtomicUsize::new(0),
             rt: Arc::downgrade(rt),
+            life: rt.node.life.clone(),
             node: Arc::downgrade(&rt.node),
             hasher: Default::default(),
         });

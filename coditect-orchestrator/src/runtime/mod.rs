@@ -69,7 +69,6 @@ pub(crate) mod kind;
 pub(crate) mod lifecycle;
 pub(crate) mod limit;
 pub(crate) mod replies;
-pub(crate) mod wake;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -219,7 +218,7 @@ impl RuntimeBuilder {
             default_timeout: self.default_timeout,
             driver_wait: self.driver_wait,
             directory: Directory::default(),
-            life: Lifecycle::default(),
+            life: Arc::new(Lifecycle::default()),
             concurrency: Limit::new(self.max_concurrency),
             tracker: TaskTracker::new(),
             cancel_grace: self.config.cancel_grace,
