@@ -200,6 +200,15 @@ pub(crate) async fn try_call(
     else {
         return Err((env, None));
     };
+    let Some(host) = inbox
+        .as_any()
+        .downcast_ref::<KindHost>()
+        .filter(|h| h.direct_calls())
+    else {
+        // The mailbox path: its wait for the answer counts against the
+        // task's cooperative budget already.
+        return Err((env, Some(inbox)));
+    };
     // A handler that answers at once never makes the caller wait, so a task
     // that calls in a loop would never yield to the scheduler: count each
     // direct call against the task's cooperative budget, as a channel
@@ -213,10 +222,7 @@ pub(crate) async fn try_call(
             return Err((env, Some(inbox)));
         }
     };
-    let claim = match inbox.as_any().downcast_ref::<KindHost>() {
-        Some(host) => host.claim(node, &env),
-        None => None,
-    };
+    let claim = host.claim(node, &env);
     let Some(claim) = claim else {
         env.payload = Payload::Message(body);
         return Err((env, Some(inbox)));

@@ -49,6 +49,12 @@ pub(crate) struct KindHost {
 }
 
 impl KindHost {
+    /// Whether requests from this process to an idle id of this kind run in
+    /// the caller's task.
+    pub(crate) fn direct_calls(&self) -> bool {
+        self.direct
+    }
+
     fn shard(&self, key: &AgentKey) -> &Activations {
         let h = self.hasher.hash_one(key) as usize;
         &self.shards[h % SHARDS]
