@@ -257,6 +257,11 @@ enum Target {
     Cycle(Failure),
 }
 
+/// Why a kind whose runtime is gone refuses a message.
+fn runtime_dropped() -> Failure {
+    Failure::new(FailureKind::ShuttingDown, "runtime dropped")
+}
+
 /// What an activation with queued messages needs from whoever queued them.
 enum Kick {
     /// A drain task to be started.
@@ -406,24 +411,8 @@ impl KindHost {
                 crate::observe::metrics::mailbox_depth(&self.kind, before + 1);
                 Kick::after_queueing(&mut st)
             };
-            match kick {
-                Kick::Wake(parked) => {
-                    if let Some(w) = parked {
-                        w.wake();
-                    }
-                }
-                Kick::Spawn => {
-                    // Only a new drain task needs the runtime itself (a
-                    // running one holds it): upgraded here, not per message.
-                    match self.rt.upgrade() {
-                        Some(rt) => {
-                            if let Some(host) = rt.kind_host(&self.kind) {
-                                rt.node.tracker.spawn(drain(act, host, rt.clone()));
-                            }
-                        }
-                        None => return self.unqueue(&act, id),
-                    }
-                }
+            if !self.kick(&act, kick) {
+                return self.unqueue(&act, id);
             }
             return Enqueued::Done;
         }
@@ -448,7 +437,8 @@ impl KindHost {
         }
     }
 
-    /// Refuses a delivery when the runtime is dropped or draining.
+    /// Refuses a delivery when the runtime is dropped or draining (read
+    /// without upgrading the runtime's handle).
     fn refusal(&self) -> Option<Failure> {
         if self.life.is_draining() {
             Some(Failure::new(
@@ -456,24 +446,18 @@ impl KindHost {
                 "the runtime is shutting down",
             ))
         } else if self.rt.strong_count() == 0 {
-            Some(Failure::new(FailureKind::ShuttingDown, "runtime dropped"))
+            Some(runtime_dropped())
         } else {
             None
         }
     }
 
+    /// The runtime, unless it is dropped or draining.
     fn runtime(&self) -> Result<Arc<RuntimeInner>, Failure> {
-        let rt = self
-            .rt
-            .upgrade()
-            .ok_or_else(|| Failure::new(FailureKind::ShuttingDown, "runtime dropped"))?;
-        if rt.node.life.is_draining() {
-            return Err(Failure::new(
-                FailureKind::ShuttingDown,
-                "the runtime is shutting down",
-            ));
+        if let Some(reason) = self.refusal() {
+            return Err(reason);
         }
-        Ok(rt)
+        self.rt.upgrade().ok_or_else(runtime_dropped)
     }
 }
 
@@ -483,17 +467,16 @@ impl LocalInbox for KindHost {
         if let Some(reason) = self.refusal() {
             return Err(TryDeliver::Refused(Box::new(Refused { delivery, reason })));
         }
-        let gone = |delivery| {
-            let reason = Failure::new(FailureKind::ShuttingDown, "runtime dropped");
-            TryDeliver::Refused(Box::new(Refused { delivery, reason }))
-        };
         match self.target(&delivery.envelope) {
             Ok(Target::Done) => Ok(()),
             Ok(Target::Cycle(_)) => Err(TryDeliver::Wait(delivery)),
             Ok(Target::Key(key, act)) => match self.enqueue(&key, act, delivery) {
                 Enqueued::Done => Ok(()),
                 Enqueued::Full(d, _) => Err(TryDeliver::Wait(d)),
-                Enqueued::Gone(d) => Err(gone(d)),
+                Enqueued::Gone(delivery) => Err(TryDeliver::Refused(Box::new(Refused {
+                    delivery,
+                    reason: runtime_dropped(),
+                }))),
             },
             Err(reason) => Err(TryDeliver::Refused(Box::new(Refused { delivery, reason }))),
         }
@@ -639,14 +622,33 @@ impl KindHost {
             }
             Kick::after_queueing(&mut st)
         };
-        if let Kick::Wake(parked) = kick {
-            if let Some(w) = parked {
-                w.wake();
+        // A runtime already gone leaves what queued meanwhile to its
+        // requesters' deadlines.
+        self.kick(act, kick);
+    }
+
+    /// Acts on a [`Kick`] once the activation's lock is let go: wakes the
+    /// parked drain task, or starts one. `false` if one had to be started and
+    /// the runtime is gone.
+    fn kick(&self, act: &Arc<Activation>, kick: Kick) -> bool {
+        match kick {
+            Kick::Wake(parked) => {
+                if let Some(w) = parked {
+                    w.wake();
+                }
+                true
             }
-        } else if let Some(rt) = self.rt.upgrade()
-            && let Some(host) = rt.kind_host(&self.kind)
-        {
-            rt.node.tracker.spawn(drain(act.clone(), host, rt.clone()));
+            // Only a new drain task needs the runtime itself (a running one
+            // holds it): upgraded here, not per message.
+            Kick::Spawn => match self.rt.upgrade() {
+                Some(rt) => {
+                    if let Some(host) = rt.kind_host(&self.kind) {
+                        rt.node.tracker.spawn(drain(act.clone(), host, rt.clone()));
+                    }
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -673,8 +675,10 @@ impl KindHost {
             match self.enqueue(&key, hint.take(), delivery) {
                 Enqueued::Done => return Ok(()),
                 Enqueued::Gone(delivery) => {
-                    let reason = Failure::new(FailureKind::ShuttingDown, "runtime dropped");
-                    return Err(Box::new(Refused { delivery, reason }));
+                    return Err(Box::new(Refused {
+                        delivery,
+                        reason: runtime_dropped(),
+                    }));
                 }
                 Enqueued::Full(d, act) => {
                     // Backpressure: wait for room, registering before the
