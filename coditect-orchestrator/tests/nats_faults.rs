@@ -343,6 +343,53 @@ async fn duplicate_tasks_and_results_count_once() {
     requester.shutdown(Duration::from_secs(2)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_held_past_its_ack_wait_is_kept_alive_and_not_redelivered() {
+    let server = NatsServer::start().expect("start nats-server");
+    let urls = vec![server.url()];
+    let ack_wait = Duration::from_secs(1);
+    let durable = fast_durable().ack_wait(ack_wait);
+    let worker_t = connect(&urls, durable.clone()).await;
+    let mut tasks = worker_t
+        .subscribe(
+            Route::kind(TenantId::default(), AgentKind::new("count").unwrap()),
+            4,
+        )
+        .await
+        .unwrap();
+    let producer = connect(&urls, durable).await;
+    producer
+        .send(task(coditect_orchestrator::MessageId::new(), 7))
+        .await
+        .unwrap();
+    let held = timeout(T, tasks.next()).await.unwrap().unwrap();
+    // Held unacked for three ack waits: only the in-progress acks of the
+    // delivering transport keep the server from handing it out again.
+    let again = timeout(ack_wait * 3, tasks.next()).await;
+    assert!(
+        again.is_err(),
+        "a task still in flight was redelivered after its ack wait"
+    );
+    held.acker.ack().await.unwrap();
+    // Acked: the queue is empty, and no redelivery was ever seen.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(format!("CODITECT_TASKS_{}", TenantId::default()))
+        .await
+        .unwrap()
+        .get_consumer("count")
+        .await
+        .unwrap();
+    eventually(T, "the ack was taken", async || {
+        consumer.info().await.unwrap().num_ack_pending == 0
+    })
+    .await;
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.num_redelivered, 0);
+    assert_eq!(info.num_pending, 0);
+    assert_eq!(worker_t.metrics().redelivered, 0);
+}
+
 async fn dead_letters(
     js: &async_nats::jetstream::Context,
     n: usize,

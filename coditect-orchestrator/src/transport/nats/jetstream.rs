@@ -15,6 +15,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use super::progress::{self, Ackers};
 use super::{DeadLetter, Shared, deliver, wire};
 use crate::id::{AgentKind, TenantId};
 use crate::transport::{Acker, Acknowledge, Delivery, Inbox, TransportError, TransportErrorKind};
@@ -309,6 +310,13 @@ async fn consumer(
     Ok(c)
 }
 
+/// How often a pull loop's tasks in flight are extended: a quarter of the ack
+/// wait, so that a task's first in-progress ack (one to two ticks after its
+/// delivery) comes by half the ack wait.
+fn progress_every(ack_wait: Duration) -> Duration {
+    (ack_wait / 4).max(Duration::from_millis(25))
+}
+
 /// Pulls tasks of one kind and hands them to the inbox, until cancelled.
 /// Survives reconnects and server restarts: on any stream error it pulls again.
 async fn pump_tasks(
@@ -322,6 +330,8 @@ async fn pump_tasks(
     let d = shared.options.durable.clone();
     let kind = spec.name.clone();
     let mut backoff = Duration::from_millis(50);
+    let in_flight = Arc::new(Ackers::new());
+    progress::keep_alive(&in_flight, progress_every(d.ack_wait));
     'outer: loop {
         let stream = consumer
             .stream()
@@ -383,7 +393,7 @@ async fn pump_tasks(
                         .counters
                         .received
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let ack = TaskAck::new(acker, d.ack_wait);
+                    let ack = TaskAck::new(acker, &in_flight);
                     let delivery = Delivery::with_acker(env, Acker::new(ack));
                     if let Err(refused) = deliver(&*inbox, delivery).await {
                         // Not taken here (shutting down, say): let another
@@ -414,35 +424,27 @@ async fn pump_tasks(
     }
 }
 
-/// The ack handle of one durable task: sends in-progress acks every third of
-/// the ack wait until it is acked, nakked or terminated.
+/// The ack handle of one durable task. While it is in flight, its pull
+/// loop's ticker sends its in-progress acks (`progress.rs`).
 struct TaskAck {
     acker: Arc<async_nats::jetstream::message::Acker>,
-    done: CancellationToken,
+    in_flight: Arc<Ackers>,
+    key: u64,
 }
 
 impl TaskAck {
-    fn new(acker: async_nats::jetstream::message::Acker, ack_wait: Duration) -> Self {
+    fn new(acker: async_nats::jetstream::message::Acker, in_flight: &Arc<Ackers>) -> Self {
         let acker = Arc::new(acker);
-        let done = CancellationToken::new();
-        let every = (ack_wait / 3).max(Duration::from_millis(100));
-        let (a, stop) = (acker.clone(), done.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(every) => {}
-                }
-                if a.ack_with(AckKind::Progress).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Self { acker, done }
+        let key = in_flight.enter(acker.clone());
+        Self {
+            acker,
+            in_flight: in_flight.clone(),
+            key,
+        }
     }
 
     async fn send(&self, kind: AckKind) -> Result<(), TransportError> {
-        self.done.cancel();
+        self.in_flight.leave(self.key);
         self.acker
             .ack_with(kind)
             .await
@@ -452,7 +454,7 @@ impl TaskAck {
 
 impl Drop for TaskAck {
     fn drop(&mut self) {
-        self.done.cancel();
+        self.in_flight.leave(self.key);
     }
 }
 

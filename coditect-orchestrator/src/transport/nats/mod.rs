@@ -7,7 +7,8 @@
 //!   to a durable pull consumer named after the kind, shared by every worker
 //!   that hosts it. A worker acks a task only after its handler finished and
 //!   its reply was published; it sends in-progress acks while the task waits
-//!   or runs; a worker that dies leaves its tasks unacked, so the server
+//!   or runs (one ticker per pull loop, every quarter of the ack wait, for
+//!   the tasks in flight since the tick before); a worker that dies leaves its tasks unacked, so the server
 //!   redelivers them to another worker after the ack wait. A task delivered
 //!   `max_deliver` times is moved to the dead-letter stream with its reason
 //!   (the server's max-deliveries advisory), and so is anything that cannot be
@@ -60,6 +61,7 @@ pub(crate) mod directory;
 pub mod error;
 mod jetstream;
 pub mod options;
+mod progress;
 mod recall;
 pub mod wire;
 

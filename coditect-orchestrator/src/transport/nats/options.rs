@@ -30,7 +30,8 @@ pub enum KindDelivery {
 pub struct DurableOptions {
     /// How long the server waits for an ack before redelivering a task to
     /// another worker. Live workers extend it with in-progress acks while a
-    /// task runs, so this bounds how long a dead worker's tasks wait.
+    /// task runs (the first by half the ack wait, then every quarter), so
+    /// this bounds how long a dead worker's tasks wait.
     pub ack_wait: Duration,
     /// How many deliveries a task gets before it is dead-lettered.
     pub max_deliver: i64,
